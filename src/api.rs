@@ -1,0 +1,413 @@
+//! The CHP-compatible REST API: `GET/POST/DELETE /api/routes[/<path>]`.
+//!
+//! Status codes, bodies and the order of checks follow configurable-http-proxy 5.3
+//! (reference `chp-and-jupyterhub.md` §2.2), except where CHP never answers
+//! (`DELETE /api/routes`, a bad escape in the path): hubgate answers 400 there.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use log::{debug, error, info, warn};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use subtle::ConstantTimeEq;
+
+use crate::canonical;
+use crate::metrics::Metrics;
+use crate::routes::{trim_prefix, RouteStore};
+use crate::timefmt;
+
+/// The API service: the route store, the token, the metrics.
+pub struct RoutesApi {
+    store: Arc<dyn RouteStore>,
+    auth_token: Option<String>,
+    max_body: usize,
+    host_routing: bool,
+    metrics: Arc<Metrics>,
+}
+
+/// An API answer before it becomes an HTTP response.
+struct Answer {
+    status: StatusCode,
+    body: Vec<u8>,
+    json: bool,
+    /// Extra text for the log line (CHP logs its failure messages).
+    log_msg: String,
+}
+
+impl Answer {
+    fn empty(status: StatusCode) -> Answer {
+        Answer {
+            status,
+            body: Vec::new(),
+            json: false,
+            log_msg: String::new(),
+        }
+    }
+
+    /// CHP's `fail()`: a plain-text body, the status text when no message is given.
+    fn fail(status: StatusCode, msg: &str) -> Answer {
+        let text = if msg.is_empty() {
+            status.canonical_reason().unwrap_or_default().to_string()
+        } else {
+            msg.to_string()
+        };
+        Answer {
+            status,
+            body: text.clone().into_bytes(),
+            json: false,
+            log_msg: text,
+        }
+    }
+
+    fn json(body: String) -> Answer {
+        Answer {
+            status: StatusCode::OK,
+            body: body.into_bytes(),
+            json: true,
+            log_msg: String::new(),
+        }
+    }
+}
+
+/// Finds the token in an `Authorization` header the way CHP's unanchored
+/// `/token\s+(\S+)/` does: the first `token`, whitespace, then non-whitespace.
+fn find_token(header: &str) -> Option<&str> {
+    let mut from = 0;
+    while let Some(pos) = header[from..].find("token") {
+        let start = from + pos + "token".len();
+        let rest = &header[start..];
+        let after_ws = rest.trim_start();
+        if after_ws.len() < rest.len() {
+            let end = after_ws.find(char::is_whitespace).unwrap_or(after_ws.len());
+            if end > 0 {
+                return Some(&after_ws[..end]);
+            }
+        }
+        from = start;
+    }
+    None
+}
+
+/// Query parameter value, form-decoded (`+` is a space), like `URLSearchParams.get`.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = form_decode(k);
+        (k == name).then(|| form_decode(v))
+    })
+}
+
+fn form_decode(s: &str) -> String {
+    let plus = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+impl RoutesApi {
+    /// Builds the API over a store.
+    pub fn new(
+        store: Arc<dyn RouteStore>,
+        auth_token: Option<String>,
+        max_body: usize,
+        host_routing: bool,
+        metrics: Arc<Metrics>,
+    ) -> RoutesApi {
+        RoutesApi {
+            store,
+            auth_token,
+            max_body,
+            host_routing,
+            metrics,
+        }
+    }
+
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let Some(expected) = &self.auth_token else {
+            return true;
+        };
+        let header = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        match find_token(header) {
+            Some(token) => bool::from(token.as_bytes().ct_eq(expected.as_bytes())),
+            None => false,
+        }
+    }
+
+    /// Reads the request body up to the limit; `Err` is the answer to give instead.
+    async fn read_body(&self, session: &mut ServerSession) -> Result<Vec<u8>, Answer> {
+        let too_large = || {
+            Answer::fail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("Request body too large (limit {} bytes)", self.max_body),
+            )
+        };
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        if declared.is_some_and(|n| n > self.max_body) {
+            return Err(too_large());
+        }
+        let mut body = Vec::with_capacity(declared.unwrap_or(0));
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > self.max_body {
+                        return Err(too_large());
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body),
+                Err(e) => {
+                    return Err(Answer::fail(
+                        StatusCode::BAD_REQUEST,
+                        &format!("Cannot read request body: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, session: &mut ServerSession) -> Answer {
+        let method = session.req_header().method.clone();
+        let raw = session.req_header().raw_path().to_vec();
+        let (path_bytes, query) = canonical::split_target(&raw);
+        let query = query
+            .map(|q| String::from_utf8_lossy(q).into_owned())
+            .unwrap_or_default();
+        // The URL parser CHP uses resolves dot segments before matching; so do we.
+        let path = match canonical::canonicalize(path_bytes) {
+            Ok(c) => c.forward.into_owned(),
+            Err(_) => String::from_utf8_lossy(path_bytes).into_owned(),
+        };
+        let Some(rest) = path.strip_prefix("/api/routes") else {
+            return Answer::fail(StatusCode::NOT_FOUND, "");
+        };
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            return Answer::fail(StatusCode::NOT_FOUND, "");
+        }
+        if method != Method::GET && method != Method::POST && method != Method::DELETE {
+            return Answer::fail(StatusCode::METHOD_NOT_ALLOWED, "Method not supported");
+        }
+
+        // CHP parses a POST body before checking the token.
+        let mut posted = None;
+        if method == Method::POST {
+            let body = match self.read_body(session).await {
+                Ok(b) => b,
+                Err(answer) => return answer,
+            };
+            match serde_json::from_slice::<serde_json::Value>(&body) {
+                Ok(v) => posted = Some(v),
+                Err(e) => {
+                    return Answer::fail(
+                        StatusCode::BAD_REQUEST,
+                        &format!("Body not valid JSON: SyntaxError: {e}"),
+                    );
+                }
+            }
+        }
+
+        if !self.authorized(session) {
+            debug!("Rejecting API request: missing or wrong token");
+            return Answer::empty(StatusCode::FORBIDDEN);
+        }
+
+        let route_path = if rest.is_empty() {
+            None
+        } else {
+            match canonical::decode(rest) {
+                Ok(p) => Some(p.into_owned()),
+                Err(_) => {
+                    return Answer::fail(
+                        StatusCode::BAD_REQUEST,
+                        "Invalid percent-encoding in route path",
+                    );
+                }
+            }
+        };
+
+        match method {
+            Method::GET => self.get(route_path.as_deref(), &query),
+            Method::POST => {
+                self.post(route_path.as_deref(), posted.unwrap_or_default())
+                    .await
+            }
+            _ => self.delete(route_path.as_deref()).await,
+        }
+    }
+
+    fn get(&self, path: Option<&str>, query: &str) -> Answer {
+        let table = self.store.table();
+        if let Some(p) = path.filter(|p| *p != "/") {
+            return match table.get(&trim_prefix(p)) {
+                Some(route) => {
+                    let mut out = String::with_capacity(128);
+                    route.write_json(&mut out);
+                    Answer::json(out)
+                }
+                None => Answer::empty(StatusCode::NOT_FOUND),
+            };
+        }
+        let since = query_param(query, "inactiveSince")
+            .filter(|v| !v.is_empty())
+            .or_else(|| query_param(query, "inactive_since"))
+            .filter(|v| !v.is_empty());
+        let since_ms = match since {
+            None => None,
+            Some(v) => match timefmt::parse_date_ms(&v) {
+                Some(ms) => Some(ms),
+                None => {
+                    return Answer::fail(
+                        StatusCode::BAD_REQUEST,
+                        &format!("Invalid datestamp '{v}' must be ISO8601."),
+                    );
+                }
+            },
+        };
+        let mut routes = table.all();
+        routes.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let mut out = String::with_capacity(64 + routes.len() * 160);
+        out.push('{');
+        let mut first = true;
+        for route in routes {
+            if since_ms.is_some_and(|s| route.last_activity_ms() >= s) {
+                continue;
+            }
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            push_json_string(&mut out, &route.key);
+            out.push(':');
+            route.write_json(&mut out);
+        }
+        out.push('}');
+        self.metrics.api_route_get.inc();
+        Answer::json(out)
+    }
+
+    async fn post(&self, path: Option<&str>, data: serde_json::Value) -> Answer {
+        let mut data = match data {
+            serde_json::Value::Object(map) if map.get("target").is_some_and(|t| t.is_string()) => {
+                map
+            }
+            other => {
+                warn!("Bad POST data: {other}");
+                return Answer::fail(StatusCode::BAD_REQUEST, "Must specify 'target' as string");
+            }
+        };
+        // CHP cleans the path twice on POST (once in the handler, once in the store).
+        let key = trim_prefix(&trim_prefix(path.unwrap_or("/")));
+        if self.host_routing && key != "/" {
+            let host = key.split('/').nth(1).unwrap_or_default().to_string();
+            data.insert("host".to_string(), serde_json::Value::String(host));
+        }
+        let target = data
+            .get("target")
+            .and_then(|t| t.as_str())
+            .unwrap_or_default()
+            .to_string();
+        info!("Adding route {key} -> {target}");
+        match self.store.add(&key, data).await {
+            Ok(()) => {
+                info!("Route added {key} -> {target}");
+                self.metrics.api_route_add.inc();
+                Answer::empty(StatusCode::CREATED)
+            }
+            Err(e) => Answer::fail(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        }
+    }
+
+    async fn delete(&self, path: Option<&str>) -> Answer {
+        let Some(path) = path else {
+            return Answer::fail(
+                StatusCode::BAD_REQUEST,
+                "DELETE needs a route path; to delete the root route use DELETE /api/routes/",
+            );
+        };
+        let key = trim_prefix(path);
+        self.metrics.api_route_delete.inc();
+        if self.store.table().get(&key).is_none() {
+            return Answer::empty(StatusCode::NOT_FOUND);
+        }
+        info!("Removing route {key}");
+        match self.store.remove(&key).await {
+            Ok(true) => Answer::empty(StatusCode::NO_CONTENT),
+            Ok(false) => Answer::empty(StatusCode::NOT_FOUND),
+            Err(e) => Answer::fail(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        }
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_string(out: &mut String, s: &str) {
+    // serde_json's escaping, without an intermediate Value.
+    match serde_json::to_string(s) {
+        Ok(quoted) => out.push_str(&quoted),
+        Err(_) => out.push_str("\"\""),
+    }
+}
+
+#[async_trait]
+impl ServeHttp for RoutesApi {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let answer = self.handle(session).await;
+        let code = answer.status.as_u16();
+        self.metrics.requests_api(code).inc();
+        let method = session.req_header().method.as_str().to_string();
+        let raw = String::from_utf8_lossy(session.req_header().raw_path()).into_owned();
+        let url = raw.split('?').next().unwrap_or_default();
+        match code {
+            0..=399 => info!("{code} {method} {url} {}", answer.log_msg),
+            400..=499 => warn!("{code} {method} {url} {}", answer.log_msg),
+            _ => error!("{code} {method} {url} {}", answer.log_msg),
+        }
+        let mut builder = Response::builder().status(answer.status);
+        if answer.json {
+            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+        } else if !answer.body.is_empty() {
+            builder = builder.header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
+        }
+        builder = builder.header(http::header::CONTENT_LENGTH, answer.body.len());
+        builder
+            .body(answer.body)
+            .unwrap_or_else(|_| Response::new(Vec::new()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_regex_quirks() {
+        assert_eq!(find_token("token secret"), Some("secret"));
+        assert_eq!(find_token("xtoken secret"), Some("secret"));
+        assert_eq!(find_token("token secret extra"), Some("secret"));
+        assert_eq!(find_token("Token secret"), None);
+        assert_eq!(find_token("Bearer secret"), None);
+        assert_eq!(find_token("tokensecret token  s2"), Some("s2"));
+        assert_eq!(find_token("token "), None);
+        assert_eq!(find_token(""), None);
+    }
+
+    #[test]
+    fn query_params() {
+        assert_eq!(
+            query_param("a=1&inactive_since=2026-01-01", "inactive_since").as_deref(),
+            Some("2026-01-01")
+        );
+        assert_eq!(query_param("x=a+b%20c", "x").as_deref(), Some("a b c"));
+        assert_eq!(query_param("x=1", "y"), None);
+    }
+}

@@ -1,0 +1,766 @@
+//! Configuration: command line (CHP's flags) over the TOML file over defaults, validated
+//! into one internal [`Config`] before anything binds.
+
+mod cli;
+mod file;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use cli::Cli;
+pub use file::FileConfig;
+use http::{HeaderName, HeaderValue};
+use thiserror::Error;
+
+use crate::routes::Target;
+
+/// A configuration that cannot be used; the message names the key and what is allowed.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The config file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for hubgate.
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value is not allowed.
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+    /// A flag hubgate does not implement.
+    #[error("{key} is not supported by hubgate: {reason}")]
+    Unsupported { key: String, reason: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Where a listener listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A unix socket path.
+    Unix(PathBuf),
+}
+
+impl Listen {
+    /// The listener as a URL-ish string for logs (`http://127.0.0.1:8000`).
+    pub fn display(&self, scheme: &str) -> String {
+        match self {
+            Listen::Tcp(a) => format!("{scheme}://{a}"),
+            Listen::Unix(p) => format!("{scheme}+unix://{}", p.display()),
+        }
+    }
+}
+
+/// TLS on a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM, optionally encrypted with the passphrase).
+    pub key: PathBuf,
+    /// Passphrase for an encrypted key.
+    pub key_passphrase: Option<String>,
+    /// CA for client certificates.
+    pub client_ca: Option<PathBuf>,
+    /// Ask clients for a certificate.
+    pub request_cert: bool,
+    /// Refuse clients without a valid certificate.
+    pub reject_unauthorized: bool,
+}
+
+/// TLS toward https targets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    /// Client certificate (PEM).
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM).
+    pub key: Option<PathBuf>,
+    /// CA to verify targets with (instead of the system roots).
+    pub ca: Option<PathBuf>,
+    /// Skip verification of target certificates.
+    pub insecure: bool,
+}
+
+/// How proxy errors are rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorPages {
+    /// `GET {url}/{code}?url=…` on this server (JupyterHub's `/hub/error`).
+    Target(String),
+    /// `{code}.html` / `error.html` from this directory.
+    Path(PathBuf),
+    /// hubgate's built-in pages.
+    Builtin,
+}
+
+/// How requests are rewritten on their way upstream and back.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    pub x_forward: bool,
+    pub prepend_path: bool,
+    pub include_prefix: bool,
+    pub change_origin: bool,
+    pub auto_rewrite: bool,
+    pub protocol_rewrite: Option<String>,
+    pub custom_headers: Vec<(HeaderName, HeaderValue)>,
+    pub host_routing: bool,
+}
+
+/// Timeouts of the public side and of upstream connections.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// `--timeout`: idle limit on the incoming socket of web requests.
+    pub downstream: Option<Duration>,
+    /// `--proxy-timeout`: idle limit on the upstream side of web requests.
+    pub upstream: Option<Duration>,
+    /// How long a connect to a target may take before the request gets a 503.
+    pub connect: Duration,
+    /// Keep-alive idle timeout of the public listener.
+    pub keep_alive: Duration,
+}
+
+/// The validated configuration everything else is built from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub proxy_listen: Listen,
+    pub proxy_tls: Option<ServerTls>,
+    pub api_listen: Listen,
+    pub api_tls: Option<ServerTls>,
+    /// API token; `None` leaves the API unauthenticated (as CHP does, with a warning).
+    pub auth_token: Option<String>,
+    pub api_max_body: usize,
+    pub metrics_listen: Option<Listen>,
+    /// `(listen port, redirect-to port)`.
+    pub redirect: Option<(u16, u16)>,
+    pub default_target: Option<String>,
+    pub error_pages: ErrorPages,
+    pub forwarding: Forwarding,
+    pub timeouts: Timeouts,
+    pub client_tls: ClientTls,
+    pub ws_activity_on_server_frames: bool,
+    pub log_level: log::LevelFilter,
+    pub pid_file: Option<PathBuf>,
+    pub shutdown_grace: Duration,
+    pub threads: usize,
+}
+
+/// Environment values the configuration reads.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    pub auth_token: Option<String>,
+    pub ssl_key_passphrase: Option<String>,
+    pub api_ssl_key_passphrase: Option<String>,
+}
+
+impl Env {
+    /// Reads CHP's variables from the process environment.
+    pub fn from_process() -> Env {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Env {
+            auth_token: var("CONFIGPROXY_AUTH_TOKEN"),
+            ssl_key_passphrase: var("CONFIGPROXY_SSL_KEY_PASSPHRASE"),
+            api_ssl_key_passphrase: var("CONFIGPROXY_API_SSL_KEY_PASSPHRASE"),
+        }
+    }
+}
+
+/// Reads and parses a config file.
+pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+/// The flag name when the command line gave a value, else the file key.
+fn name<'a, T>(cli: &Option<T>, flag: &'a str, key: &'a str) -> &'a str {
+    if cli.is_some() {
+        flag
+    } else {
+        key
+    }
+}
+
+/// Resolves a listen host (`''`/`*` = all interfaces, an IP, or a host name).
+fn resolve_ip(
+    key: &str,
+    ip: Option<&str>,
+    default: IpAddr,
+    port: u16,
+) -> Result<SocketAddr, ConfigError> {
+    let ip = match ip {
+        None => return Ok(SocketAddr::new(default, port)),
+        Some("") | Some("*") => {
+            return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))
+        }
+        Some(ip) => ip.trim_start_matches('[').trim_end_matches(']'),
+    };
+    if let Ok(addr) = ip.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(addr, port));
+    }
+    let mut addrs: Vec<SocketAddr> = (ip, port)
+        .to_socket_addrs()
+        .map_err(|e| {
+            invalid(
+                key,
+                format!("cannot resolve {ip:?} to an address ({e}); give an IP address"),
+            )
+        })?
+        .collect();
+    addrs.sort_by_key(|a| !a.is_ipv4());
+    addrs.into_iter().next().ok_or_else(|| {
+        invalid(
+            key,
+            format!("{ip:?} resolves to no address; give an IP address"),
+        )
+    })
+}
+
+/// CHP's `--ssl-protocol` picks one protocol method; rustls always offers TLS 1.2 and 1.3.
+fn check_protocol(key: &str, v: Option<&str>) -> Result<(), ConfigError> {
+    match v {
+        None | Some("TLS") | Some("SSLv23") | Some("TLS_method") => Ok(()),
+        Some(other) => Err(ConfigError::Unsupported {
+            key: key.to_string(),
+            reason: format!(
+                "{other:?}: hubgate always offers TLS 1.2 and 1.3 and nothing older; remove the flag or pass TLS"
+            ),
+        }),
+    }
+}
+
+fn check_readable(key: &str, path: &Path) -> Result<(), ConfigError> {
+    std::fs::metadata(path)
+        .map(|_| ())
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))
+}
+
+/// Parses `name:value` the way CHP does (split at the first colon, both sides trimmed).
+pub fn parse_custom_header(raw: &str) -> Result<(HeaderName, HeaderValue), ConfigError> {
+    let (name, value) = raw.split_once(':').ok_or_else(|| ConfigError::Invalid {
+        key: "--custom-header".into(),
+        message: format!("A colon was expected in custom header: {raw}"),
+    })?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+        invalid(
+            "--custom-header",
+            format!("{:?} is not a valid header name", name.trim()),
+        )
+    })?;
+    let value = HeaderValue::from_str(value.trim()).map_err(|_| {
+        invalid(
+            "--custom-header",
+            format!("{:?} is not a valid header value", value.trim()),
+        )
+    })?;
+    Ok((name, value))
+}
+
+fn parse_log_level(key: &str, v: &str) -> Result<log::LevelFilter, ConfigError> {
+    match v.to_ascii_lowercase().as_str() {
+        "debug" => Ok(log::LevelFilter::Debug),
+        "info" => Ok(log::LevelFilter::Info),
+        "warn" | "warning" => Ok(log::LevelFilter::Warn),
+        "error" => Ok(log::LevelFilter::Error),
+        "trace" => Ok(log::LevelFilter::Trace),
+        other => Err(invalid(
+            key,
+            format!("{other:?} is not a log level; use debug, info, warn or error"),
+        )),
+    }
+}
+
+fn check_target(key: &str, url: &str) -> Result<(), ConfigError> {
+    Target::parse(url).map(|_| ()).map_err(|e| {
+        invalid(
+            key,
+            format!("{e}; expected a URL like http://127.0.0.1:8081"),
+        )
+    })
+}
+
+impl Config {
+    /// Builds the validated configuration from the command line, the file and the environment.
+    pub fn build(cli: &Cli, file: &FileConfig, env: &Env) -> Result<Config, ConfigError> {
+        let p = &file.proxy;
+
+        for (given, key, reason) in [
+            (
+                cli.ssl_ciphers.is_some(),
+                "--ssl-ciphers",
+                "rustls only offers modern AEAD suites and cannot take an OpenSSL cipher list; remove the flag",
+            ),
+            (
+                cli.ssl_dhparam.is_some(),
+                "--ssl-dhparam",
+                "rustls has no finite-field Diffie-Hellman suites, so DH parameters are never used; remove the flag",
+            ),
+        ] {
+            if given {
+                return Err(ConfigError::Unsupported {
+                    key: key.to_string(),
+                    reason: reason.to_string(),
+                });
+            }
+        }
+        let storage = cli
+            .storage_backend
+            .clone()
+            .or_else(|| file.storage.backend.clone());
+        if let Some(s) = storage {
+            if s != "memory" {
+                return Err(ConfigError::Unsupported {
+                    key: name(&cli.storage_backend, "--storage-backend", "storage.backend").to_string(),
+                    reason: format!(
+                        "{s:?}: CHP's node storage modules cannot be loaded by hubgate; use `memory` (the default)"
+                    ),
+                });
+            }
+        }
+
+        // Public listener.
+        let socket = cli.socket.clone().or_else(|| p.socket.clone());
+        if socket.is_some() && (cli.ip.is_some() || cli.port.is_some()) && cli.socket.is_none() {
+            return Err(invalid(
+                "proxy.socket",
+                "conflicts with --ip/--port; give one or the other",
+            ));
+        }
+        let port = cli.port.or(p.port).unwrap_or(8000);
+        let proxy_listen = match socket {
+            Some(path) => Listen::Unix(path),
+            None => Listen::Tcp(resolve_ip(
+                name(&cli.ip, "--ip", "proxy.ip"),
+                cli.ip.as_deref().or(p.ip.as_deref()),
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                port,
+            )?),
+        };
+
+        // API listener.
+        let a = &file.api;
+        let api_socket = cli.api_socket.clone().or_else(|| a.socket.clone());
+        let api_port = cli.api_port.or(a.port).unwrap_or(match proxy_listen {
+            Listen::Tcp(_) => port.wrapping_add(1),
+            Listen::Unix(_) => 8001,
+        });
+        let api_listen = match api_socket {
+            Some(path) => Listen::Unix(path),
+            None => Listen::Tcp(resolve_ip(
+                name(&cli.api_ip, "--api-ip", "api.ip"),
+                Some(
+                    cli.api_ip
+                        .as_deref()
+                        .or(a.ip.as_deref())
+                        .unwrap_or("localhost"),
+                ),
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                api_port,
+            )?),
+        };
+        if let (Listen::Tcp(pa), Listen::Tcp(aa)) = (&proxy_listen, &api_listen) {
+            if pa.port() == aa.port()
+                && (pa.ip() == aa.ip() || pa.ip().is_unspecified() || aa.ip().is_unspecified())
+            {
+                return Err(invalid(
+                    "--api-port",
+                    format!(
+                        "the API port {} is also the proxy port; choose another",
+                        aa.port()
+                    ),
+                ));
+            }
+        }
+
+        let proxy_tls = Self::server_tls(
+            "--ssl-key/--ssl-cert",
+            cli.ssl_key.clone().or_else(|| p.tls.key.clone()),
+            cli.ssl_cert.clone().or_else(|| p.tls.cert.clone()),
+            cli.ssl_ca.clone().or_else(|| p.tls.ca.clone()),
+            cli.ssl_request_cert || p.tls.request_cert.unwrap_or(false),
+            cli.ssl_reject_unauthorized || p.tls.reject_unauthorized.unwrap_or(false),
+            cli.ssl_protocol.as_deref().or(p.tls.protocol.as_deref()),
+            env.ssl_key_passphrase.clone(),
+        )?;
+        let api_tls = Self::server_tls(
+            "--api-ssl-key/--api-ssl-cert",
+            cli.api_ssl_key.clone().or_else(|| a.tls.key.clone()),
+            cli.api_ssl_cert.clone().or_else(|| a.tls.cert.clone()),
+            cli.api_ssl_ca.clone().or_else(|| a.tls.ca.clone()),
+            cli.api_ssl_request_cert || a.tls.request_cert.unwrap_or(false),
+            cli.api_ssl_reject_unauthorized || a.tls.reject_unauthorized.unwrap_or(false),
+            cli.ssl_protocol.as_deref().or(a.tls.protocol.as_deref()),
+            env.api_ssl_key_passphrase.clone(),
+        )?;
+
+        let auth_token = match (&env.auth_token, &a.auth_token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(path)) => {
+                let t = std::fs::read_to_string(path).map_err(|e| {
+                    invalid(
+                        "api.auth-token-file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                Some(t.trim().to_string()).filter(|t| !t.is_empty())
+            }
+            (None, None) => None,
+        };
+
+        // Metrics.
+        let m = &file.metrics;
+        let metrics_listen = match (
+            cli.metrics_socket.clone().or_else(|| m.socket.clone()),
+            cli.metrics_port.or(m.port),
+        ) {
+            (Some(path), _) => Some(Listen::Unix(path)),
+            (None, Some(mport)) => Some(Listen::Tcp(resolve_ip(
+                name(&cli.metrics_ip, "--metrics-ip", "metrics.ip"),
+                cli.metrics_ip.as_deref().or(m.ip.as_deref()),
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                mport,
+            )?)),
+            (None, None) => None,
+        };
+
+        // Redirect server.
+        let redirect_port = cli.redirect_port.or(p.redirect_port);
+        let redirect = match redirect_port {
+            None => None,
+            Some(rp) => {
+                if proxy_tls.is_none() {
+                    return Err(invalid(
+                        name(&cli.redirect_port, "--redirect-port", "proxy.redirect-port"),
+                        "needs TLS on the public listener (--ssl-key and --ssl-cert)",
+                    ));
+                }
+                let to = cli.redirect_to.or(p.redirect_to).unwrap_or(port);
+                match proxy_listen {
+                    Listen::Unix(_) => None,
+                    Listen::Tcp(_) if port == 80 => None,
+                    Listen::Tcp(_) => Some((rp, to)),
+                }
+            }
+        };
+
+        // Targets and error pages.
+        let default_target = cli
+            .default_target
+            .clone()
+            .or_else(|| p.default_target.clone());
+        if let Some(t) = &default_target {
+            check_target(
+                name(
+                    &cli.default_target,
+                    "--default-target",
+                    "proxy.default-target",
+                ),
+                t,
+            )?;
+        }
+        let error_target = cli.error_target.clone().or_else(|| p.error_target.clone());
+        let error_path = cli.error_path.clone().or_else(|| p.error_path.clone());
+        let error_pages = match (error_target, error_path) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "--error-target",
+                    "cannot be combined with --error-path; give one of them",
+                ))
+            }
+            (Some(t), None) => {
+                check_target(
+                    name(&cli.error_target, "--error-target", "proxy.error-target"),
+                    &t,
+                )?;
+                ErrorPages::Target(t)
+            }
+            (None, Some(dir)) => {
+                if !dir.is_dir() {
+                    return Err(invalid(
+                        name(&cli.error_path, "--error-path", "proxy.error-path"),
+                        format!("{} is not a directory", dir.display()),
+                    ));
+                }
+                ErrorPages::Path(dir)
+            }
+            (None, None) => ErrorPages::Builtin,
+        };
+
+        let mut custom_headers = Vec::new();
+        if let Some(map) = &p.custom_headers {
+            for (k, v) in map {
+                custom_headers.push(parse_custom_header(&format!("{k}:{v}")).map_err(|_| {
+                    invalid(
+                        "proxy.custom-headers",
+                        format!("{k:?} = {v:?} is not a valid header"),
+                    )
+                })?);
+            }
+        }
+        for raw in &cli.custom_header {
+            custom_headers.push(parse_custom_header(raw)?);
+        }
+
+        let protocol_rewrite = cli
+            .protocol_rewrite
+            .clone()
+            .or_else(|| p.protocol_rewrite.clone());
+        if let Some(proto) = &protocol_rewrite {
+            if proto.is_empty()
+                || !proto
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+            {
+                return Err(invalid(
+                    name(
+                        &cli.protocol_rewrite,
+                        "--protocol-rewrite",
+                        "proxy.protocol-rewrite",
+                    ),
+                    format!("{proto:?} is not a URL scheme; use e.g. https"),
+                ));
+            }
+        }
+        let forwarding = Forwarding {
+            x_forward: !cli.no_x_forward && p.x_forward.unwrap_or(true),
+            prepend_path: !cli.no_prepend_path && p.prepend_path.unwrap_or(true),
+            include_prefix: !cli.no_include_prefix && p.include_prefix.unwrap_or(true),
+            change_origin: cli.change_origin || p.change_origin.unwrap_or(false),
+            auto_rewrite: cli.auto_rewrite || p.auto_rewrite.unwrap_or(false),
+            protocol_rewrite: protocol_rewrite.map(|s| s.trim_end_matches(':').to_string()),
+            custom_headers,
+            host_routing: cli.host_routing || p.host_routing.unwrap_or(false),
+        };
+
+        let ms = |v: Option<u64>| v.filter(|&v| v > 0).map(Duration::from_millis);
+        let connect_ms = p.connect_timeout_ms.unwrap_or(5_000);
+        if connect_ms == 0 {
+            return Err(invalid("proxy.connect-timeout-ms", "must be at least 1"));
+        }
+        let timeouts = Timeouts {
+            downstream: ms(cli.timeout.or(p.timeout_ms)),
+            upstream: ms(cli.proxy_timeout.or(p.proxy_timeout_ms)),
+            connect: Duration::from_millis(connect_ms),
+            keep_alive: Duration::from_millis(
+                cli.keep_alive_timeout
+                    .or(p.keep_alive_timeout_ms)
+                    .unwrap_or(5_000),
+            ),
+        };
+
+        let c = &file.client_tls;
+        let client_tls = ClientTls {
+            cert: cli.client_ssl_cert.clone().or_else(|| c.cert.clone()),
+            key: cli.client_ssl_key.clone().or_else(|| c.key.clone()),
+            ca: cli.client_ssl_ca.clone().or_else(|| c.ca.clone()),
+            insecure: cli.insecure || p.insecure.unwrap_or(false),
+        };
+        if client_tls.cert.is_some() != client_tls.key.is_some() {
+            return Err(invalid(
+                "--client-ssl-key/--client-ssl-cert",
+                "give both the client key and the client certificate, or neither",
+            ));
+        }
+        for (key, path) in [
+            ("--client-ssl-key", &client_tls.key),
+            ("--client-ssl-cert", &client_tls.cert),
+            ("--client-ssl-ca", &client_tls.ca),
+        ] {
+            if let Some(path) = path {
+                check_readable(key, path)?;
+            }
+        }
+
+        let s = &file.server;
+        let log_level = match (&cli.log_level, &s.log_level) {
+            (Some(l), _) => parse_log_level("--log-level", l)?,
+            (None, Some(l)) => parse_log_level("server.log-level", l)?,
+            (None, None) => log::LevelFilter::Info,
+        };
+        let threads = s.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        if threads == 0 || threads > 1024 {
+            return Err(invalid("server.threads", "must be between 1 and 1024"));
+        }
+        let grace = s.shutdown_grace_seconds.unwrap_or(10);
+        if grace > 3600 {
+            return Err(invalid(
+                "server.shutdown-grace-seconds",
+                "must be at most 3600",
+            ));
+        }
+        let api_max_body = a.max_body_bytes.unwrap_or(10 * 1024 * 1024);
+        if api_max_body == 0 {
+            return Err(invalid("api.max-body-bytes", "must be at least 1"));
+        }
+
+        Ok(Config {
+            proxy_listen,
+            proxy_tls,
+            api_listen,
+            api_tls,
+            auth_token,
+            api_max_body,
+            metrics_listen,
+            redirect,
+            default_target,
+            error_pages,
+            forwarding,
+            timeouts,
+            client_tls,
+            ws_activity_on_server_frames: file.websocket.activity_on_server_frames.unwrap_or(false),
+            log_level,
+            pid_file: cli.pid_file.clone().or_else(|| s.pid_file.clone()),
+            shutdown_grace: Duration::from_secs(grace),
+            threads,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn server_tls(
+        key_name: &str,
+        key: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        ca: Option<PathBuf>,
+        request_cert: bool,
+        reject_unauthorized: bool,
+        protocol: Option<&str>,
+        passphrase: Option<String>,
+    ) -> Result<Option<ServerTls>, ConfigError> {
+        check_protocol("--ssl-protocol", protocol)?;
+        let (key, cert) = match (key, cert) {
+            (None, None) => return Ok(None),
+            (Some(k), Some(c)) => (k, c),
+            _ => return Err(invalid(key_name, "give both the key and the certificate")),
+        };
+        check_readable(key_name, &key)?;
+        check_readable(key_name, &cert)?;
+        if let Some(ca) = &ca {
+            check_readable(key_name, ca)?;
+        }
+        if reject_unauthorized && ca.is_none() {
+            return Err(invalid(
+                key_name,
+                "rejecting unauthorized clients needs a CA to verify them against (--ssl-ca / --api-ssl-ca)",
+            ));
+        }
+        Ok(Some(ServerTls {
+            cert,
+            key,
+            key_passphrase: passphrase,
+            client_ca: ca,
+            request_cert,
+            reject_unauthorized,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn build(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["hubgate"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).expect("cli parses");
+        Config::build(&cli, &FileConfig::default(), &Env::default())
+    }
+
+    #[test]
+    fn chp_defaults() {
+        let c = build(&[]).unwrap();
+        assert_eq!(c.proxy_listen, Listen::Tcp("0.0.0.0:8000".parse().unwrap()));
+        assert_eq!(c.api_listen, Listen::Tcp("127.0.0.1:8001".parse().unwrap()));
+        assert!(c.metrics_listen.is_none());
+        assert!(c.forwarding.x_forward && c.forwarding.prepend_path && c.forwarding.include_prefix);
+        assert_eq!(c.timeouts.keep_alive, Duration::from_secs(5));
+        assert_eq!(c.error_pages, ErrorPages::Builtin);
+    }
+
+    #[test]
+    fn api_port_follows_port() {
+        let c = build(&["--ip", "127.0.0.1", "--port", "9000"]).unwrap();
+        assert_eq!(c.api_listen, Listen::Tcp("127.0.0.1:9001".parse().unwrap()));
+    }
+
+    #[test]
+    fn metrics_default_loopback() {
+        let c = build(&["--metrics-port", "9100"]).unwrap();
+        assert_eq!(
+            c.metrics_listen,
+            Some(Listen::Tcp("127.0.0.1:9100".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn custom_header_parsing() {
+        let (n, v) = parse_custom_header(" k2 : host:123 ").unwrap();
+        assert_eq!(n.as_str(), "k2");
+        assert_eq!(v.to_str().unwrap(), "host:123");
+        let err = build(&["--custom-header", "nocolon"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("A colon was expected in custom header: nocolon"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unsupported_flags_fail_by_name() {
+        assert!(build(&["--ssl-ciphers", "HIGH"])
+            .unwrap_err()
+            .to_string()
+            .contains("--ssl-ciphers"));
+        assert!(build(&["--storage-backend", "./redis-store"])
+            .unwrap_err()
+            .to_string()
+            .contains("--storage-backend"));
+    }
+
+    #[test]
+    fn redirect_needs_tls() {
+        assert!(build(&["--redirect-port", "8080"])
+            .unwrap_err()
+            .to_string()
+            .contains("--redirect-port"));
+    }
+
+    #[test]
+    fn file_keys_and_overrides() {
+        let file: FileConfig = toml::from_str(
+            "[proxy]\nport = 9100\nx-forward = false\n[server]\nlog-level = \"debug\"\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from(["hubgate", "--port", "9200"]).unwrap();
+        let c = Config::build(&cli, &file, &Env::default()).unwrap();
+        assert_eq!(c.proxy_listen, Listen::Tcp("0.0.0.0:9200".parse().unwrap()));
+        assert!(!c.forwarding.x_forward);
+        assert_eq!(c.log_level, log::LevelFilter::Debug);
+        let bad = toml::from_str::<FileConfig>("[proxy]\nport = \"notanumber\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("port"), "{bad}");
+        let unknown = toml::from_str::<FileConfig>("[proxy]\nprot = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("prot"), "{unknown}");
+    }
+}

@@ -1,0 +1,39 @@
+//! The `hubgate` binary: CHP's command line → validated config → server.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use hubgate::config::{self, Cli, Config, Env, FileConfig};
+use hubgate::server::Hubgate;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let file = match &cli.config {
+        Some(path) => match config::load_file(path) {
+            Ok(f) => f,
+            Err(e) => return fail(&e.to_string()),
+        },
+        None => FileConfig::default(),
+    };
+    let config = match Config::build(&cli, &file, &Env::from_process()) {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
+    if cli.check_config {
+        println!("hubgate: configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    hubgate::logging::init(config.log_level);
+    if cli.ssl_allow_rc4 {
+        log::warn!("--ssl-allow-rc4 has no effect: RC4 is never offered (nor is it by CHP 5)");
+    }
+    match Hubgate::build(config) {
+        Ok(server) => server.run(),
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("hubgate: error: {msg}");
+    ExitCode::FAILURE
+}

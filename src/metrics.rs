@@ -1,0 +1,211 @@
+//! Prometheus metrics, with CHP's names kept so dashboards built for CHP keep working.
+//!
+//! Each server owns its registry (tests build several servers in one process). Counters
+//! labelled by status are resolved once per status code and cached, so the request path
+//! does no label hashing.
+
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::routes::RouteTable;
+
+/// Status codes get a cached counter each; anything outside 100..=599 shares label "other".
+const STATUS_SLOTS: usize = 600;
+
+/// A counter vector labelled by status code, with the per-code handles cached.
+pub struct StatusCounters {
+    vec: IntCounterVec,
+    cache: Box<[OnceLock<IntCounter>]>,
+}
+
+impl StatusCounters {
+    fn new(name: &str, help: &str) -> prometheus::Result<StatusCounters> {
+        let vec = IntCounterVec::new(Opts::new(name, help), &["status"])?;
+        let cache = (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect();
+        Ok(StatusCounters { vec, cache })
+    }
+
+    /// The counter for one status code.
+    pub fn get(&self, code: u16) -> &IntCounter {
+        let slot = usize::from(code).min(STATUS_SLOTS - 1);
+        self.cache[slot].get_or_init(|| {
+            let label = if (100..600).contains(&code) {
+                code.to_string()
+            } else {
+                "other".to_string()
+            };
+            self.vec.with_label_values(&[label.as_str()])
+        })
+    }
+}
+
+/// All metrics of one hubgate server.
+pub struct Metrics {
+    registry: Registry,
+    /// `GET /api/routes` (whole table) calls.
+    pub api_route_get: IntCounter,
+    /// Successful route POSTs.
+    pub api_route_add: IntCounter,
+    /// Route DELETEs (including 404s).
+    pub api_route_delete: IntCounter,
+    /// Route lookup time.
+    pub find_target_for_req: Histogram,
+    /// Websocket upgrade requests.
+    pub requests_ws: IntCounter,
+    /// Web requests (health checks excluded).
+    pub requests_web: IntCounter,
+    requests_proxy: StatusCounters,
+    requests_api: StatusCounters,
+    /// Websockets open right now.
+    pub websockets_open: IntGauge,
+    /// Upstream connect and response failures.
+    pub upstream_errors: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric; `table` is sampled at scrape time for its size.
+    pub fn new(table: Arc<RouteTable>) -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let api_route_get = counter("api_route_get", "Count of API requests to get all routes")?;
+        let api_route_add = counter("api_route_add", "Count of API requests to add a route")?;
+        let api_route_delete = counter(
+            "api_route_delete",
+            "Count of API requests to delete a route",
+        )?;
+        let requests_ws = counter("requests_ws", "Count of websocket requests")?;
+        let requests_web = counter("requests_web", "Count of web requests")?;
+        let find_target_for_req = Histogram::with_opts(
+            HistogramOpts::new("find_target_for_req", "Route lookup time in seconds").buckets(
+                vec![1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 1e-4, 1e-3],
+            ),
+        )?;
+        registry.register(Box::new(find_target_for_req.clone()))?;
+        let requests_proxy =
+            StatusCounters::new("requests_proxy", "Count of proxy responses by status")?;
+        registry.register(Box::new(requests_proxy.vec.clone()))?;
+        let requests_api = StatusCounters::new("requests_api", "Count of API responses by status")?;
+        registry.register(Box::new(requests_api.vec.clone()))?;
+        let websockets_open =
+            IntGauge::new("hubgate_websockets_open", "Websockets currently open")?;
+        registry.register(Box::new(websockets_open.clone()))?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new("hubgate_upstream_errors_total", "Upstream failures by kind"),
+            &["kind"],
+        )?;
+        registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(RouteCount {
+            table,
+            desc: prometheus::core::Desc::new(
+                "hubgate_routes".into(),
+                "Routes in the table".into(),
+                vec![],
+                Default::default(),
+            )?,
+        }))?;
+        let build = IntGauge::with_opts(
+            Opts::new("hubgate_build_info", "hubgate version")
+                .const_label("version", env!("CARGO_PKG_VERSION")),
+        )?;
+        build.set(1);
+        registry.register(Box::new(build))?;
+        Ok(Metrics {
+            registry,
+            api_route_get,
+            api_route_add,
+            api_route_delete,
+            find_target_for_req,
+            requests_ws,
+            requests_web,
+            requests_proxy,
+            requests_api,
+            websockets_open,
+            upstream_errors,
+        })
+    }
+
+    /// `requests_proxy{status}`.
+    pub fn requests_proxy(&self, code: u16) -> &IntCounter {
+        self.requests_proxy.get(code)
+    }
+
+    /// `requests_api{status}`.
+    pub fn requests_api(&self, code: u16) -> &IntCounter {
+        self.requests_api.get(code)
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8192);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// Reports the route table's size when scraped (nothing to update on the write path).
+struct RouteCount {
+    table: Arc<RouteTable>,
+    desc: prometheus::core::Desc,
+}
+
+impl prometheus::core::Collector for RouteCount {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let gauge = IntGauge::with_opts(Opts::new("hubgate_routes", "Routes in the table"));
+        match gauge {
+            Ok(g) => {
+                g.set(self.table.len() as i64);
+                g.collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// The `/metrics` listener.
+pub struct MetricsApp {
+    metrics: Arc<Metrics>,
+}
+
+impl MetricsApp {
+    /// Serves `metrics` at `/metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> MetricsApp {
+        MetricsApp { metrics }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let (status, ctype, body) = if session.req_header().raw_path() == b"/metrics" {
+            (
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.metrics.render(),
+            )
+        } else {
+            (404, "text/plain", b"Not Found".to_vec())
+        };
+        Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, ctype)
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(body)
+            .unwrap_or_else(|_| Response::new(Vec::new()))
+    }
+}

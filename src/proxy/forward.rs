@@ -1,0 +1,355 @@
+//! How a request is rewritten on its way to a target, and a redirect on its way back:
+//! CHP's include-prefix / prepend-path URL joining, the `X-Forwarded-*` set, custom
+//! headers, `--change-origin`, and `--auto-rewrite` / `--protocol-rewrite`.
+
+use http::header::{HeaderName, HeaderValue, HOST};
+use http::HeaderMap;
+
+use crate::config::Forwarding;
+use crate::routes::Target;
+
+/// Strips a matched route prefix from a raw (escaped) path, given the prefix's length in the
+/// decoded path. Escapes are walked so that `/user/%61lice/foo` minus `/user/alice` is `/foo`
+/// (CHP cuts the raw URL by the decoded length and gets `/ce/foo`).
+pub fn strip_prefix(forward: &str, decoded_len: usize) -> &str {
+    let bytes = forward.as_bytes();
+    let (mut raw, mut dec) = (0, 0);
+    while dec < decoded_len && raw < bytes.len() {
+        raw += if bytes[raw] == b'%' && raw + 2 < bytes.len() {
+            3
+        } else {
+            1
+        };
+        dec += 1;
+    }
+    &forward[raw.min(forward.len())..]
+}
+
+/// The path and query to request from the target (http-proxy's `urlJoin` of the target's
+/// path and the request's path, query strings merged with `&`).
+pub fn upstream_path(
+    target: &Target,
+    path: &str,
+    query: Option<&str>,
+    prepend_path: bool,
+) -> String {
+    let (tpath, tquery) = if prepend_path {
+        (target.path.as_str(), target.query.as_str())
+    } else {
+        ("/", "")
+    };
+    let path = if path.is_empty() { "/" } else { path };
+    let mut out = String::with_capacity(
+        tpath.len() + path.len() + query.map_or(0, str::len) + tquery.len() + 2,
+    );
+    out.push_str(tpath);
+    if out.ends_with('/') {
+        out.push_str(path.strip_prefix('/').unwrap_or(path));
+    } else if path.starts_with('/') {
+        out.push_str(path);
+    } else {
+        out.push('/');
+        out.push_str(path);
+    }
+    let q = query.filter(|q| !q.is_empty());
+    match (tquery.is_empty(), q) {
+        (true, None) => {}
+        (false, None) => {
+            out.push('?');
+            out.push_str(tquery);
+        }
+        (true, Some(q)) => {
+            out.push('?');
+            out.push_str(q);
+        }
+        (false, Some(q)) => {
+            out.push('?');
+            out.push_str(tquery);
+            out.push('&');
+            out.push_str(q);
+        }
+    }
+    out
+}
+
+/// What the proxy knows about the downstream connection, for `X-Forwarded-*`.
+pub struct Downstream<'a> {
+    /// The client's IP, when it came over TCP.
+    pub client_ip: Option<String>,
+    /// Whether the client connection is TLS.
+    pub tls: bool,
+    /// Whether this is a websocket upgrade (`ws`/`wss`, and no `X-Forwarded-Host`).
+    pub websocket: bool,
+    /// The target of the matched route.
+    pub target: &'a Target,
+}
+
+fn append_value(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    let joined = match headers.get(name).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing},{value}"),
+        _ => value.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert(name, v);
+    }
+}
+
+/// The request headers to send upstream, computed from the client's headers: the
+/// `X-Forwarded-*` set (on by default), then custom headers (which override), then
+/// `--change-origin`. Returns the `(name, value)` pairs to set.
+pub fn request_headers(
+    headers: &HeaderMap,
+    down: &Downstream<'_>,
+    fwd: &Forwarding,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out: HeaderMap = HeaderMap::new();
+    if fwd.x_forward {
+        let host = headers.get(HOST).and_then(|h| h.to_str().ok());
+        let port = host
+            .and_then(|h| h.rsplit_once(':'))
+            .map(|(_, p)| p)
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .map(str::to_string)
+            .unwrap_or_else(|| if down.tls { "443".into() } else { "80".into() });
+        let proto = match (down.websocket, down.tls) {
+            (false, false) => "http",
+            (false, true) => "https",
+            (true, false) => "ws",
+            (true, true) => "wss",
+        };
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-port",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+        ] {
+            if let Some(v) = headers.get(name) {
+                out.insert(name, v.clone());
+            }
+        }
+        if let Some(ip) = &down.client_ip {
+            append_value(&mut out, "x-forwarded-for", ip);
+        }
+        append_value(&mut out, "x-forwarded-port", &port);
+        append_value(&mut out, "x-forwarded-proto", proto);
+        if !down.websocket && !out.contains_key("x-forwarded-host") {
+            let v =
+                HeaderValue::from_str(host.unwrap_or("")).unwrap_or(HeaderValue::from_static(""));
+            out.insert("x-forwarded-host", v);
+        }
+    }
+    let mut result: Vec<(HeaderName, HeaderValue)> = out
+        .into_iter()
+        .filter_map(|(k, v)| k.map(|k| (k, v)))
+        .collect();
+    for (name, value) in &fwd.custom_headers {
+        result.retain(|(k, _)| k != name);
+        result.push((name.clone(), value.clone()));
+    }
+    if fwd.change_origin {
+        if let Ok(v) = HeaderValue::from_str(&down.target.host_header) {
+            result.retain(|(k, _)| k != HOST);
+            result.push((HOST, v));
+        }
+    }
+    result
+}
+
+/// `--auto-rewrite` / `--protocol-rewrite`: the new `Location` for a redirect from `target`,
+/// or `None` to leave it alone. Applies to 201/301/302/307/308 whose Location points at the
+/// target's own host, like http-proxy's `setRedirectHostRewrite`.
+pub fn rewrite_location(
+    status: u16,
+    location: &str,
+    target: &Target,
+    request_host: Option<&str>,
+    fwd: &Forwarding,
+) -> Option<String> {
+    if !(fwd.auto_rewrite || fwd.protocol_rewrite.is_some())
+        || !matches!(status, 201 | 301 | 302 | 307 | 308)
+    {
+        return None;
+    }
+    let (scheme, rest) = location.split_once("://")?;
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(auth_end);
+    let scheme_lc = scheme.to_ascii_lowercase();
+    let default_port = |s: &str| match s {
+        "http" | "ws" => Some("80"),
+        "https" | "wss" => Some("443"),
+        _ => None,
+    };
+    // Compare as node's URL.host: lower-case, default port dropped.
+    let (lhost, lport) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    let lport = lport.filter(|p| Some(*p) != default_port(&scheme_lc) && !p.is_empty());
+    let normalised = match lport {
+        Some(p) => format!("{}:{p}", lhost.to_ascii_lowercase()),
+        None => lhost.to_ascii_lowercase(),
+    };
+    if normalised != target.host_header {
+        return None;
+    }
+    let (mut host, mut port) = (lhost.to_string(), lport.map(str::to_string));
+    if fwd.auto_rewrite {
+        if let Some(rh) = request_host {
+            match rh.rsplit_once(':') {
+                Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty() => {
+                    host = h.to_string();
+                    port = Some(p.to_string());
+                }
+                // A Host without a port keeps the Location's port (URL.host setter semantics).
+                _ => host = rh.to_string(),
+            }
+        }
+    }
+    let new_scheme = fwd.protocol_rewrite.clone().unwrap_or(scheme_lc);
+    let port = port.filter(|p| Some(p.as_str()) != default_port(&new_scheme));
+    Some(match port {
+        Some(p) => format!("{new_scheme}://{host}:{p}{tail}"),
+        None => format!("{new_scheme}://{host}{tail}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fwd() -> Forwarding {
+        Forwarding {
+            x_forward: true,
+            prepend_path: true,
+            include_prefix: true,
+            change_origin: false,
+            auto_rewrite: false,
+            protocol_rewrite: None,
+            custom_headers: Vec::new(),
+            host_routing: false,
+        }
+    }
+
+    #[test]
+    fn join_paths_like_http_proxy() {
+        let t = Target::parse("http://h:1/foo").unwrap();
+        assert_eq!(
+            upstream_path(&t, "/bar/rest", Some("x=1"), true),
+            "/foo/bar/rest?x=1"
+        );
+        assert_eq!(
+            upstream_path(&t, "/bar/rest", Some("x=1"), false),
+            "/bar/rest?x=1"
+        );
+        let root = Target::parse("http://h:1").unwrap();
+        assert_eq!(
+            upstream_path(&root, "/user/%61lice/x", None, true),
+            "/user/%61lice/x"
+        );
+        let tq = Target::parse("http://h:1/foo/?a=1").unwrap();
+        assert_eq!(
+            upstream_path(&tq, "/bar", Some("b=2"), true),
+            "/foo/bar?a=1&b=2"
+        );
+        assert_eq!(upstream_path(&root, "", None, true), "/");
+    }
+
+    #[test]
+    fn strip_decoded_prefix_from_raw_path() {
+        assert_eq!(
+            strip_prefix("/user/%61lice/foo", "/user/alice".len()),
+            "/foo"
+        );
+        assert_eq!(strip_prefix("/user/alice", "/user/alice".len()), "");
+        assert_eq!(strip_prefix("/bar/rest", 4), "/rest");
+    }
+
+    #[test]
+    fn forwarded_headers_append_without_space() {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("hub.example:8443"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        let t = Target::parse("http://127.0.0.1:9").unwrap();
+        let down = Downstream {
+            client_ip: Some("127.0.0.1".into()),
+            tls: false,
+            websocket: false,
+            target: &t,
+        };
+        let out = request_headers(&h, &down, &fwd());
+        let get = |n: &str| {
+            out.iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(get("x-forwarded-for").as_deref(), Some("1.2.3.4,127.0.0.1"));
+        assert_eq!(get("x-forwarded-port").as_deref(), Some("8443"));
+        assert_eq!(get("x-forwarded-proto").as_deref(), Some("http"));
+        assert_eq!(get("x-forwarded-host").as_deref(), Some("hub.example:8443"));
+        let ws = Downstream {
+            client_ip: None,
+            tls: false,
+            websocket: true,
+            target: &t,
+        };
+        let out = request_headers(&HeaderMap::new(), &ws, &fwd());
+        assert!(!out.iter().any(|(k, _)| k == "x-forwarded-host"));
+        assert!(out
+            .iter()
+            .any(|(k, v)| k == "x-forwarded-proto" && v == "ws"));
+    }
+
+    #[test]
+    fn custom_headers_override_xfwd() {
+        let mut f = fwd();
+        f.custom_headers.push((
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("https"),
+        ));
+        f.change_origin = true;
+        let t = Target::parse("http://127.0.0.1:9").unwrap();
+        let down = Downstream {
+            client_ip: None,
+            tls: false,
+            websocket: false,
+            target: &t,
+        };
+        let out = request_headers(&HeaderMap::new(), &down, &f);
+        assert!(out
+            .iter()
+            .any(|(k, v)| k == "x-forwarded-proto" && v == "https"));
+        assert!(out.iter().any(|(k, v)| k == HOST && v == "127.0.0.1:9"));
+    }
+
+    #[test]
+    fn location_rewrites() {
+        let t = Target::parse("http://127.0.0.1:19101").unwrap();
+        let mut f = fwd();
+        f.auto_rewrite = true;
+        f.protocol_rewrite = Some("https".into());
+        assert_eq!(
+            rewrite_location(
+                302,
+                "http://127.0.0.1:19101/elsewhere",
+                &t,
+                Some("other.example.org:8443"),
+                &f
+            )
+            .as_deref(),
+            Some("https://other.example.org:8443/elsewhere")
+        );
+        assert_eq!(
+            rewrite_location(200, "http://127.0.0.1:19101/x", &t, Some("a:1"), &f),
+            None
+        );
+        assert_eq!(
+            rewrite_location(302, "http://elsewhere/x", &t, Some("a:1"), &f),
+            None
+        );
+        f.protocol_rewrite = None;
+        assert_eq!(
+            rewrite_location(301, "http://127.0.0.1:19101/x", &t, Some("hub.org"), &f).as_deref(),
+            Some("http://hub.org:19101/x")
+        );
+    }
+}

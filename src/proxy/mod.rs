@@ -1,0 +1,516 @@
+//! The data plane: pingora's `ProxyHttp` for the public listener.
+//!
+//! Per request: canonicalise the path once, match the route, then either hand a websocket
+//! upgrade to hubgate's relay or let pingora forward the request with CHP's URL and header
+//! semantics. Per-request state lives in [`RequestCtx`]; shared state in [`Shared`].
+
+mod error_pages;
+mod forward;
+mod relay;
+mod resolver;
+mod websocket;
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use log::{debug, error};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+pub use error_pages::ErrorRenderer;
+pub use resolver::Resolver;
+
+use crate::canonical::{self, CanonicalPath};
+use crate::config::{Forwarding, Timeouts};
+use crate::metrics::Metrics;
+use crate::routes::{Route, RouteTable, Target, TargetAddr};
+use crate::tls::ClientTlsMaterial;
+
+/// Requests in flight, for a graceful drain on SIGTERM.
+#[derive(Debug, Default)]
+pub struct InFlight(AtomicUsize);
+
+impl InFlight {
+    /// Number of requests being handled now.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Decrements [`InFlight`] when a request ends, however it ends.
+pub struct InFlightGuard(Arc<Shared>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// State shared by every request.
+pub struct Shared {
+    pub table: Arc<RouteTable>,
+    pub forwarding: Forwarding,
+    pub timeouts: Timeouts,
+    pub metrics: Arc<Metrics>,
+    pub errors: ErrorRenderer,
+    pub client_tls: Arc<ClientTlsMaterial>,
+    pub insecure: bool,
+    pub resolver: Resolver,
+    pub ws_activity_on_server_frames: bool,
+    /// Whether the public listener is TLS (`https`/`wss` in `X-Forwarded-Proto`).
+    pub listener_tls: bool,
+    pub in_flight: InFlight,
+    /// Keep-alive idle timeout for client connections, in whole seconds (pingora's unit).
+    pub keepalive_secs: u64,
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct RequestCtx {
+    route: Option<Arc<Route>>,
+    upstream_path: String,
+    /// Status of the upstream's response, once seen.
+    upstream_status: u16,
+    websocket: bool,
+    _in_flight: Option<InFlightGuard>,
+}
+
+/// The public listener's proxy logic.
+pub struct HubProxy {
+    shared: Arc<Shared>,
+}
+
+impl HubProxy {
+    /// A proxy over shared state.
+    pub fn new(shared: Arc<Shared>) -> HubProxy {
+        HubProxy { shared }
+    }
+}
+
+fn is_websocket_upgrade(req: &RequestHeader) -> bool {
+    req.method == http::Method::GET
+        && req
+            .headers
+            .get(http::header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// A short label for an upstream I/O failure (metrics).
+pub fn io_error_kind(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "refused",
+        std::io::ErrorKind::TimedOut => "timeout",
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => "reset",
+        std::io::ErrorKind::NotFound => "dns",
+        _ => "other",
+    }
+}
+
+fn error_kind(e: &Error) -> &'static str {
+    match e.etype() {
+        ErrorType::ConnectRefused => "refused",
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            "timeout"
+        }
+        ErrorType::ConnectionClosed => "reset",
+        ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::InvalidCert => "tls",
+        _ => "other",
+    }
+}
+
+/// The host part of a `Host` header, as CHP takes it (up to the first `:`).
+fn routing_host(req: &RequestHeader) -> Cow<'_, str> {
+    match req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        Some(h) => Cow::Borrowed(h.split(':').next().unwrap_or_default()),
+        None => Cow::Borrowed("undefined"),
+    }
+}
+
+impl HubProxy {
+    /// Answers a request that cannot be proxied, logs it as CHP does, and counts it.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        code: u16,
+        msg: &str,
+    ) -> Result<bool> {
+        let sh = &self.shared;
+        let url = String::from_utf8_lossy(session.req_header().raw_path()).into_owned();
+        error!(
+            "{code} {} {} {msg}",
+            session.req_header().method,
+            url.split('?').next().unwrap_or_default()
+        );
+        sh.metrics.requests_proxy(code).inc();
+        if ctx.websocket {
+            websocket::respond_bare(session, code).await;
+        } else {
+            sh.errors
+                .respond(session, &sh.resolver, code, url.as_bytes())
+                .await;
+        }
+        Ok(true)
+    }
+
+    fn peer_for(&self, target: &Target, addr: Option<std::net::SocketAddr>) -> Result<HttpPeer> {
+        let sh = &self.shared;
+        let mut peer = match (&target.addr, addr) {
+            (TargetAddr::Ip(a), _) => HttpPeer::new(*a, target.tls, target.sni.clone()),
+            (TargetAddr::Name { .. }, Some(a)) => HttpPeer::new(a, target.tls, target.sni.clone()),
+            (TargetAddr::Unix(p), _) => HttpPeer::new_uds(p, false, String::new())?,
+            (TargetAddr::Name { .. }, None) => {
+                return Err(Error::explain(
+                    ErrorType::ConnectNoRoute,
+                    "target name not resolved",
+                ));
+            }
+        };
+        peer.options.connection_timeout = Some(sh.timeouts.connect);
+        peer.options.total_connection_timeout = Some(sh.timeouts.connect + Duration::from_secs(5));
+        peer.options.read_timeout = sh.timeouts.upstream;
+        peer.options.write_timeout = sh.timeouts.upstream;
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        if target.tls {
+            peer.options.verify_cert = !sh.insecure;
+            peer.options.verify_hostname = !sh.insecure;
+            peer.options.ca = sh.client_tls.ca.clone();
+            peer.client_cert_key = sh.client_tls.cert_key.clone();
+        }
+        Ok(peer)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for HubProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {
+        // No response compression module: pingora's default adds a disabled one whose
+        // per-request context costs CPU for nothing.
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let sh = &self.shared;
+        if session.req_header().raw_path() == b"/_chp_healthz" {
+            let body = Bytes::from_static(br#"{"status":"OK"}"#);
+            let mut resp = ResponseHeader::build(200, Some(2))?;
+            resp.insert_header("Content-Type", "application/json")?;
+            resp.insert_header("Content-Length", body.len().to_string())?;
+            session.write_response_header(Box::new(resp), false).await?;
+            session.write_response_body(Some(body), true).await?;
+            return Ok(true);
+        }
+        sh.in_flight.0.fetch_add(1, Ordering::AcqRel);
+        ctx._in_flight = Some(InFlightGuard(sh.clone()));
+        ctx.websocket = is_websocket_upgrade(session.req_header());
+        if ctx.websocket {
+            sh.metrics.requests_ws.inc();
+        } else {
+            sh.metrics.requests_web.inc();
+            if let Some(t) = sh.timeouts.downstream {
+                session.set_read_timeout(Some(t));
+                session.set_write_timeout(Some(t));
+            }
+            session.set_keepalive(Some(sh.keepalive_secs));
+        }
+
+        let raw = session.req_header().raw_path();
+        let (path, query) = canonical::split_target(raw);
+        let canon: CanonicalPath<'_> = match canonical::canonicalize(path) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = e.to_string();
+                return self.refuse(session, ctx, 500, &msg).await;
+            }
+        };
+        let query = query.map(|q| String::from_utf8_lossy(q).into_owned());
+
+        let started = Instant::now();
+        let (found, host_len) = if sh.forwarding.host_routing {
+            let host = routing_host(session.req_header());
+            let key = format!("/{host}{}", canon.decoded);
+            (sh.table.lookup(&key), host.len() + 1)
+        } else {
+            (sh.table.lookup(&canon.decoded), 0)
+        };
+        sh.metrics
+            .find_target_for_req
+            .observe(started.elapsed().as_secs_f64());
+        let Some(found) = found else {
+            return self.refuse(session, ctx, 404, "").await;
+        };
+        let route = found.route;
+        let target = match &route.target {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = e.to_string();
+                return self.refuse(session, ctx, 500, &msg).await;
+            }
+        };
+
+        let forward_path: &str = if sh.forwarding.include_prefix {
+            &canon.forward
+        } else {
+            forward::strip_prefix(&canon.forward, found.prefix_len.saturating_sub(host_len))
+        };
+        let upstream_path = forward::upstream_path(
+            target,
+            forward_path,
+            query.as_deref(),
+            sh.forwarding.prepend_path,
+        );
+        debug!(
+            "PROXY {} {} to {}",
+            if ctx.websocket { "WS" } else { "WEB" },
+            canon.forward,
+            route.target_str()
+        );
+
+        if ctx.websocket && !target.tls {
+            let client_ip = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string());
+            let down = forward::Downstream {
+                client_ip,
+                tls: sh.listener_tls,
+                websocket: true,
+                target,
+            };
+            let extra =
+                forward::request_headers(&session.req_header().headers, &down, &sh.forwarding);
+            return match websocket::proxy(
+                sh,
+                session,
+                route.clone(),
+                target,
+                &upstream_path,
+                &extra,
+            )
+            .await
+            {
+                Ok(()) => Ok(true),
+                Err((code, msg)) => self.refuse(session, ctx, code, &msg).await,
+            };
+        }
+        if ctx.websocket {
+            // https targets keep pingora's own upgrade path; it must not time out idle kernels.
+            session.set_read_timeout(None);
+        }
+        ctx.upstream_path = upstream_path;
+        ctx.route = Some(route);
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route for request"))?;
+        let target = route
+            .target
+            .as_ref()
+            .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
+        let resolved = match &target.addr {
+            TargetAddr::Name { host, port } => Some(
+                self.shared
+                    .resolver
+                    .resolve(host, *port, self.shared.timeouts.connect)
+                    .await
+                    .map_err(|e| {
+                        Error::because(ErrorType::ConnectNoRoute, "resolving target", e)
+                    })?,
+            ),
+            _ => None,
+        };
+        let mut peer = self.peer_for(target, resolved)?;
+        if ctx.websocket {
+            peer.options.read_timeout = None;
+            peer.options.write_timeout = None;
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let sh = &self.shared;
+        upstream.set_raw_path(ctx.upstream_path.as_bytes())?;
+        let Some(Ok(target)) = ctx.route.as_ref().map(|r| &r.target) else {
+            return Ok(());
+        };
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
+        let down = forward::Downstream {
+            client_ip,
+            tls: sh.listener_tls,
+            websocket: ctx.websocket,
+            target,
+        };
+        for (name, value) in forward::request_headers(&upstream.headers, &down, &sh.forwarding) {
+            upstream.insert_header(name, value)?;
+        }
+        upstream.remove_header("trailer");
+        let method = &upstream.method;
+        if (method == http::Method::DELETE || method == http::Method::OPTIONS)
+            && !upstream.headers.contains_key(http::header::CONTENT_LENGTH)
+            && !upstream
+                .headers
+                .contains_key(http::header::TRANSFER_ENCODING)
+        {
+            upstream.insert_header(http::header::CONTENT_LENGTH, "0")?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if body.as_ref().is_some_and(|b| !b.is_empty()) {
+            if let Some(route) = &ctx.route {
+                route.touch();
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        ctx.upstream_status = status;
+        let fwd = &self.shared.forwarding;
+        if fwd.auto_rewrite || fwd.protocol_rewrite.is_some() {
+            if let (Some(Ok(target)), Some(location)) = (
+                ctx.route.as_ref().map(|r| &r.target),
+                upstream_response
+                    .headers
+                    .get(http::header::LOCATION)
+                    .and_then(|l| l.to_str().ok()),
+            ) {
+                let host = session
+                    .req_header()
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok());
+                if let Some(new) = forward::rewrite_location(status, location, target, host, fwd) {
+                    upstream_response.insert_header(http::header::LOCATION, new)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        // `fail_to_proxy` logs every proxy error in CHP's one-line form.
+        true
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        _ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        self.shared
+            .metrics
+            .upstream_errors
+            .with_label_values(&[error_kind(&e)])
+            .inc();
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let no_reuse = |code| FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        };
+        if session.response_written().is_some() {
+            // Headers (or a 101) already went out: nothing more can be said on this connection.
+            return no_reuse(0);
+        }
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => 0,
+                    ErrorType::ReadTimedout | ErrorType::WriteTimedout => 0,
+                    _ => 400,
+                },
+                _ if ctx.route.is_some() => 503,
+                _ => 500,
+            },
+        };
+        if code == 0 {
+            return no_reuse(0);
+        }
+        if code == 503 && e.esource() == &ErrorSource::Upstream && ctx.upstream_status == 0 {
+            self.shared
+                .metrics
+                .upstream_errors
+                .with_label_values(&[error_kind(e)])
+                .inc();
+        }
+        let msg = match e.etype() {
+            ErrorType::ConnectRefused => "connect ECONNREFUSED".to_string(),
+            ErrorType::ConnectTimedout => "connect ETIMEDOUT".to_string(),
+            ErrorType::ReadTimedout => "socket hang up (proxy timeout)".to_string(),
+            _ => e.to_string(),
+        };
+        let _ = self.refuse(session, ctx, code, &msg).await;
+        no_reuse(code)
+    }
+
+    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = ctx.upstream_status;
+        if status == 0 {
+            return;
+        }
+        self.shared.metrics.requests_proxy(status).inc();
+        if e.is_none() && status < 300 {
+            if let Some(route) = &ctx.route {
+                route.touch();
+            }
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Websocket upgrades: taken out of pingora after routing and relayed by hubgate.
+//!
+//! pingora's upgraded-body path keeps ~70 KiB per idle websocket and applies its 60 s read
+//! timeout to upgraded connections; kernels sit idle for hours. So after routing, the
+//! downstream connection is taken from pingora (its session is swapped for an inert one),
+//! the upgrade request is written to the target by hand, and [`Relay`] copies bytes both
+//! ways with no idle timeout. Failures before the upgrade answer with CHP's bare status line.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use log::{debug, error};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use pingora::proxy::Session;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::relay::Relay;
+use super::Shared;
+use crate::routes::{Route, Target, TargetAddr};
+
+/// An inert stream that stands in for the downstream connection once hubgate owns it: reads
+/// yield one canned request head, then nothing; writes vanish.
+#[derive(Debug)]
+struct Inert {
+    head: &'static [u8],
+    pos: usize,
+}
+
+impl AsyncRead for Inert {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.pos >= self.head.len() {
+            return Poll::Pending;
+        }
+        let n = buf.remaining().min(self.head.len() - self.pos);
+        buf.put_slice(&self.head[self.pos..self.pos + n]);
+        self.pos += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Inert {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[async_trait]
+impl Shutdown for Inert {
+    async fn shutdown(&mut self) {}
+}
+impl UniqueID for Inert {
+    fn id(&self) -> UniqueIDType {
+        0
+    }
+}
+impl Ssl for Inert {}
+impl GetTimingDigest for Inert {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        Vec::new()
+    }
+}
+impl GetProxyDigest for Inert {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        None
+    }
+}
+impl GetSocketDigest for Inert {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        None
+    }
+}
+#[async_trait]
+impl Peek for Inert {}
+
+/// Takes the downstream connection out of pingora; `None` if it is not HTTP/1.
+async fn take_downstream(session: &mut Session) -> Option<Stream> {
+    session.as_downstream().as_http1()?;
+    let mut inert = ServerSession::new_http1(Box::new(Inert {
+        head: b"GET / HTTP/1.1\r\nHost: hubgate\r\n\r\n",
+        pos: 0,
+    }));
+    // Parse the canned head so pingora's remaining phases see a well-formed request.
+    if !matches!(inert.read_request().await, Ok(true)) {
+        return None;
+    }
+    inert.set_keepalive(None);
+    let real = std::mem::replace(&mut *session.downstream_session, inert);
+    match real {
+        ServerSession::H1(h1) => Some(h1.into_inner()),
+        other => {
+            *session.downstream_session = other;
+            None
+        }
+    }
+}
+
+/// Answers a websocket request with CHP's bare status line and closes the connection.
+pub async fn respond_bare(session: &mut Session, code: u16) {
+    if let Some(mut stream) = take_downstream(session).await {
+        let line = format!("HTTP/1.1 {code}\r\nContent-Length: 0\r\n\r\n");
+        let _ = stream.write_all(line.as_bytes()).await;
+        let _ = stream.flush().await;
+        let _ = stream.shutdown().await;
+    } else {
+        let _ = session.respond_error(code).await;
+    }
+}
+
+/// A connected upstream socket.
+enum Upstream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Upstream::Tcp(_) => "tcp",
+            Upstream::Unix(_) => "unix",
+        })
+    }
+}
+
+impl AsyncRead for Upstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Upstream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Upstream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Upstream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Upstream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+async fn connect(shared: &Shared, target: &Target) -> std::io::Result<Upstream> {
+    let timeout = shared.timeouts.connect;
+    let fut = async {
+        match &target.addr {
+            TargetAddr::Ip(addr) => TcpStream::connect(addr).await.map(Upstream::Tcp),
+            TargetAddr::Name { host, port } => {
+                let addr = shared.resolver.resolve(host, *port, timeout).await?;
+                TcpStream::connect(addr).await.map(Upstream::Tcp)
+            }
+            TargetAddr::Unix(path) => UnixStream::connect(path).await.map(Upstream::Unix),
+        }
+    };
+    let up = tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    if let Upstream::Tcp(s) = &up {
+        let _ = s.set_nodelay(true);
+        let sock = socket2::SockRef::from(s);
+        let _ = sock
+            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
+    }
+    Ok(up)
+}
+
+/// The upgrade request as it goes to the target.
+fn request_head(
+    session: &Session,
+    upstream_path: &str,
+    extra: &[(http::HeaderName, http::HeaderValue)],
+) -> Vec<u8> {
+    let req = session.req_header();
+    let mut head = Vec::with_capacity(1024);
+    head.extend_from_slice(req.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(upstream_path.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers.iter() {
+        if extra.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in extra {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Reads the upstream's response head (up to 64 KiB); returns it with any bytes after it.
+async fn read_response_head(up: &mut Upstream) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = up.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "upstream closed before answering",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            return Ok(buf);
+        }
+        if buf.len() > 64 * 1024 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "upstream response head too large",
+            ));
+        }
+    }
+}
+
+fn status_of(head: &[u8]) -> Option<u16> {
+    let line_end = head.iter().position(|&b| b == b'\r')?;
+    let line = std::str::from_utf8(&head[..line_end]).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Proxies a websocket upgrade for `route` with hubgate's own relay. Returns `Err(code)` when
+/// the upgrade never reached the target, for the caller to answer and log.
+pub async fn proxy(
+    shared: &Arc<Shared>,
+    session: &mut Session,
+    route: Arc<Route>,
+    target: &Target,
+    upstream_path: &str,
+    extra_headers: &[(http::HeaderName, http::HeaderValue)],
+) -> Result<(), (u16, String)> {
+    let head = request_head(session, upstream_path, extra_headers);
+    let mut up = match connect(shared, target).await {
+        Ok(up) => up,
+        Err(e) => {
+            shared
+                .metrics
+                .upstream_errors
+                .with_label_values(&[super::io_error_kind(&e)])
+                .inc();
+            return Err((503, e.to_string()));
+        }
+    };
+    if let Err(e) = up.write_all(&head).await {
+        return Err((503, e.to_string()));
+    }
+    let Some(mut down) = take_downstream(session).await else {
+        return Err((500, "websocket over a non-HTTP/1 connection".into()));
+    };
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let response = match read_response_head(&mut up).await {
+            Ok(r) => r,
+            Err(e) => {
+                error!("503 GET {} {e}", route.key);
+                shared.metrics.requests_proxy(503).inc();
+                let _ = down
+                    .write_all(b"HTTP/1.1 503\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+                let _ = down.shutdown().await;
+                return;
+            }
+        };
+        let status = status_of(&response).unwrap_or(0);
+        shared.metrics.requests_proxy(status).inc();
+        if down.write_all(&response).await.is_err() || down.flush().await.is_err() {
+            return;
+        }
+        if status != 101 {
+            // A plain answer to an upgrade: relay it and close, so neither socket lingers
+            // (the CHP#557 leak). Bounded, in case the target keeps the connection open.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(30), tokio::io::copy(&mut up, &mut down))
+                    .await;
+            let _ = down.shutdown().await;
+            return;
+        }
+        shared.metrics.websockets_open.inc();
+        let server_activity = shared.ws_activity_on_server_frames;
+        let client_route = route.clone();
+        let relay = Relay::new(
+            down,
+            up,
+            move |_| client_route.touch(),
+            move |_| {
+                if server_activity {
+                    route.touch();
+                }
+            },
+        );
+        if let Err(e) = relay.await {
+            debug!("websocket closed: {e}");
+        }
+        shared.metrics.websockets_open.dec();
+    });
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! Parsing of route targets (`http://host:port/path`, `https://…`, `http+unix://…`).
+//!
+//! CHP accepts any string as a target at POST time and fails at request time with a 500,
+//! so a target that does not parse is stored as an error and reported per request.
+
+use std::net::{IpAddr, SocketAddr};
+
+use percent_encoding::percent_decode_str;
+use thiserror::Error;
+
+/// Why a route's target cannot be proxied to.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum TargetError {
+    /// The string has no `scheme://` part.
+    #[error("target {0:?} is not a URL")]
+    NotAUrl(String),
+    /// The scheme is not one hubgate can proxy to.
+    #[error("unsupported protocol {0:?} (use http, https or http+unix)")]
+    Scheme(String),
+    /// The authority has no host or a bad port.
+    #[error("target {0:?} has an invalid host or port")]
+    Authority(String),
+}
+
+/// Where a target's connections go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetAddr {
+    /// An IP literal: no DNS needed.
+    Ip(SocketAddr),
+    /// A host name, resolved at request time (and cached by the proxy).
+    Name { host: String, port: u16 },
+    /// A unix socket path (`http+unix://%2Fpath%2Fto%2Fsock`).
+    Unix(String),
+}
+
+/// A parsed route target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `true` for `https://` targets.
+    pub tls: bool,
+    /// The address to connect to.
+    pub addr: TargetAddr,
+    /// The host name used for TLS SNI (empty for unix sockets).
+    pub sni: String,
+    /// The authority as node's `URL.host` renders it: host, plus `:port` when not the default.
+    pub host_header: String,
+    /// The target's path (without query), `/` when empty.
+    pub path: String,
+    /// The target's query, without `?`, empty when absent.
+    pub query: String,
+}
+
+impl Target {
+    /// Parses a target URL the way CHP's `new URL(target)` would, for the schemes we proxy to.
+    pub fn parse(s: &str) -> Result<Target, TargetError> {
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| TargetError::NotAUrl(s.to_string()))?;
+        let scheme_lc = scheme.to_ascii_lowercase();
+        let (tls, unix) = match scheme_lc.as_str() {
+            "http" => (false, false),
+            "https" => (true, false),
+            "http+unix" | "unix+http" => (false, true),
+            "" => return Err(TargetError::NotAUrl(s.to_string())),
+            _ => return Err(TargetError::Scheme(format!("{scheme_lc}:"))),
+        };
+        // Fragment is never sent; split off path and query.
+        let rest = rest.split_once('#').map_or(rest, |(a, _)| a);
+        let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path_query) = rest.split_at(auth_end);
+        let (path, query) = match path_query.split_once('?') {
+            Some((p, q)) => (p, q),
+            None => (path_query, ""),
+        };
+        let path = if path.is_empty() { "/" } else { path };
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        if authority.is_empty() {
+            return Err(TargetError::Authority(s.to_string()));
+        }
+
+        if unix {
+            let socket = percent_decode_str(authority)
+                .decode_utf8()
+                .map_err(|_| TargetError::Authority(s.to_string()))?
+                .into_owned();
+            return Ok(Target {
+                tls,
+                addr: TargetAddr::Unix(socket),
+                sni: String::new(),
+                host_header: authority.to_string(),
+                path: path.to_string(),
+                query: query.to_string(),
+            });
+        }
+
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port_str) =
+            split_host_port(authority).ok_or_else(|| TargetError::Authority(s.to_string()))?;
+        let port = match port_str {
+            None | Some("") => default_port,
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| TargetError::Authority(s.to_string()))?,
+        };
+        if host.is_empty() {
+            return Err(TargetError::Authority(s.to_string()));
+        }
+        let host_lc = host.to_ascii_lowercase();
+        let bare = host_lc.trim_start_matches('[').trim_end_matches(']');
+        let addr = match bare.parse::<IpAddr>() {
+            Ok(ip) => TargetAddr::Ip(SocketAddr::new(ip, port)),
+            Err(_) => TargetAddr::Name {
+                host: bare.to_string(),
+                port,
+            },
+        };
+        let host_header = if port == default_port {
+            host_lc.clone()
+        } else {
+            format!("{host_lc}:{port}")
+        };
+        Ok(Target {
+            tls,
+            addr,
+            sni: bare.to_string(),
+            host_header,
+            path: path.to_string(),
+            query: query.to_string(),
+        })
+    }
+}
+
+/// Splits `host[:port]` or `[v6][:port]`.
+fn split_host_port(authority: &str) -> Option<(&str, Option<&str>)> {
+    if authority.starts_with('[') {
+        let close = authority.find(']')?;
+        let host = &authority[..=close];
+        let rest = &authority[close + 1..];
+        match rest.strip_prefix(':') {
+            Some(port) => Some((host, Some(port))),
+            None if rest.is_empty() => Some((host, None)),
+            None => None,
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => Some((h, Some(p))),
+            None => Some((authority, None)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_target() {
+        let t = Target::parse("http://127.0.0.1:8081").unwrap();
+        assert_eq!(t.addr, TargetAddr::Ip("127.0.0.1:8081".parse().unwrap()));
+        assert_eq!(t.host_header, "127.0.0.1:8081");
+        assert_eq!(t.path, "/");
+        assert!(!t.tls);
+    }
+
+    #[test]
+    fn name_target_with_path_and_query() {
+        let t = Target::parse("https://cn0421.cluster/prefix?a=1").unwrap();
+        assert_eq!(
+            t.addr,
+            TargetAddr::Name {
+                host: "cn0421.cluster".into(),
+                port: 443
+            }
+        );
+        assert_eq!(t.host_header, "cn0421.cluster");
+        assert_eq!(t.path, "/prefix");
+        assert_eq!(t.query, "a=1");
+        assert!(t.tls);
+    }
+
+    #[test]
+    fn ipv6_and_unix() {
+        let t = Target::parse("http://[::1]:9000/x").unwrap();
+        assert_eq!(t.addr, TargetAddr::Ip("[::1]:9000".parse().unwrap()));
+        let u = Target::parse("http+unix://%2Ftmp%2Fhub.sock/base").unwrap();
+        assert_eq!(u.addr, TargetAddr::Unix("/tmp/hub.sock".into()));
+        assert_eq!(u.path, "/base");
+    }
+
+    #[test]
+    fn bad_targets() {
+        assert!(matches!(
+            Target::parse("not a url"),
+            Err(TargetError::NotAUrl(_))
+        ));
+        assert!(matches!(
+            Target::parse("ftp://x/"),
+            Err(TargetError::Scheme(_))
+        ));
+        assert!(matches!(
+            Target::parse("http://h:99999"),
+            Err(TargetError::Authority(_))
+        ));
+        assert!(matches!(
+            Target::parse("http:///x"),
+            Err(TargetError::Authority(_))
+        ));
+    }
+}

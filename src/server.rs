@@ -1,0 +1,379 @@
+//! Builds the pingora server from a validated [`Config`] and runs it: the public proxy, the
+//! REST API, metrics and the HTTP→HTTPS redirect as services of one process, plus a
+//! readiness task (startup log lines, pid file) and a drain-aware SIGTERM handler.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use http::Response;
+use log::{error, info, warn};
+use pingora::apps::http_app::{HttpServer, ServeHttp};
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::protocols::http::ServerSession;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use thiserror::Error;
+
+use crate::api::RoutesApi;
+use crate::config::{Config, Listen};
+use crate::metrics::{Metrics, MetricsApp};
+use crate::proxy::{ErrorRenderer, HubProxy, Resolver, Shared};
+use crate::routes::{MemoryStore, RouteStore};
+use crate::tls::{self, ClientTlsMaterial, TlsError};
+
+/// Why the server could not be built.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// TLS files could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Metrics could not be registered (a bug).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// A listener address cannot be used.
+    #[error("{0}")]
+    Listen(String),
+}
+
+/// A built server, ready to run.
+pub struct Hubgate {
+    server: Server,
+    shared: Arc<Shared>,
+    pid_file: Option<PathBuf>,
+    grace: Duration,
+}
+
+fn listener(listen: &Listen, l4_read_buffer: Option<usize>) -> Result<ListenerConfig, StartError> {
+    let cfg = match listen {
+        Listen::Tcp(addr) => ListenerConfig::tcp(addr.to_string()),
+        Listen::Unix(path) => {
+            // A socket file left by a previous run would make the bind fail.
+            if path.exists() {
+                std::fs::remove_file(path).map_err(|e| {
+                    StartError::Listen(format!("cannot replace {}: {e}", path.display()))
+                })?;
+            }
+            ListenerConfig::uds(path.display().to_string())
+        }
+    };
+    Ok(match l4_read_buffer {
+        Some(n) => cfg.l4_buffer(L4BufferSettings {
+            read: Some(n),
+            write: None,
+        }),
+        None => cfg,
+    })
+}
+
+/// Answers every request with a redirect to the HTTPS listener (`--redirect-port`).
+struct RedirectApp {
+    to_port: u16,
+}
+
+#[async_trait]
+impl ServeHttp for RedirectApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let host = session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| h.split(':').next().unwrap_or_default().to_string());
+        let Some(host) = host.filter(|h| !h.is_empty()) else {
+            return Response::builder()
+                .status(400)
+                .header(http::header::CONTENT_LENGTH, 0)
+                .body(Vec::new())
+                .unwrap_or_default();
+        };
+        let path = String::from_utf8_lossy(session.req_header().raw_path()).into_owned();
+        let location = if self.to_port == 443 {
+            format!("https://{host}{path}")
+        } else {
+            format!("https://{host}:{}{path}", self.to_port)
+        };
+        Response::builder()
+            .status(301)
+            .header(http::header::LOCATION, location)
+            .header(http::header::CONTENT_LENGTH, 0)
+            .body(Vec::new())
+            .unwrap_or_default()
+    }
+}
+
+/// Logs CHP's startup lines and writes the pid file once the listeners accept connections.
+struct Readiness {
+    checks: Vec<Listen>,
+    lines: Vec<String>,
+    pid_file: Option<PathBuf>,
+}
+
+async fn accepts(listen: &Listen) -> bool {
+    match listen {
+        Listen::Tcp(addr) => {
+            let ip = if addr.ip().is_unspecified() {
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            } else {
+                addr.ip()
+            };
+            tokio::net::TcpStream::connect((ip, addr.port()))
+                .await
+                .is_ok()
+        }
+        Listen::Unix(path) => tokio::net::UnixStream::connect(path).await.is_ok(),
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Readiness {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for listen in &self.checks {
+            while !accepts(listen).await {
+                if Instant::now() > deadline {
+                    error!("listener {} did not come up", listen.display("http"));
+                    std::process::exit(1);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        for line in &self.lines {
+            info!("{line}");
+        }
+        if let Some(pid_file) = &self.pid_file {
+            if let Err(e) = std::fs::write(pid_file, std::process::id().to_string()) {
+                error!("cannot write pid file {}: {e}", pid_file.display());
+            }
+        }
+    }
+}
+
+/// SIGTERM: stop accepting, let in-flight requests finish (up to the grace period), exit.
+/// SIGINT: exit now. Both remove the pid file.
+struct Signals {
+    shared: Arc<Shared>,
+    pid_file: Option<PathBuf>,
+    grace: Duration,
+}
+
+fn remove_pid_file(pid_file: &Option<PathBuf>) {
+    if let Some(p) = pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            error!("cannot install signal handlers");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {
+                info!("Terminated: finishing {} in-flight request(s), at most {:?}", self.shared.in_flight.count(), self.grace);
+                let shared = self.shared.clone();
+                let pid_file = self.pid_file.clone();
+                let grace = self.grace;
+                std::thread::spawn(move || {
+                    let start = Instant::now();
+                    // Let pingora stop its accept loops before sampling.
+                    std::thread::sleep(Duration::from_millis(50));
+                    while shared.in_flight.count() > 0 && start.elapsed() < grace {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    if shared.in_flight.count() > 0 {
+                        warn!("grace period over with {} request(s) in flight", shared.in_flight.count());
+                    }
+                    remove_pid_file(&pid_file);
+                    std::process::exit(0);
+                });
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = int.recv() => {
+                info!("Interrupted");
+                remove_pid_file(&self.pid_file);
+                std::process::exit(130);
+            }
+        }
+    }
+}
+
+impl Hubgate {
+    /// Builds every service from the configuration. Nothing binds until [`Hubgate::run`].
+    pub fn build(config: Config) -> Result<Hubgate, StartError> {
+        let conf = ServerConf {
+            threads: config.threads,
+            grace_period_seconds: Some(config.shutdown_grace.as_secs()),
+            graceful_shutdown_timeout_seconds: Some(1),
+            ..Default::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        server.bootstrap();
+
+        let store: Arc<dyn RouteStore> = Arc::new(MemoryStore::new());
+        let table = store.table().clone();
+        let metrics = Arc::new(Metrics::new(table.clone())?);
+
+        let client_tls = Arc::new(ClientTlsMaterial::load(&config.client_tls)?);
+        let shared = Arc::new(Shared {
+            table: table.clone(),
+            forwarding: config.forwarding.clone(),
+            timeouts: config.timeouts.clone(),
+            metrics: metrics.clone(),
+            errors: ErrorRenderer::new(
+                &config.error_pages,
+                client_tls.clone(),
+                config.client_tls.insecure,
+            ),
+            client_tls,
+            insecure: config.client_tls.insecure,
+            resolver: Resolver::default(),
+            ws_activity_on_server_frames: config.ws_activity_on_server_frames,
+            listener_tls: config.proxy_tls.is_some(),
+            in_flight: Default::default(),
+            keepalive_secs: config.timeouts.keep_alive.as_secs().max(1),
+        });
+
+        if let Some(target) = &config.default_target {
+            let mut data = serde_json::Map::new();
+            data.insert("target".into(), serde_json::Value::String(target.clone()));
+            table.insert(Arc::new(crate::routes::Route::new(Arc::from("/"), data)));
+        }
+
+        let proxy_scheme = if config.proxy_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut lines = vec![
+            format!(
+                "hubgate {} starting; route store: {}",
+                env!("CARGO_PKG_VERSION"),
+                store.describe()
+            ),
+            format!(
+                "Proxying {} to {}",
+                config.proxy_listen.display(proxy_scheme),
+                config.default_target.as_deref().unwrap_or("(no default)")
+            ),
+        ];
+        let mut checks = vec![config.proxy_listen.clone(), config.api_listen.clone()];
+
+        // Public listener: no L4 read buffer, so idle websockets hold no buffer at all.
+        let mut proxy = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            HubProxy::new(shared.clone()),
+            "hubgate proxy",
+        );
+        let mut public = listener(&config.proxy_listen, Some(0))?;
+        if let Some(tls_cfg) = &config.proxy_tls {
+            let (settings, _resolver) = tls::listener_settings(tls_cfg)?;
+            public = public.tls(settings);
+        }
+        proxy.add_listener(public);
+        proxy.threads = Some(config.threads);
+        server.add_service(proxy);
+
+        // REST API.
+        if config.auth_token.is_none() {
+            warn!("REST API is not authenticated.");
+        }
+        let api = RoutesApi::new(
+            store.clone(),
+            config.auth_token.clone(),
+            config.api_max_body,
+            config.forwarding.host_routing,
+            metrics.clone(),
+        );
+        let mut api_service = Service::new("hubgate api".to_string(), HttpServer::new_app(api));
+        let mut api_listener = listener(&config.api_listen, None)?;
+        if let Some(tls_cfg) = &config.api_tls {
+            let (settings, _resolver) = tls::listener_settings(tls_cfg)?;
+            api_listener = api_listener.tls(settings);
+        }
+        api_service.add_listener(api_listener);
+        api_service.threads = Some(1);
+        server.add_service(api_service);
+        let api_scheme = if config.api_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        lines.push(format!(
+            "Proxy API at {}/api/routes",
+            config.api_listen.display(api_scheme)
+        ));
+
+        if let Some(listen) = &config.metrics_listen {
+            let mut svc = Service::new(
+                "hubgate metrics".to_string(),
+                HttpServer::new_app(MetricsApp::new(metrics.clone())),
+            );
+            svc.add_listener(listener(listen, None)?);
+            svc.threads = Some(1);
+            server.add_service(svc);
+            lines.push(format!(
+                "Serve metrics at {}/metrics",
+                listen.display("http")
+            ));
+            checks.push(listen.clone());
+        }
+
+        if let Some((port, to)) = config.redirect {
+            let listen = Listen::Tcp(std::net::SocketAddr::from(([0, 0, 0, 0], port)));
+            let mut svc = Service::new(
+                "hubgate redirect".to_string(),
+                HttpServer::new_app(RedirectApp { to_port: to }),
+            );
+            svc.add_listener(listener(&listen, None)?);
+            svc.threads = Some(1);
+            server.add_service(svc);
+            lines.push(format!(
+                "Added HTTP to HTTPS redirection from {port} to {to}"
+            ));
+            checks.push(listen);
+        }
+        if let Some(target) = &config.default_target {
+            lines.push(format!("Route added / -> {target}"));
+        }
+
+        server.add_service(background_service(
+            "readiness",
+            Readiness {
+                checks,
+                lines,
+                pid_file: config.pid_file.clone(),
+            },
+        ));
+
+        Ok(Hubgate {
+            server,
+            shared,
+            pid_file: config.pid_file.clone(),
+            grace: config.shutdown_grace,
+        })
+    }
+
+    /// Runs until SIGTERM/SIGINT; exits the process.
+    pub fn run(self) -> ! {
+        let signals = Signals {
+            shared: self.shared.clone(),
+            pid_file: self.pid_file.clone(),
+            grace: self.grace,
+        };
+        self.server.run(RunArgs {
+            shutdown_signal: Box::new(signals),
+        });
+        remove_pid_file(&self.pid_file);
+        std::process::exit(0);
+    }
+}
