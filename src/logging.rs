@@ -27,6 +27,22 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        // Clients that drop a TLS handshake (scanners, health probes, our own readiness
+        // check) are not errors of the proxy.
+        if record.target().starts_with("pingora")
+            && self.level < LevelFilter::Debug
+            && record.args().as_str().map_or_else(
+                || {
+                    record
+                        .args()
+                        .to_string()
+                        .starts_with("Downstream handshake error")
+                },
+                |s| s.starts_with("Downstream handshake error"),
+            )
+        {
+            return;
+        }
         let level = match record.level() {
             log::Level::Error => "error",
             log::Level::Warn => "warn",

@@ -744,6 +744,16 @@ mod tests {
     }
 
     #[test]
+    fn example_config_is_valid() {
+        let file: FileConfig =
+            toml::from_str(include_str!("../../config/hubgate.example.toml")).unwrap();
+        let cli = Cli::try_parse_from(["hubgate"]).unwrap();
+        let c = Config::build(&cli, &file, &Env::default()).unwrap();
+        assert_eq!(c.api_listen, Listen::Tcp("127.0.0.1:8001".parse().unwrap()));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+    }
+
+    #[test]
     fn file_keys_and_overrides() {
         let file: FileConfig = toml::from_str(
             "[proxy]\nport = 9100\nx-forward = false\n[server]\nlog-level = \"debug\"\n",
