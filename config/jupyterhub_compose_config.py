@@ -11,8 +11,8 @@ c.ConfigurableHTTPProxy.api_url = "http://hubgate:8001"
 c.ConfigurableHTTPProxy.auth_token = os.environ["CONFIGPROXY_AUTH_TOKEN"]
 
 # Demo login and spawner: any user name, one shared password; servers run in this container.
-c.JupyterHub.authenticator_class = "dummy"
-c.DummyAuthenticator.password = os.environ.get("DEMO_PASSWORD", "hubgate")
+c.JupyterHub.authenticator_class = "shared-password"
+c.SharedPasswordAuthenticator.user_password = os.environ.get("DEMO_PASSWORD", "hubgate-demo")
 c.Authenticator.allow_all = True
 c.JupyterHub.spawner_class = "simple"
 c.Spawner.ip = "0.0.0.0"

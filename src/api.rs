@@ -209,9 +209,15 @@ impl RoutesApi {
             match serde_json::from_slice::<serde_json::Value>(&body) {
                 Ok(v) => posted = Some(v),
                 Err(e) => {
+                    // V8's wording for the commonest case (an empty body); serde's otherwise.
+                    let why = if body.iter().all(u8::is_ascii_whitespace) {
+                        "Unexpected end of JSON input".to_string()
+                    } else {
+                        e.to_string()
+                    };
                     return Answer::fail(
                         StatusCode::BAD_REQUEST,
-                        &format!("Body not valid JSON: SyntaxError: {e}"),
+                        &format!("Body not valid JSON: SyntaxError: {why}"),
                     );
                 }
             }
@@ -249,7 +255,8 @@ impl RoutesApi {
     fn get(&self, path: Option<&str>, query: &str) -> Answer {
         let table = self.store.table();
         if let Some(p) = path.filter(|p| *p != "/") {
-            return match table.get(&trim_prefix(p)) {
+            // CHP cleans the path twice here too (handler and store); DELETE cleans it once.
+            return match table.get(&trim_prefix(&trim_prefix(p))) {
                 Some(route) => {
                     let mut out = String::with_capacity(128);
                     route.write_json(&mut out);
@@ -373,10 +380,9 @@ impl ServeHttp for RoutesApi {
             _ => error!("{code} {method} {url} {}", answer.log_msg),
         }
         let mut builder = Response::builder().status(answer.status);
+        // CHP labels only JSON; its plain-text failures carry no Content-Type.
         if answer.json {
             builder = builder.header(http::header::CONTENT_TYPE, "application/json");
-        } else if !answer.body.is_empty() {
-            builder = builder.header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
         }
         builder = builder.header(http::header::CONTENT_LENGTH, answer.body.len());
         builder

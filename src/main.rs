@@ -7,7 +7,19 @@ use hubgate::config::{self, Cli, Config, Env, FileConfig};
 use hubgate::server::Hubgate;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help / --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            // configurable-http-proxy (commander) exits 1 on a bad command line; so do we.
+            return ExitCode::FAILURE;
+        }
+    };
     let file = match &cli.config {
         Some(path) => match config::load_file(path) {
             Ok(f) => f,

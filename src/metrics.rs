@@ -10,10 +10,7 @@ use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 use crate::routes::RouteTable;
 
@@ -57,7 +54,9 @@ pub struct Metrics {
     /// Route DELETEs (including 404s).
     pub api_route_delete: IntCounter,
     /// Route lookup time.
-    pub find_target_for_req: Histogram,
+    pub find_target_for_req: Arc<Summary>,
+    /// Activity recording time.
+    pub last_activity_updating: Arc<Summary>,
     /// Websocket upgrade requests.
     pub requests_ws: IntCounter,
     /// Web requests (health checks excluded).
@@ -87,16 +86,23 @@ impl Metrics {
         )?;
         let requests_ws = counter("requests_ws", "Count of websocket requests")?;
         let requests_web = counter("requests_web", "Count of web requests")?;
-        let find_target_for_req = Histogram::with_opts(
-            HistogramOpts::new("find_target_for_req", "Route lookup time in seconds").buckets(
-                vec![1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 1e-4, 1e-3],
-            ),
-        )?;
-        registry.register(Box::new(find_target_for_req.clone()))?;
+        let find_target_for_req = Arc::new(Summary::new(
+            "find_target_for_req",
+            "Route lookup time in seconds",
+        )?);
+        registry.register(Box::new(SummaryCollector(find_target_for_req.clone())))?;
+        let last_activity_updating = Arc::new(Summary::new(
+            "last_activity_updating",
+            "Time to record a route's activity, in seconds",
+        )?);
+        registry.register(Box::new(SummaryCollector(last_activity_updating.clone())))?;
         let requests_proxy =
             StatusCounters::new("requests_proxy", "Count of proxy responses by status")?;
         registry.register(Box::new(requests_proxy.vec.clone()))?;
+        // CHP declares these before any traffic; a zero series makes them visible too.
+        requests_proxy.get(200);
         let requests_api = StatusCounters::new("requests_api", "Count of API responses by status")?;
+        requests_api.get(200);
         registry.register(Box::new(requests_api.vec.clone()))?;
         let websockets_open =
             IntGauge::new("hubgate_websockets_open", "Websockets currently open")?;
@@ -127,6 +133,7 @@ impl Metrics {
             api_route_add,
             api_route_delete,
             find_target_for_req,
+            last_activity_updating,
             requests_ws,
             requests_web,
             requests_proxy,
@@ -199,13 +206,69 @@ impl ServeHttp for MetricsApp {
                 self.metrics.render(),
             )
         } else {
-            (404, "text/plain", b"Not Found".to_vec())
+            (404, "", b"Not Found".to_vec())
         };
-        Response::builder()
-            .status(status)
-            .header(http::header::CONTENT_TYPE, ctype)
+        let mut builder = Response::builder().status(status);
+        if !ctype.is_empty() {
+            builder = builder.header(http::header::CONTENT_TYPE, ctype);
+        }
+        builder
             .header(http::header::CONTENT_LENGTH, body.len())
             .body(body)
             .unwrap_or_else(|_| Response::new(Vec::new()))
+    }
+}
+
+/// A summary with a count and a sum (CHP's `find_target_for_req` and
+/// `last_activity_updating` are prom-client summaries). Two relaxed atomic adds per
+/// observation; no quantiles, which would cost a sorted window per request.
+pub struct Summary {
+    desc: prometheus::core::Desc,
+    count: std::sync::atomic::AtomicU64,
+    sum_nanos: std::sync::atomic::AtomicU64,
+}
+
+impl Summary {
+    fn new(name: &str, help: &str) -> prometheus::Result<Summary> {
+        Ok(Summary {
+            desc: prometheus::core::Desc::new(
+                name.into(),
+                help.into(),
+                vec![],
+                Default::default(),
+            )?,
+            count: Default::default(),
+            sum_nanos: Default::default(),
+        })
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, elapsed: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.count.fetch_add(1, Relaxed);
+        self.sum_nanos.fetch_add(elapsed.as_nanos() as u64, Relaxed);
+    }
+}
+
+struct SummaryCollector(Arc<Summary>);
+
+impl prometheus::core::Collector for SummaryCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.0.desc]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut summary = prometheus::proto::Summary::default();
+        summary.set_sample_count(self.0.count.load(Relaxed));
+        summary.set_sample_sum(self.0.sum_nanos.load(Relaxed) as f64 / 1e9);
+        let mut metric = prometheus::proto::Metric::default();
+        metric.set_summary(summary);
+        let mut family = prometheus::proto::MetricFamily::default();
+        family.set_name(self.0.desc.fq_name.clone());
+        family.set_help(self.0.desc.help.clone());
+        family.set_field_type(prometheus::proto::MetricType::SUMMARY);
+        family.mut_metric().push(metric);
+        vec![family]
     }
 }

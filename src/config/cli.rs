@@ -102,7 +102,7 @@ pub struct Cli {
     #[arg(long, value_name = "url")]
     pub default_target: Option<String>,
     /// Alternate server for handling proxy errors (GET {url}/{code}?url=…).
-    #[arg(long, value_name = "url", conflicts_with = "error_path")]
+    #[arg(long, value_name = "url")]
     pub error_target: Option<String>,
     /// Directory of {code}.html error pages (error.html as the fallback).
     #[arg(long, value_name = "path")]

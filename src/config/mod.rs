@@ -250,10 +250,14 @@ fn check_readable(key: &str, path: &Path) -> Result<(), ConfigError> {
 
 /// Parses `name:value` the way CHP does (split at the first colon, both sides trimmed).
 pub fn parse_custom_header(raw: &str) -> Result<(HeaderName, HeaderValue), ConfigError> {
-    let (name, value) = raw.split_once(':').ok_or_else(|| ConfigError::Invalid {
+    let no_colon = || ConfigError::Invalid {
         key: "--custom-header".into(),
         message: format!("A colon was expected in custom header: {raw}"),
-    })?;
+    };
+    let (name, value) = raw.split_once(':').ok_or_else(no_colon)?;
+    if name.trim().is_empty() {
+        return Err(no_colon());
+    }
     let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
         invalid(
             "--custom-header",

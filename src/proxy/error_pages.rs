@@ -268,7 +268,7 @@ impl ErrorRenderer {
                 None
             }
             Mode::Builtin => Some(Page {
-                content_type: Some(Bytes::from_static(b"text/html; charset=utf-8")),
+                content_type: Some(Bytes::from_static(b"text/html")),
                 content_encoding: None,
                 body: Bytes::from(builtin_page(code)),
             }),

@@ -38,12 +38,13 @@ pub fn upstream_path(
     } else {
         ("/", "")
     };
-    let path = if path.is_empty() { "/" } else { path };
     let mut out = String::with_capacity(
         tpath.len() + path.len() + query.map_or(0, str::len) + tquery.len() + 2,
     );
     out.push_str(tpath);
-    if out.ends_with('/') {
+    if path.is_empty() {
+        // The whole path was the stripped prefix: the target's path alone (as CHP sends it).
+    } else if out.ends_with('/') {
         out.push_str(path.strip_prefix('/').unwrap_or(path));
     } else if path.starts_with('/') {
         out.push_str(path);
@@ -123,8 +124,17 @@ pub fn request_headers(
             "x-forwarded-proto",
             "x-forwarded-host",
         ] {
-            if let Some(v) = headers.get(name) {
-                out.insert(name, v.clone());
+            // Repeated header lines are one list, as node joins them.
+            let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+            if let Some(first) = values.next() {
+                let mut joined = first.to_string();
+                for v in values {
+                    joined.push_str(", ");
+                    joined.push_str(v);
+                }
+                if let Ok(v) = HeaderValue::from_str(&joined) {
+                    out.insert(name, v);
+                }
             }
         }
         if let Some(ip) = &down.client_ip {
@@ -252,6 +262,7 @@ mod tests {
             "/foo/bar?a=1&b=2"
         );
         assert_eq!(upstream_path(&root, "", None, true), "/");
+        assert_eq!(upstream_path(&t, "", Some("x=1"), true), "/foo?x=1");
     }
 
     #[test]

@@ -139,6 +139,17 @@ fn routing_host(req: &RequestHeader) -> Cow<'_, str> {
     }
 }
 
+impl Shared {
+    /// Records activity on a route (and times it, for CHP's `last_activity_updating`).
+    pub fn record_activity(&self, route: &Route) {
+        let started = Instant::now();
+        route.touch();
+        self.metrics
+            .last_activity_updating
+            .observe(started.elapsed());
+    }
+}
+
 impl HubProxy {
     /// Answers a request that cannot be proxied, logs it as CHP does, and counts it.
     async fn refuse(
@@ -179,8 +190,13 @@ impl HubProxy {
                 ));
             }
         };
-        peer.options.connection_timeout = Some(sh.timeouts.connect);
-        peer.options.total_connection_timeout = Some(sh.timeouts.connect + Duration::from_secs(5));
+        // CHP's --proxy-timeout is an idle limit on the upstream socket, connect included.
+        let connect = sh
+            .timeouts
+            .upstream
+            .map_or(sh.timeouts.connect, |t| t.min(sh.timeouts.connect));
+        peer.options.connection_timeout = Some(connect);
+        peer.options.total_connection_timeout = Some(connect + Duration::from_secs(5));
         peer.options.read_timeout = sh.timeouts.upstream;
         peer.options.write_timeout = sh.timeouts.upstream;
         peer.options.idle_timeout = Some(Duration::from_secs(60));
@@ -218,6 +234,21 @@ impl ProxyHttp for HubProxy {
             session.write_response_body(Some(body), true).await?;
             return Ok(true);
         }
+        let req = session.req_header();
+        let bad_target = req.raw_path().iter().any(|&b| b <= b' ' || b >= 0x7f);
+        if bad_target
+            || (req.version == http::Version::HTTP_11
+                && !req.headers.contains_key(http::header::HOST))
+        {
+            // node (so CHP) refuses HTTP/1.1 without Host (RFC 9112 §3.2) and raw spaces,
+            // controls or non-ASCII bytes in the request target.
+            let mut resp = ResponseHeader::build(400, Some(2))?;
+            resp.insert_header("Connection", "close")?;
+            resp.insert_header("Content-Length", "0")?;
+            session.set_keepalive(None);
+            session.write_response_header(Box::new(resp), true).await?;
+            return Ok(true);
+        }
         sh.in_flight.0.fetch_add(1, Ordering::AcqRel);
         ctx._in_flight = Some(InFlightGuard(sh.clone()));
         ctx.websocket = is_websocket_upgrade(session.req_header());
@@ -251,9 +282,7 @@ impl ProxyHttp for HubProxy {
         } else {
             (sh.table.lookup(&canon.decoded), 0)
         };
-        sh.metrics
-            .find_target_for_req
-            .observe(started.elapsed().as_secs_f64());
+        sh.metrics.find_target_for_req.observe(started.elapsed());
         let Some(found) = found else {
             return self.refuse(session, ctx, 404, "").await;
         };
@@ -378,6 +407,20 @@ impl ProxyHttp for HubProxy {
             upstream.insert_header(name, value)?;
         }
         upstream.remove_header("trailer");
+        if !upstream.headers.contains_key(http::header::HOST) {
+            // HTTP/1.0 clients may omit Host; node's client then sends the target's.
+            upstream.insert_header(http::header::HOST, target.host_header.as_str())?;
+        }
+        if !ctx.websocket {
+            // As node's client does: the client's `close` is passed on, otherwise keep-alive.
+            let close = session
+                .req_header()
+                .headers
+                .get(http::header::CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+            let value = if close { "close" } else { "keep-alive" };
+            upstream.insert_header(http::header::CONNECTION, value)?;
+        }
         let method = &upstream.method;
         if (method == http::Method::DELETE || method == http::Method::OPTIONS)
             && !upstream.headers.contains_key(http::header::CONTENT_LENGTH)
@@ -399,7 +442,7 @@ impl ProxyHttp for HubProxy {
     ) -> Result<()> {
         if body.as_ref().is_some_and(|b| !b.is_empty()) {
             if let Some(route) = &ctx.route {
-                route.touch();
+                self.shared.record_activity(route);
             }
         }
         Ok(())
@@ -509,7 +552,7 @@ impl ProxyHttp for HubProxy {
         self.shared.metrics.requests_proxy(status).inc();
         if e.is_none() && status < 300 {
             if let Some(route) = &ctx.route {
-                route.touch();
+                self.shared.record_activity(route);
             }
         }
     }

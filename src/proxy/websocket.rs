@@ -262,6 +262,17 @@ async fn read_response_head(up: &mut Upstream) -> std::io::Result<Vec<u8>> {
     }
 }
 
+/// `Content-Length` of a response head, if it has one.
+fn content_length_of(head: &[u8]) -> Option<usize> {
+    let text = std::str::from_utf8(head).ok()?;
+    text.split("\r\n").find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
 fn status_of(head: &[u8]) -> Option<u16> {
     let line_end = head.iter().position(|&b| b == b'\r')?;
     let line = std::str::from_utf8(&head[..line_end]).ok()?;
@@ -318,22 +329,36 @@ pub async fn proxy(
         if status != 101 {
             // A plain answer to an upgrade: relay it and close, so neither socket lingers
             // (the CHP#557 leak). Bounded, in case the target keeps the connection open.
-            let _ =
-                tokio::time::timeout(Duration::from_secs(30), tokio::io::copy(&mut up, &mut down))
-                    .await;
+            let head_end = response
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(response.len(), |i| i + 4);
+            let relay_rest = async {
+                match content_length_of(&response[..head_end]) {
+                    Some(len) => {
+                        let remaining = len.saturating_sub(response.len() - head_end) as u64;
+                        tokio::io::copy(&mut (&mut up).take(remaining), &mut down).await
+                    }
+                    None => tokio::io::copy(&mut up, &mut down).await,
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(30), relay_rest).await;
+            let _ = down.flush().await;
             let _ = down.shutdown().await;
             return;
         }
         shared.metrics.websockets_open.inc();
         let server_activity = shared.ws_activity_on_server_frames;
         let client_route = route.clone();
+        let client_shared = shared.clone();
+        let relay_shared = shared.clone();
         let relay = Relay::new(
             down,
             up,
-            move |_| client_route.touch(),
+            move |_| client_shared.record_activity(&client_route),
             move |_| {
                 if server_activity {
-                    route.touch();
+                    relay_shared.record_activity(&route);
                 }
             },
         );

@@ -1,0 +1,178 @@
+//! TLS on the public listener (`--ssl-key/--ssl-cert`) and the HTTP→HTTPS
+//! redirect server (`--redirect-port/--redirect-to`): reference §1.1, §2.15.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+use support::tls::{generate_cert, tls_conn};
+use support::ws::tungstenite;
+use support::*;
+
+struct TlsProxy {
+    hg: Hubgate,
+    cert: PathBuf,
+    _dir: TempDir,
+}
+
+fn start_tls(extra: &[&str], wait: Option<u16>) -> TlsProxy {
+    let dir = TempDir::new("tls");
+    let (cert, key) = generate_cert(&dir.path);
+    let mut b = Hubgate::builder()
+        .args(&[
+            "--ssl-key",
+            &key.to_string_lossy(),
+            "--ssl-cert",
+            &cert.to_string_lossy(),
+        ])
+        .args(extra);
+    if let Some(p) = wait {
+        b = b.wait_port(p);
+    }
+    TlsProxy {
+        hg: b.start(),
+        cert,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn https_request_is_proxied() {
+    let t = start_tls(&[], None);
+    let echo = Backend::echo();
+    t.hg.add_route("/user/alice", &echo.url());
+    let mut c = tls_conn(t.hg.port, &t.cert, "localhost").expect("TLS handshake with hubgate");
+    let r = c
+        .request(&Req::get("/user/alice/x?y=1"))
+        .expect("HTTPS request");
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let rec = echo.last().unwrap();
+    assert_eq!(rec.target, "/user/alice/x?y=1");
+    assert_eq!(rec.header("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(rec.header("x-forwarded-port"), Some(t.hg.port.to_string()));
+    // Keep-alive over TLS; Host without a port → 443.
+    let r = c
+        .request(&Req::get("/user/alice/y").host("hub.example.org"))
+        .expect("second HTTPS request");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        echo.last().unwrap().header("x-forwarded-port").as_deref(),
+        Some("443")
+    );
+    let r = c.request(&Req::get("/_chp_healthz")).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), r#"{"status":"OK"}"#);
+    // The API stays plain HTTP.
+    assert_eq!(t.hg.api_get("/api/routes").status, 200);
+}
+
+#[test]
+fn wss_upgrade_gets_x_forwarded_proto_wss() {
+    let t = start_tls(&[], None);
+    let ws = WsBackend::echo();
+    t.hg.add_route("/user/alice", &ws.url());
+    let c = tls_conn(t.hg.port, &t.cert, "localhost").expect("TLS handshake");
+    let stream = c.into_stream();
+    let url = format!(
+        "wss://localhost:{}/user/alice/api/kernels/k/channels",
+        t.hg.port
+    );
+    let (mut sock, resp) =
+        tungstenite::client::client(url.as_str(), stream).expect("wss upgrade through hubgate");
+    assert_eq!(resp.status().as_u16(), 101);
+    sock.send(tungstenite::Message::Text("over tls".into()))
+        .unwrap();
+    loop {
+        match sock.read().expect("read echo") {
+            tungstenite::Message::Text(t) => {
+                assert_eq!(t.as_str(), "over tls");
+                break;
+            }
+            _ => continue,
+        }
+    }
+    let rec = ws.requests().pop().unwrap();
+    assert_eq!(rec.header("x-forwarded-proto").as_deref(), Some("wss"));
+    assert_eq!(rec.target, "/user/alice/api/kernels/k/channels");
+    let _ = sock.close(None);
+}
+
+#[test]
+fn plain_http_to_the_tls_port_is_not_served() {
+    let t = start_tls(&[], None);
+    let echo = Backend::echo();
+    t.hg.add_route("/", &echo.url());
+    if let Ok(r) = try_http(t.hg.port, &Req::get("/x")) {
+        assert_ne!(
+            r.status, 200,
+            "plain HTTP must not be proxied on the TLS port"
+        );
+    }
+    assert_eq!(echo.count(), 0);
+}
+
+#[test]
+fn redirect_port_answers_301_to_https() {
+    let rp = free_port();
+    let t = start_tls(&["--redirect-port", &rp.to_string()], Some(rp));
+    assert!(
+        t.hg.wait_for_stdout(
+            "Added HTTP to HTTPS redirection from",
+            Duration::from_secs(5)
+        ),
+        "stdout lacks the redirect readiness line:\n{}",
+        t.hg.output()
+    );
+    let r = http(
+        rp,
+        &Req::get("/user/x?y=1").host(&format!("example.org:{rp}")),
+    );
+    assert_eq!(r.status, 301, "{}", r.describe());
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://example.org:{}/user/x?y=1", t.hg.port).as_str())
+    );
+    let r = http(rp, &Req::get("/").host("example.org"));
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://example.org:{}/", t.hg.port).as_str())
+    );
+}
+
+#[test]
+fn redirect_to_overrides_the_port() {
+    // CHP 5.3.0 compares the *string* "443" with 443, so it keeps ":443" when it
+    // comes from --redirect-to; both spellings are the same URL.
+    for (to, want) in [
+        (
+            "443",
+            vec!["https://example.org/a?b=c", "https://example.org:443/a?b=c"],
+        ),
+        ("8443", vec!["https://example.org:8443/a?b=c"]),
+    ] {
+        let rp = free_port();
+        let t = start_tls(
+            &["--redirect-port", &rp.to_string(), "--redirect-to", to],
+            Some(rp),
+        );
+        let r = http(rp, &Req::get("/a?b=c").host(&format!("example.org:{rp}")));
+        assert_eq!(r.status, 301, "{}", r.describe());
+        let loc = r.header("location").unwrap_or("");
+        assert!(
+            want.contains(&loc),
+            "--redirect-to {to}: Location {loc:?}, want one of {want:?}"
+        );
+        drop(t);
+    }
+}
+
+#[test]
+fn redirect_without_host_is_400() {
+    let rp = free_port();
+    let _t = start_tls(&["--redirect-port", &rp.to_string()], Some(rp));
+    let r = http(rp, &Req::get("/x").no_host().version("HTTP/1.0"));
+    assert_eq!(r.status, 400, "{}", r.describe());
+    let r = http(rp, &Req::get("/x").no_host());
+    assert_eq!(r.status, 400, "{}", r.describe());
+}
