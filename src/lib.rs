@@ -5,8 +5,10 @@
 //! and runs every service from it.
 
 pub mod api;
+pub mod auth;
 pub mod canonical;
 pub mod config;
+pub mod http_client;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

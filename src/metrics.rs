@@ -67,6 +67,8 @@ pub struct Metrics {
     pub websockets_open: IntGauge,
     /// Upstream connect and response failures.
     pub upstream_errors: IntCounterVec,
+    /// Authentication decisions by result and reason.
+    pub auth_decisions: IntCounterVec,
 }
 
 impl Metrics {
@@ -112,6 +114,14 @@ impl Metrics {
             &["kind"],
         )?;
         registry.register(Box::new(upstream_errors.clone()))?;
+        let auth_decisions = IntCounterVec::new(
+            Opts::new(
+                "hubgate_auth_decisions_total",
+                "Authentication decisions by result and reason",
+            ),
+            &["result", "reason"],
+        )?;
+        registry.register(Box::new(auth_decisions.clone()))?;
         registry.register(Box::new(RouteCount {
             table,
             desc: prometheus::core::Desc::new(
@@ -140,6 +150,7 @@ impl Metrics {
             requests_api,
             websockets_open,
             upstream_errors,
+            auth_decisions,
         })
     }
 

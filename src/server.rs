@@ -19,7 +19,9 @@ use pingora::services::listening::Service;
 use thiserror::Error;
 
 use crate::api::RoutesApi;
+use crate::auth::Auth;
 use crate::config::{Config, Listen};
+use crate::http_client::HttpClient;
 use crate::metrics::{Metrics, MetricsApp};
 use crate::proxy::{ErrorRenderer, HubProxy, Resolver, Shared};
 use crate::routes::{MemoryStore, RouteStore};
@@ -102,6 +104,17 @@ impl ServeHttp for RedirectApp {
             .header(http::header::CONTENT_LENGTH, 0)
             .body(Vec::new())
             .unwrap_or_default()
+    }
+}
+
+/// Fetches and refreshes the identity providers' key sets.
+struct KeyRefresh(Arc<Auth>);
+
+#[async_trait]
+impl BackgroundService for KeyRefresh {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.0.spawn_refresh();
+        let _ = shutdown.changed().await;
     }
 }
 
@@ -224,16 +237,20 @@ impl Hubgate {
         let metrics = Arc::new(Metrics::new(table.clone())?);
 
         let client_tls = Arc::new(ClientTlsMaterial::load(&config.client_tls)?);
+        let http_client = Arc::new(HttpClient::new(
+            client_tls.clone(),
+            config.client_tls.insecure,
+        ));
+        let auth = config
+            .auth
+            .clone()
+            .map(|a| Arc::new(Auth::new(a, http_client.clone(), &metrics)));
         let shared = Arc::new(Shared {
             table: table.clone(),
             forwarding: config.forwarding.clone(),
             timeouts: config.timeouts.clone(),
             metrics: metrics.clone(),
-            errors: ErrorRenderer::new(
-                &config.error_pages,
-                client_tls.clone(),
-                config.client_tls.insecure,
-            ),
+            errors: ErrorRenderer::new(&config.error_pages, http_client.clone()),
             client_tls,
             insecure: config.client_tls.insecure,
             resolver: Resolver::default(),
@@ -241,6 +258,7 @@ impl Hubgate {
             listener_tls: config.proxy_tls.is_some(),
             in_flight: Default::default(),
             keepalive_secs: config.timeouts.keep_alive.as_secs().max(1),
+            auth: auth.clone(),
         });
 
         if let Some(target) = &config.default_target {
@@ -266,6 +284,10 @@ impl Hubgate {
                 config.default_target.as_deref().unwrap_or("(no default)")
             ),
         ];
+        lines.push(match &auth {
+            Some(a) => a.describe(),
+            None => "authentication off (no [auth] section): hubgate behaves like configurable-http-proxy".into(),
+        });
         let mut checks = vec![config.proxy_listen.clone(), config.api_listen.clone()];
 
         // Public listener: no L4 read buffer, so idle websockets hold no buffer at all.
@@ -346,6 +368,9 @@ impl Hubgate {
             lines.push(format!("Route added / -> {target}"));
         }
 
+        if let Some(auth) = &auth {
+            server.add_service(background_service("auth keys", KeyRefresh(auth.clone())));
+        }
         server.add_service(background_service(
             "readiness",
             Readiness {

@@ -34,6 +34,8 @@ pub struct FileConfig {
     /// Where routes are stored.
     #[serde(default)]
     pub storage: StorageSection,
+    /// Token authentication; absent means CHP behaviour (no authentication).
+    pub auth: Option<super::auth::AuthSection>,
 }
 
 /// `[proxy]`.

@@ -1,6 +1,7 @@
 //! Configuration: command line (CHP's flags) over the TOML file over defaults, validated
 //! into one internal [`Config`] before anything binds.
 
+pub mod auth;
 mod cli;
 mod file;
 
@@ -151,6 +152,8 @@ pub struct Config {
     pub pid_file: Option<PathBuf>,
     pub shutdown_grace: Duration,
     pub threads: usize,
+    /// Token authentication (`[auth]`); `None`: behave exactly like CHP.
+    pub auth: Option<auth::AuthConfig>,
 }
 
 /// Environment values the configuration reads.
@@ -633,6 +636,7 @@ impl Config {
             pid_file: cli.pid_file.clone().or_else(|| s.pid_file.clone()),
             shutdown_grace: Duration::from_secs(grace),
             threads,
+            auth: file.auth.as_ref().map(|a| a.validate()).transpose()?,
         })
     }
 

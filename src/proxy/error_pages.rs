@@ -8,15 +8,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use log::{debug, error};
-use pingora::connectors::http::Connector;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use pingora::upstreams::peer::HttpPeer;
 
 use super::resolver::Resolver;
 use crate::config::ErrorPages;
-use crate::routes::{Target, TargetAddr};
-use crate::tls::ClientTlsMaterial;
+use crate::http_client::HttpClient;
 
 /// The error-target server fetch may take this long before the plain fallback is used.
 const ERROR_TARGET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,9 +21,9 @@ const ERROR_TARGET_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_ERROR_BODY: usize = 1024 * 1024;
 
 enum Mode {
+    /// `scheme://host[:port]/path/` of the error target, and its query without `url`.
     Target {
-        target: Target,
-        path_prefix: String,
+        url_prefix: String,
         other_query: String,
     },
     Path(PathBuf),
@@ -36,9 +33,7 @@ enum Mode {
 /// Renders error responses.
 pub struct ErrorRenderer {
     mode: Mode,
-    connector: Connector,
-    client_tls: Arc<ClientTlsMaterial>,
-    insecure: bool,
+    client: Arc<HttpClient>,
 }
 
 /// An error page fetched or read, ready to send.
@@ -75,6 +70,21 @@ fn reason(code: u16) -> &'static str {
         .unwrap_or("Error")
 }
 
+/// The HTML page for an authentication denial or a login problem.
+pub fn auth_page(status: u16, text: &str) -> String {
+    let title = match status {
+        401 => "Login required",
+        403 => "Access denied",
+        503 => "Login unavailable",
+        _ => "Login problem",
+    };
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{status}: {title}</title>\
+<style>body{{font-family:sans-serif;max-width:40em;margin:4em auto;color:#222}}</style></head>\
+<body><h1>{status}: {title}</h1><p>{text}</p><p><a href=\"/_hubgate/login\">Log in</a></p></body></html>\n"
+    )
+}
+
 fn builtin_page(code: u16) -> String {
     let (title, text) = match code {
         404 => (
@@ -99,130 +109,69 @@ fn builtin_page(code: u16) -> String {
 
 impl ErrorRenderer {
     /// Builds the renderer for the configured error pages.
-    pub fn new(
-        pages: &ErrorPages,
-        client_tls: Arc<ClientTlsMaterial>,
-        insecure: bool,
-    ) -> ErrorRenderer {
+    pub fn new(pages: &ErrorPages, client: Arc<HttpClient>) -> ErrorRenderer {
         let mode = match pages {
-            ErrorPages::Target(url) => match Target::parse(url) {
-                Ok(target) => {
-                    let mut path_prefix = target.path.clone();
-                    if !path_prefix.ends_with('/') {
-                        path_prefix.push('/');
-                    }
-                    let other_query = target
-                        .query
-                        .split('&')
-                        .filter(|kv| !kv.is_empty() && kv.split('=').next() != Some("url"))
-                        .collect::<Vec<_>>()
-                        .join("&");
-                    Mode::Target {
-                        target,
-                        path_prefix,
-                        other_query,
-                    }
+            ErrorPages::Target(url) => {
+                let (base, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
+                let mut url_prefix = base.split('#').next().unwrap_or_default().to_string();
+                if !url_prefix.ends_with('/') {
+                    url_prefix.push('/');
                 }
-                // Validated at startup; unreachable in practice.
-                Err(_) => Mode::Builtin,
-            },
+                let other_query = query
+                    .split('&')
+                    .filter(|kv| !kv.is_empty() && kv.split('=').next() != Some("url"))
+                    .collect::<Vec<_>>()
+                    .join("&");
+                Mode::Target {
+                    url_prefix,
+                    other_query,
+                }
+            }
             ErrorPages::Path(dir) => Mode::Path(dir.clone()),
             ErrorPages::Builtin => Mode::Builtin,
         };
-        ErrorRenderer {
-            mode,
-            connector: Connector::new(None),
-            client_tls,
-            insecure,
-        }
+        ErrorRenderer { mode, client }
     }
 
     async fn fetch(&self, resolver: &Resolver, code: u16, raw_url: &[u8]) -> Result<Page, String> {
         let Mode::Target {
-            target,
-            path_prefix,
+            url_prefix,
             other_query,
         } = &self.mode
         else {
             return Err("no error target".into());
         };
-        let mut peer = match &target.addr {
-            TargetAddr::Ip(a) => HttpPeer::new(*a, target.tls, target.sni.clone()),
-            TargetAddr::Name { host, port } => {
-                let a = resolver
-                    .resolve(host, *port, ERROR_TARGET_TIMEOUT)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                HttpPeer::new(a, target.tls, target.sni.clone())
-            }
-            TargetAddr::Unix(p) => {
-                HttpPeer::new_uds(p, false, String::new()).map_err(|e| e.to_string())?
-            }
-        };
-        peer.options.connection_timeout = Some(Duration::from_secs(3));
-        peer.options.read_timeout = Some(ERROR_TARGET_TIMEOUT);
-        if target.tls {
-            peer.options.verify_cert = !self.insecure;
-            peer.options.verify_hostname = !self.insecure;
-            peer.options.ca = self.client_tls.ca.clone();
-            peer.client_cert_key = self.client_tls.cert_key.clone();
-        }
-        let mut path = format!("{path_prefix}{code}?");
+        let mut url = format!("{url_prefix}{code}?");
         if !other_query.is_empty() {
-            path.push_str(other_query);
-            path.push('&');
+            url.push_str(other_query);
+            url.push('&');
         }
-        path.push_str("url=");
-        path.push_str(&form_encode(raw_url));
-        debug!("Requesting custom error page: {path}");
-
-        let mut req =
-            RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| e.to_string())?;
-        req.insert_header("Host", target.host_header.as_str())
-            .map_err(|e| e.to_string())?;
-        let (mut client, _) = self
-            .connector
-            .get_http_session(&peer)
+        url.push_str("url=");
+        url.push_str(&form_encode(raw_url));
+        debug!("Requesting custom error page: {url}");
+        let fetched = self
+            .client
+            .request(
+                resolver,
+                "GET",
+                &url,
+                &[],
+                None,
+                ERROR_TARGET_TIMEOUT,
+                MAX_ERROR_BODY,
+            )
             .await
             .map_err(|e| e.to_string())?;
-        client
-            .write_request_header(Box::new(req))
-            .await
-            .map_err(|e| e.to_string())?;
-        client
-            .finish_request_body()
-            .await
-            .map_err(|e| e.to_string())?;
-        client
-            .read_response_header()
-            .await
-            .map_err(|e| e.to_string())?;
-        let header = client.response_header().ok_or("no response header")?;
         let get = |name: &str| {
-            header
+            fetched
                 .headers
                 .get(name)
                 .map(|v| Bytes::copy_from_slice(v.as_bytes()))
         };
-        let (content_type, content_encoding) = (get("content-type"), get("content-encoding"));
-        let mut body = Vec::new();
-        while let Some(chunk) = client
-            .read_response_body()
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            if body.len() + chunk.len() > MAX_ERROR_BODY {
-                return Err("error page too large".into());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        self.connector
-            .release_http_session(client, &peer, Some(Duration::from_secs(30)))
-            .await;
         Ok(Page {
-            content_type,
-            content_encoding,
-            body: Bytes::from(body),
+            content_type: get("content-type"),
+            content_encoding: get("content-encoding"),
+            body: fetched.body,
         })
     }
 

@@ -24,7 +24,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-pub use error_pages::ErrorRenderer;
+pub use error_pages::{auth_page, form_encode, ErrorRenderer};
 pub use resolver::Resolver;
 
 use crate::canonical::{self, CanonicalPath};
@@ -32,6 +32,21 @@ use crate::config::{Forwarding, Timeouts};
 use crate::metrics::Metrics;
 use crate::routes::{Route, RouteTable, Target, TargetAddr};
 use crate::tls::ClientTlsMaterial;
+
+/// Identity headers a client must not be able to set (they are hubgate's to assert).
+const IDENTITY_HEADERS: [&str; 11] = [
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-groups",
+    "x-auth-request-preferred-username",
+    "x-auth-request-access-token",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-remote-user",
+    "remote-user",
+];
 
 /// Requests in flight, for a graceful drain on SIGTERM.
 #[derive(Debug, Default)]
@@ -69,6 +84,8 @@ pub struct Shared {
     pub in_flight: InFlight,
     /// Keep-alive idle timeout for client connections, in whole seconds (pingora's unit).
     pub keepalive_secs: u64,
+    /// Token authentication, when configured.
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }
 
 /// Per-request state.
@@ -79,6 +96,8 @@ pub struct RequestCtx {
     /// Status of the upstream's response, once seen.
     upstream_status: u16,
     websocket: bool,
+    /// The authenticated identity, when authentication is on and the path is protected.
+    allowed: Option<crate::auth::Allowed>,
     _in_flight: Option<InFlightGuard>,
 }
 
@@ -125,6 +144,41 @@ fn error_kind(e: &Error) -> &'static str {
         | ErrorType::InvalidCert => "tls",
         _ => "other",
     }
+}
+
+/// Removes `Set-Cookie` headers from a target that would set hubgate's own cookies (a user's
+/// server must not be able to plant or clear the session).
+fn drop_own_set_cookies(resp: &mut ResponseHeader) -> Result<()> {
+    let own = |v: &http::HeaderValue| {
+        let name = v
+            .as_bytes()
+            .split(|&b| b == b'=')
+            .next()
+            .unwrap_or_default();
+        let name = name.trim_ascii();
+        name == crate::auth::SESSION_COOKIE.as_bytes()
+            || name == crate::auth::LOGIN_COOKIE.as_bytes()
+    };
+    if !resp
+        .headers
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .any(own)
+    {
+        return Ok(());
+    }
+    let kept: Vec<http::HeaderValue> = resp
+        .headers
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .filter(|v| !own(v))
+        .cloned()
+        .collect();
+    resp.remove_header(&http::header::SET_COOKIE);
+    for v in kept {
+        resp.append_header(http::header::SET_COOKIE, v)?;
+    }
+    Ok(())
 }
 
 /// The host part of a `Host` header, as CHP takes it (up to the first `:`).
@@ -177,6 +231,145 @@ impl HubProxy {
         Ok(true)
     }
 
+    /// With authentication on: the headers to remove upstream (inbound identity headers, the
+    /// Bearer credential) and, in `set`, the identity headers and the `Cookie` without
+    /// hubgate's own cookies.
+    fn identity_edits(
+        &self,
+        req: &RequestHeader,
+        ctx: &RequestCtx,
+        set: &mut Vec<(http::HeaderName, http::HeaderValue)>,
+    ) -> Vec<http::HeaderName> {
+        let Some(auth) = &self.shared.auth else {
+            return Vec::new();
+        };
+        let mut remove: Vec<http::HeaderName> = IDENTITY_HEADERS
+            .iter()
+            .map(|h| http::HeaderName::from_static(h))
+            .collect();
+        set.retain(|(k, _)| !remove.contains(k));
+        if let Some(allowed) = &ctx.allowed {
+            if allowed.kind == crate::auth::CredentialKind::Bearer
+                && !auth.config.forward_authorization
+            {
+                remove.push(http::header::AUTHORIZATION);
+            }
+            let id = &allowed.identity;
+            let mut push = |name: &'static str, value: &str| {
+                if let Ok(v) = http::HeaderValue::from_str(value) {
+                    set.push((http::HeaderName::from_static(name), v));
+                }
+            };
+            push("x-auth-request-user", &id.user);
+            if let Some(email) = &id.email {
+                push("x-auth-request-email", email);
+            }
+            if !id.groups.is_empty() {
+                push("x-auth-request-groups", &id.groups.join(","));
+            }
+        }
+        let cookies: Vec<&str> = req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if cookies.iter().any(|c| {
+            c.contains(crate::auth::SESSION_COOKIE) || c.contains(crate::auth::LOGIN_COOKIE)
+        }) {
+            remove.push(http::header::COOKIE);
+            if let Some(kept) = crate::auth::strip_own_cookies(&cookies.join("; ")) {
+                if let Ok(v) = http::HeaderValue::from_str(&kept) {
+                    set.push((http::header::COOKIE, v));
+                }
+            }
+        }
+        remove
+    }
+
+    /// Writes a complete small response.
+    async fn write_reply(
+        &self,
+        session: &mut Session,
+        status: u16,
+        headers: &[(&'static str, String)],
+        body: String,
+    ) -> Result<bool> {
+        let mut resp = ResponseHeader::build(status, Some(headers.len() + 1))?;
+        for (k, v) in headers {
+            resp.append_header(*k, v.as_str())?;
+        }
+        resp.insert_header("Content-Length", body.len().to_string())?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await?;
+        Ok(true)
+    }
+
+    /// Refuses a request for an authentication reason: a login redirect for browsers without a
+    /// credential, otherwise 400/401/403/503 with a generic page or JSON body.
+    async fn deny(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        reason: crate::auth::Reason,
+        presented: bool,
+    ) -> Result<bool> {
+        let Some(auth) = self.shared.auth.clone() else {
+            return Ok(false);
+        };
+        let req = session.req_header();
+        let accept = req
+            .headers
+            .get(http::header::ACCEPT)
+            .and_then(|a| a.to_str().ok())
+            .unwrap_or("");
+        let browser = !ctx.websocket
+            && (req.method == http::Method::GET || req.method == http::Method::HEAD)
+            && accept.contains("text/html")
+            && !req.headers.contains_key("x-requested-with");
+        let status = reason.status();
+        let next = String::from_utf8_lossy(req.raw_path()).into_owned();
+        session.set_keepalive(None);
+        if status == 401 && browser && auth.login_available() {
+            let location = auth.login_url(&next);
+            return self
+                .write_reply(
+                    session,
+                    302,
+                    &[("Location", location), ("Cache-Control", "no-store".into())],
+                    String::new(),
+                )
+                .await;
+        }
+        let mut headers: Vec<(&'static str, String)> = vec![("Cache-Control", "no-store".into())];
+        if status == 401 {
+            let challenge = if presented {
+                r#"Bearer realm="hubgate", error="invalid_token""#.to_string()
+            } else {
+                r#"Bearer realm="hubgate""#.to_string()
+            };
+            headers.push(("WWW-Authenticate", challenge));
+        } else if matches!(
+            reason,
+            crate::auth::Reason::MfaRequired | crate::auth::Reason::AuthTooOld
+        ) {
+            headers.push((
+                "WWW-Authenticate",
+                r#"Bearer realm="hubgate", error="insufficient_user_authentication""#.to_string(),
+            ));
+        }
+        let body = if browser {
+            headers.push(("Content-Type", "text/html; charset=utf-8".into()));
+            auth_page(status, reason.message())
+        } else {
+            headers.push(("Content-Type", "application/json".into()));
+            serde_json::json!({"status": status, "message": reason.message()}).to_string()
+        };
+        self.write_reply(session, status, &headers, body).await
+    }
+
     fn peer_for(&self, target: &Target, addr: Option<std::net::SocketAddr>) -> Result<HttpPeer> {
         let sh = &self.shared;
         let mut peer = match (&target.addr, addr) {
@@ -226,8 +419,14 @@ impl ProxyHttp for HubProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let sh = &self.shared;
         if session.req_header().raw_path() == b"/_chp_healthz" {
-            let body = Bytes::from_static(br#"{"status":"OK"}"#);
-            let mut resp = ResponseHeader::build(200, Some(2))?;
+            // With authentication on, not ready until every issuer has keys (fail closed).
+            let ready = sh.auth.as_ref().is_none_or(|a| a.ready());
+            let (code, body) = if ready {
+                (200, Bytes::from_static(br#"{"status":"OK"}"#))
+            } else {
+                (503, Bytes::from_static(br#"{"status":"not ready","reason":"no signing keys loaded for an identity provider yet"}"#))
+            };
+            let mut resp = ResponseHeader::build(code, Some(2))?;
             resp.insert_header("Content-Type", "application/json")?;
             resp.insert_header("Content-Length", body.len().to_string())?;
             session.write_response_header(Box::new(resp), false).await?;
@@ -274,6 +473,26 @@ impl ProxyHttp for HubProxy {
         };
         let query = query.map(|q| String::from_utf8_lossy(q).into_owned());
 
+        if let Some(auth) = &sh.auth {
+            if canon.decoded.starts_with(crate::auth::login::PREFIX) {
+                let reply = auth.handle_own(session.req_header(), &canon.decoded).await;
+                return self
+                    .write_reply(session, reply.status, &reply.headers, reply.body)
+                    .await;
+            }
+        }
+        let mut query = query;
+        if let (true, Some(param), Some(q)) = (
+            ctx.websocket,
+            sh.auth
+                .as_ref()
+                .and_then(|a| a.config.query_param.as_deref()),
+            query.as_deref(),
+        ) {
+            // A credential in the query never travels further.
+            query = Some(crate::auth::strip_query_param(q, param));
+        }
+
         let started = Instant::now();
         let (found, host_len) = if sh.forwarding.host_routing {
             let host = routing_host(session.req_header());
@@ -283,6 +502,22 @@ impl ProxyHttp for HubProxy {
             (sh.table.lookup(&canon.decoded), 0)
         };
         sh.metrics.find_target_for_req.observe(started.elapsed());
+        if let Some(auth) = &sh.auth {
+            let route = found.as_ref().map(|f| &*f.route);
+            let outcome = auth
+                .check(session.req_header(), &canon.decoded, route, ctx.websocket)
+                .await;
+            auth.record(&outcome, route, &canon.decoded);
+            match outcome {
+                crate::auth::Outcome::Public => {}
+                crate::auth::Outcome::Allow(allowed) => ctx.allowed = Some(allowed),
+                crate::auth::Outcome::Deny {
+                    reason, presented, ..
+                } => {
+                    return self.deny(session, ctx, reason, presented).await;
+                }
+            }
+        }
         let Some(found) = found else {
             return self.refuse(session, ctx, 404, "").await;
         };
@@ -324,18 +559,24 @@ impl ProxyHttp for HubProxy {
                 websocket: true,
                 target,
             };
-            let extra =
+            let mut edits =
                 forward::request_headers(&session.req_header().headers, &down, &sh.forwarding);
-            return match websocket::proxy(
-                sh,
-                session,
-                route.clone(),
+            let removed = self.identity_edits(session.req_header(), ctx, &mut edits);
+            let deadline = match (&ctx.allowed, &sh.auth) {
+                (Some(a), Some(auth)) if auth.config.close_websockets_on_expiry => {
+                    Some(a.expires_at)
+                }
+                _ => None,
+            };
+            let upgrade = websocket::Upgrade {
+                route: route.clone(),
                 target,
-                &upstream_path,
-                &extra,
-            )
-            .await
-            {
+                upstream_path: &upstream_path,
+                set_headers: &edits,
+                removed_headers: &removed,
+                close_at: deadline,
+            };
+            return match websocket::proxy(sh, session, upgrade).await {
                 Ok(()) => Ok(true),
                 Err((code, msg)) => self.refuse(session, ctx, code, &msg).await,
             };
@@ -403,7 +644,11 @@ impl ProxyHttp for HubProxy {
             websocket: ctx.websocket,
             target,
         };
-        for (name, value) in forward::request_headers(&upstream.headers, &down, &sh.forwarding) {
+        let mut edits = forward::request_headers(&upstream.headers, &down, &sh.forwarding);
+        for name in self.identity_edits(upstream, ctx, &mut edits) {
+            upstream.remove_header(&name);
+        }
+        for (name, value) in edits {
             upstream.insert_header(name, value)?;
         }
         upstream.remove_header("trailer");
@@ -456,6 +701,9 @@ impl ProxyHttp for HubProxy {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = status;
+        if self.shared.auth.is_some() {
+            drop_own_set_cookies(upstream_response)?;
+        }
         let fwd = &self.shared.forwarding;
         if fwd.auto_rewrite || fwd.protocol_rewrite.is_some() {
             if let (Some(Ok(target)), Some(location)) = (

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use log::{debug, error};
+use log::{debug, error, info};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
@@ -211,6 +211,7 @@ fn request_head(
     session: &Session,
     upstream_path: &str,
     extra: &[(http::HeaderName, http::HeaderValue)],
+    removed: &[http::HeaderName],
 ) -> Vec<u8> {
     let req = session.req_header();
     let mut head = Vec::with_capacity(1024);
@@ -219,7 +220,7 @@ fn request_head(
     head.extend_from_slice(upstream_path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers.iter() {
-        if extra.iter().any(|(n, _)| n == name) {
+        if extra.iter().any(|(n, _)| n == name) || removed.contains(name) {
             continue;
         }
         head.extend_from_slice(name.as_str().as_bytes());
@@ -279,17 +280,36 @@ fn status_of(head: &[u8]) -> Option<u16> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// What a websocket upgrade is sent with.
+pub struct Upgrade<'a> {
+    pub route: Arc<Route>,
+    pub target: &'a Target,
+    /// Path and query to request from the target.
+    pub upstream_path: &'a str,
+    /// Headers to set (X-Forwarded-*, custom, identity).
+    pub set_headers: &'a [(http::HeaderName, http::HeaderValue)],
+    /// Client headers not to forward.
+    pub removed_headers: &'a [http::HeaderName],
+    /// When the credential expires (seconds since the epoch): the websocket is closed then.
+    pub close_at: Option<i64>,
+}
+
 /// Proxies a websocket upgrade for `route` with hubgate's own relay. Returns `Err(code)` when
 /// the upgrade never reached the target, for the caller to answer and log.
 pub async fn proxy(
     shared: &Arc<Shared>,
     session: &mut Session,
-    route: Arc<Route>,
-    target: &Target,
-    upstream_path: &str,
-    extra_headers: &[(http::HeaderName, http::HeaderValue)],
+    up: Upgrade<'_>,
 ) -> Result<(), (u16, String)> {
-    let head = request_head(session, upstream_path, extra_headers);
+    let Upgrade {
+        route,
+        target,
+        upstream_path,
+        set_headers,
+        removed_headers,
+        close_at,
+    } = up;
+    let head = request_head(session, upstream_path, set_headers, removed_headers);
     let mut up = match connect(shared, target).await {
         Ok(up) => up,
         Err(e) => {
@@ -349,6 +369,7 @@ pub async fn proxy(
         }
         shared.metrics.websockets_open.inc();
         let server_activity = shared.ws_activity_on_server_frames;
+        let route_key = route.key.clone();
         let client_route = route.clone();
         let client_shared = shared.clone();
         let relay_shared = shared.clone();
@@ -362,8 +383,20 @@ pub async fn proxy(
                 }
             },
         );
-        if let Err(e) = relay.await {
-            debug!("websocket closed: {e}");
+        match close_at {
+            None => {
+                if let Err(e) = relay.await {
+                    debug!("websocket closed: {e}");
+                }
+            }
+            Some(at) => {
+                // The credential that opened this websocket expires: close it then.
+                let wait = Duration::from_secs((at - crate::auth::now_secs()).max(0) as u64);
+                tokio::select! {
+                    r = relay => if let Err(e) = r { debug!("websocket closed: {e}") },
+                    _ = tokio::time::sleep(wait) => info!("websocket on {} closed: its credential expired", route_key),
+                }
+            }
         }
         shared.metrics.websockets_open.dec();
     });

@@ -1,0 +1,376 @@
+//! hubgate's browser login: OpenID Connect authorization code flow with PKCE.
+//!
+//! `/_hubgate/login?next=…` → the issuer's authorization endpoint; the issuer sends the user
+//! back to `/_hubgate/oidc/callback`, where the code is exchanged, the ID token passes the
+//! same checks and MFA rule as any token, and hubgate sets its session cookie before
+//! returning the user to `next` (same-origin paths only). `/_hubgate/logout` clears it.
+
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use log::{info, warn};
+use pingora::http::RequestHeader;
+use sha2::{Digest, Sha256};
+
+use super::session::{set_cookie, LoginClaims, SessionClaims, LOGIN_COOKIE, SESSION_COOKIE};
+use super::{now_secs, Auth, Reason};
+
+/// The path prefix of hubgate's own endpoints.
+pub const PREFIX: &str = "/_hubgate/";
+const LOGIN_LIFETIME: i64 = 600;
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A response from one of hubgate's own endpoints.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    fn redirect(location: String) -> Reply {
+        Reply {
+            status: 302,
+            headers: vec![("Location", location), ("Cache-Control", "no-store".into())],
+            body: String::new(),
+        }
+    }
+
+    fn page(status: u16, text: &str) -> Reply {
+        Reply {
+            status,
+            headers: vec![
+                ("Content-Type", "text/html; charset=utf-8".into()),
+                ("Cache-Control", "no-store".into()),
+            ],
+            body: super::super::proxy::auth_page(status, text),
+        }
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn random(n: usize) -> Option<String> {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).ok()?;
+    Some(b64(&buf))
+}
+
+fn enc(s: &str) -> String {
+    crate::proxy::form_encode(s.as_bytes())
+}
+
+fn query_param(raw: &[u8], name: &str) -> Option<String> {
+    super::query_value(raw, name)
+}
+
+/// `next` if it is a same-origin path, else the hub's base URL (no open redirects).
+pub fn safe_next(next: Option<&str>, base: &str) -> String {
+    let Some(next) = next else {
+        return base.to_string();
+    };
+    let bytes = next.as_bytes();
+    let ok = bytes.first() == Some(&b'/')
+        && !matches!(bytes.get(1), Some(b'/') | Some(b'\\'))
+        && !next.contains('\\')
+        && !next.bytes().any(|b| b.is_ascii_control() || b == b' ')
+        && next.len() <= 2048
+        && !next.to_ascii_lowercase().contains("%2f%2f")
+        && !next.starts_with("/%2f")
+        && !next.starts_with("/%2F")
+        && !next.starts_with("/%5c")
+        && !next.starts_with("/%5C");
+    if ok {
+        next.to_string()
+    } else {
+        base.to_string()
+    }
+}
+
+fn cookie(req: &RequestHeader, name: &str) -> Option<String> {
+    let values = req
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    super::session::cookie_value(values, name)
+        .first()
+        .map(|v| v.to_string())
+}
+
+impl Auth {
+    fn login_issuer(&self, idp: Option<&str>) -> Option<usize> {
+        match idp.and_then(|i| i.parse::<usize>().ok()) {
+            Some(i)
+                if self
+                    .issuers
+                    .get(i)
+                    .is_some_and(|x| x.config.client_id.is_some()) =>
+            {
+                Some(i)
+            }
+            _ => self
+                .issuers
+                .iter()
+                .position(|i| i.config.client_id.is_some()),
+        }
+    }
+
+    /// Whether a browser login is configured (else denials answer 401 instead of redirecting).
+    pub fn login_available(&self) -> bool {
+        self.login_issuer(None).is_some()
+    }
+
+    /// Where a browser without a valid credential is sent.
+    pub fn login_url(&self, next: &str) -> String {
+        format!("{PREFIX}login?next={}", enc(next))
+    }
+
+    fn redirect_uri(&self) -> String {
+        format!(
+            "{}{PREFIX}oidc/callback",
+            self.config.public_origin.as_deref().unwrap_or("")
+        )
+    }
+
+    /// Handles a request for one of hubgate's own endpoints.
+    pub async fn handle_own(&self, req: &RequestHeader, path: &str) -> Reply {
+        match path.strip_prefix(PREFIX) {
+            Some("login") => self.start_login(req),
+            Some("oidc/callback") => self.finish_login(req).await,
+            Some("logout") => {
+                let next = safe_next(
+                    query_param(req.raw_path(), "next").as_deref(),
+                    &self.config.base_url,
+                );
+                let mut r = Reply::redirect(next);
+                r.headers
+                    .push(("Set-Cookie", set_cookie(SESSION_COOKIE, "", 0)));
+                r
+            }
+            _ => Reply::page(404, "Not found."),
+        }
+    }
+
+    fn start_login(&self, req: &RequestHeader) -> Reply {
+        let raw = req.raw_path();
+        let next = safe_next(query_param(raw, "next").as_deref(), &self.config.base_url);
+        let Some(idp) = self.login_issuer(query_param(raw, "idp").as_deref()) else {
+            return Reply::page(404, "Login is not configured here.");
+        };
+        let issuer = &self.issuers[idp];
+        let Some(endpoint) = issuer
+            .endpoints()
+            .and_then(|e| e.authorization_endpoint.clone())
+        else {
+            return Reply::page(503, Reason::KeysUnavailable.message());
+        };
+        let (Some(state), Some(nonce), Some(verifier)) = (random(16), random(16), random(32))
+        else {
+            return Reply::page(500, "Cannot start a login right now.");
+        };
+        let challenge = b64(&Sha256::digest(verifier.as_bytes()));
+        let claims = LoginClaims {
+            iss: String::new(),
+            aud: String::new(),
+            exp: now_secs() + LOGIN_LIFETIME,
+            state: state.clone(),
+            nonce: nonce.clone(),
+            verifier,
+            next,
+            idp,
+        };
+        let Some(login_cookie) = self.cookie_key.sign_login(claims) else {
+            return Reply::page(500, "Cannot start a login right now.");
+        };
+        let cfg = &issuer.config;
+        let sep = if endpoint.contains('?') { '&' } else { '?' };
+        let location = format!(
+            "{endpoint}{sep}response_type=code&client_id={}&redirect_uri={}&scope={}&state={state}&nonce={nonce}&code_challenge={challenge}&code_challenge_method=S256",
+            enc(cfg.client_id.as_deref().unwrap_or_default()),
+            enc(&self.redirect_uri()),
+            enc(&cfg.scopes.join(" ")),
+        );
+        let mut r = Reply::redirect(location);
+        r.headers.push((
+            "Set-Cookie",
+            set_cookie(LOGIN_COOKIE, &login_cookie, LOGIN_LIFETIME),
+        ));
+        r
+    }
+
+    async fn finish_login(&self, req: &RequestHeader) -> Reply {
+        let raw = req.raw_path();
+        let restart = |why: &str| {
+            warn!("login callback refused: {why}");
+            let mut r = Reply::page(
+                400,
+                "This login attempt has expired or is invalid. Please start again.",
+            );
+            r.headers
+                .push(("Set-Cookie", set_cookie(LOGIN_COOKIE, "", 0)));
+            r
+        };
+        let Some(login) = cookie(req, LOGIN_COOKIE).and_then(|c| self.cookie_key.read_login(&c))
+        else {
+            return restart("no valid login-state cookie");
+        };
+        if query_param(raw, "state").as_deref() != Some(login.state.as_str()) {
+            return restart("state does not match");
+        }
+        let Some(issuer) = self.issuers.get(login.idp) else {
+            return restart("unknown issuer in login state");
+        };
+        let cfg = &issuer.config;
+        if let Some(iss) = query_param(raw, "iss") {
+            if iss != cfg.issuer {
+                return restart("iss parameter names another issuer (mix-up)");
+            }
+        }
+        if let Some(err) = query_param(raw, "error") {
+            warn!("identity provider refused the login: {err}");
+            return Reply::page(403, "The identity provider did not complete the login.");
+        }
+        let Some(code) = query_param(raw, "code") else {
+            return restart("no code");
+        };
+        let Some(token_endpoint) = issuer.endpoints().and_then(|e| e.token_endpoint.clone()) else {
+            return Reply::page(503, Reason::KeysUnavailable.message());
+        };
+        let client_id = cfg.client_id.clone().unwrap_or_default();
+        let form = format!(
+            "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={}&client_id={}",
+            enc(&code),
+            enc(&self.redirect_uri()),
+            enc(&login.verifier),
+            enc(&client_id)
+        );
+        let basic;
+        let mut headers: Vec<(&str, &str)> = vec![
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Accept", "application/json"),
+        ];
+        if let Some(secret) = &cfg.client_secret {
+            basic = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!(
+                    "{}:{}",
+                    enc(&client_id),
+                    enc(secret)
+                ))
+            );
+            headers.push(("Authorization", basic.as_str()));
+        }
+        let resp = self
+            .client
+            .request(
+                &self.resolver,
+                "POST",
+                &token_endpoint,
+                &headers,
+                Some(Bytes::from(form)),
+                TOKEN_TIMEOUT,
+                1 << 20,
+            )
+            .await;
+        let body = match resp {
+            Ok(r) if r.status == 200 => r.body,
+            Ok(r) => {
+                warn!("token endpoint answered {}", r.status);
+                return Reply::page(502, "The identity provider did not accept the login.");
+            }
+            Err(e) => {
+                warn!("token endpoint: {e}");
+                return Reply::page(502, "The identity provider could not be reached.");
+            }
+        };
+        let id_token = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v.get("id_token")
+                    .and_then(|t| t.as_str())
+                    .map(str::to_string)
+            });
+        let Some(id_token) = id_token else {
+            return restart("token response without id_token");
+        };
+        let audience = [client_id];
+        let verified = match self
+            .verify_token(&id_token, Some(&audience), Some(&login.nonce))
+            .await
+        {
+            Ok(v) => v,
+            Err(reason) => {
+                warn!("login refused: ID token {}", reason.label());
+                let status = reason.status();
+                return Reply::page(status, reason.message());
+            }
+        };
+        let now = now_secs();
+        let auth_time = verified.auth_time.unwrap_or(now);
+        let mut exp = now + self.config.session_lifetime.as_secs() as i64;
+        if cfg.require_mfa {
+            exp = exp.min(auth_time + cfg.max_auth_age.as_secs() as i64);
+        }
+        let identity = verified.identity;
+        let session = SessionClaims {
+            iss: String::new(),
+            aud: String::new(),
+            sub: identity.user.clone(),
+            email: identity.email.clone(),
+            groups: identity.groups.clone(),
+            idp: login.idp,
+            iat: now,
+            exp,
+            auth_time,
+        };
+        let Some(value) = self.cookie_key.sign_session(session) else {
+            return Reply::page(500, "Cannot finish the login right now.");
+        };
+        info!("login: user={} via {}", identity.user, cfg.issuer);
+        let mut r = Reply::redirect(login.next);
+        r.headers
+            .push(("Set-Cookie", set_cookie(SESSION_COOKIE, &value, exp - now)));
+        r.headers
+            .push(("Set-Cookie", set_cookie(LOGIN_COOKIE, "", 0)));
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_must_be_same_origin() {
+        let base = "/hub/";
+        for bad in [
+            "https://evil.com",
+            "//evil.com",
+            "/\\evil.com",
+            "\\/evil.com",
+            "/%2F%2Fevil.com",
+            "/ /evil.com",
+            "https:evil.com",
+            "javascript:alert(1)",
+            "/a\tb",
+            "/a\nb",
+        ] {
+            assert_eq!(safe_next(Some(bad), base), base, "{bad}");
+        }
+        assert_eq!(safe_next(Some(&"/x".repeat(2000)), base), base);
+        assert_eq!(
+            safe_next(Some("/user/alice/lab?x=1"), base),
+            "/user/alice/lab?x=1"
+        );
+        assert_eq!(
+            safe_next(Some("/user/alice/@evil.com"), base),
+            "/user/alice/@evil.com"
+        );
+        assert_eq!(safe_next(None, base), base);
+    }
+}

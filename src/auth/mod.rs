@@ -1,0 +1,627 @@
+//! Authentication and authorisation in front of the route table.
+//!
+//! Per request: find exactly one credential (Bearer token, hubgate's session cookie, or —
+//! websocket upgrades only, when enabled — a query parameter), verify it (a cache keyed by
+//! the credential's hash skips repeated signature checks), then decide with the path's
+//! policy and the matched route's owner. The decision is made on the canonical path, which
+//! is also what is forwarded. Reasons go to the log and metrics, never to the client.
+
+mod cache;
+mod keys;
+pub mod login;
+mod session;
+mod verify;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::{info, warn};
+use pingora::http::RequestHeader;
+use prometheus::IntCounter;
+
+pub use keys::{parse_key_set, IssuerKeys};
+pub use session::{strip_own_cookies, CookieKey, LOGIN_COOKIE, SESSION_COOKIE};
+pub use verify::{Identity, Verified, MAX_TOKEN_BYTES};
+
+use crate::config::auth::{Access, AuditLog, AuthConfig};
+use crate::http_client::HttpClient;
+use crate::metrics::Metrics;
+use crate::proxy::Resolver;
+use crate::routes::Route;
+
+/// Why a request was refused (the metric label and log reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    MissingCredential,
+    MultipleCredentials,
+    Malformed,
+    TooLarge,
+    UnknownIssuer,
+    UnknownKey,
+    BadSignature,
+    BadAlgorithm,
+    Expired,
+    NotYetValid,
+    IssuedInFuture,
+    WrongAudience,
+    WrongIssuer,
+    MissingClaim,
+    MfaRequired,
+    AuthTooOld,
+    NoUsername,
+    KeysUnavailable,
+    NotOwner,
+    NotInGroup,
+    OriginMismatch,
+    BadSession,
+}
+
+impl Reason {
+    const ALL: [Reason; 22] = [
+        Reason::MissingCredential,
+        Reason::MultipleCredentials,
+        Reason::Malformed,
+        Reason::TooLarge,
+        Reason::UnknownIssuer,
+        Reason::UnknownKey,
+        Reason::BadSignature,
+        Reason::BadAlgorithm,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::IssuedInFuture,
+        Reason::WrongAudience,
+        Reason::WrongIssuer,
+        Reason::MissingClaim,
+        Reason::MfaRequired,
+        Reason::AuthTooOld,
+        Reason::NoUsername,
+        Reason::KeysUnavailable,
+        Reason::NotOwner,
+        Reason::NotInGroup,
+        Reason::OriginMismatch,
+        Reason::BadSession,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::MissingCredential => "missing_credential",
+            Reason::MultipleCredentials => "multiple_credentials",
+            Reason::Malformed => "malformed",
+            Reason::TooLarge => "too_large",
+            Reason::UnknownIssuer => "unknown_issuer",
+            Reason::UnknownKey => "unknown_key",
+            Reason::BadSignature => "bad_signature",
+            Reason::BadAlgorithm => "bad_algorithm",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::IssuedInFuture => "issued_in_future",
+            Reason::WrongAudience => "wrong_audience",
+            Reason::WrongIssuer => "wrong_issuer",
+            Reason::MissingClaim => "missing_claim",
+            Reason::MfaRequired => "mfa_required",
+            Reason::AuthTooOld => "auth_too_old",
+            Reason::NoUsername => "no_username",
+            Reason::KeysUnavailable => "keys_unavailable",
+            Reason::NotOwner => "not_owner",
+            Reason::NotInGroup => "not_in_group",
+            Reason::OriginMismatch => "origin_mismatch",
+            Reason::BadSession => "bad_session",
+        }
+    }
+
+    /// The HTTP status a denial for this reason gets.
+    pub fn status(self) -> u16 {
+        match self {
+            Reason::MultipleCredentials => 400,
+            Reason::KeysUnavailable => 503,
+            Reason::MfaRequired
+            | Reason::AuthTooOld
+            | Reason::NoUsername
+            | Reason::NotOwner
+            | Reason::NotInGroup
+            | Reason::OriginMismatch => 403,
+            _ => 401,
+        }
+    }
+
+    /// What the user is told (generic: the precise reason stays in the log).
+    pub fn message(self) -> &'static str {
+        match self {
+            Reason::Expired | Reason::BadSession => "Your login has expired. Please log in again.",
+            Reason::NotOwner => "This server belongs to another user.",
+            Reason::MfaRequired | Reason::AuthTooOld => {
+                "Multi-factor authentication is required. Please log in again with your second factor."
+            }
+            Reason::NoUsername | Reason::NotInGroup => "Your account is not active for this service.",
+            Reason::OriginMismatch => "Cross-site request refused.",
+            Reason::MultipleCredentials => "More than one credential was sent; send exactly one.",
+            Reason::KeysUnavailable => "The login service is not available right now. Please try again in a minute.",
+            _ => "Authentication required.",
+        }
+    }
+}
+
+/// Which credential a request carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    Bearer,
+    Session,
+    Query,
+}
+
+/// An allowed request's identity and how long its credential lasts.
+#[derive(Debug, Clone)]
+pub struct Allowed {
+    pub identity: Arc<Identity>,
+    /// Seconds since the epoch after which the credential is no longer valid.
+    pub expires_at: i64,
+    pub kind: CredentialKind,
+    /// Why it was allowed (metric label).
+    pub why: &'static str,
+}
+
+/// The outcome of the check.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// A public path: no credential needed.
+    Public,
+    /// Allowed.
+    Allow(Allowed),
+    /// Refused.
+    Deny {
+        reason: Reason,
+        identity: Option<Arc<Identity>>,
+        /// Whether a credential was presented (for `WWW-Authenticate: error="invalid_token"`).
+        presented: bool,
+    },
+}
+
+struct Counters {
+    deny: Vec<IntCounter>,
+    allow: [IntCounter; 5],
+}
+
+const ALLOW_LABELS: [&str; 5] = ["public", "authenticated", "owner", "admin", "group"];
+
+fn allow_index(why: &str) -> usize {
+    ALLOW_LABELS.iter().position(|l| *l == why).unwrap_or(1)
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> i64 {
+    crate::routes::now_ms() / 1000
+}
+
+/// Everything authentication needs at request time.
+pub struct Auth {
+    pub config: AuthConfig,
+    pub issuers: Vec<Arc<IssuerKeys>>,
+    pub cookie_key: CookieKey,
+    cache: cache::VerifiedCache,
+    pub client: Arc<HttpClient>,
+    pub resolver: Arc<Resolver>,
+    counters: Counters,
+}
+
+impl Auth {
+    /// Builds authentication from its configuration.
+    pub fn new(config: AuthConfig, client: Arc<HttpClient>, metrics: &Metrics) -> Auth {
+        let secret = match &config.session_secret {
+            Some(s) => s.clone(),
+            None => {
+                warn!(
+                    "auth.session-secret-file is not set: session cookies are signed with a random key and end when hubgate restarts (and are not shared between replicas)"
+                );
+                let mut s = vec![0u8; 32];
+                if getrandom::fill(&mut s).is_err() {
+                    // Without randomness no session can be trusted: make every cookie fail.
+                    s = Vec::new();
+                }
+                s
+            }
+        };
+        let deny = Reason::ALL
+            .iter()
+            .map(|r| {
+                metrics
+                    .auth_decisions
+                    .with_label_values(&["deny", r.label()])
+            })
+            .collect();
+        let allow = ALLOW_LABELS.map(|l| metrics.auth_decisions.with_label_values(&["allow", l]));
+        let issuers = config
+            .issuers
+            .iter()
+            .cloned()
+            .map(|c| Arc::new(IssuerKeys::new(c)))
+            .collect();
+        Auth {
+            cache: cache::VerifiedCache::new(config.cache_size, config.cache_ttl),
+            cookie_key: CookieKey::new(if secret.is_empty() { b"\0" } else { &secret }),
+            config,
+            issuers,
+            client,
+            resolver: Arc::new(Resolver::default()),
+            counters: Counters { deny, allow },
+        }
+    }
+
+    /// A one-line description for the startup log.
+    pub fn describe(&self) -> String {
+        let issuers: Vec<String> = self
+            .issuers
+            .iter()
+            .map(|i| {
+                let login = if i.config.client_id.is_some() {
+                    ", browser login"
+                } else {
+                    ""
+                };
+                format!(
+                    "{} (MFA {}{login})",
+                    i.config.issuer,
+                    if i.config.require_mfa {
+                        "required"
+                    } else {
+                        "not required"
+                    }
+                )
+            })
+            .collect();
+        format!("authentication on; issuers: {}", issuers.join(", "))
+    }
+
+    /// Whether every issuer has a usable key set (the health endpoint's readiness).
+    pub fn ready(&self) -> bool {
+        self.issuers.iter().all(|i| i.ready())
+    }
+
+    /// Starts the key-set refresh tasks (call from within a tokio runtime).
+    pub fn spawn_refresh(self: &Arc<Self>) {
+        for issuer in &self.issuers {
+            let issuer = issuer.clone();
+            let auth = Arc::downgrade(self);
+            let client = self.client.clone();
+            let resolver = self.resolver.clone();
+            tokio::spawn(async move {
+                let watcher = issuer.clone();
+                let refresh = tokio::spawn(issuer.run_refresh(client, resolver));
+                // Purge cached verifications whose key left the set.
+                let mut seen = watcher.removed.load_full();
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let now = watcher.removed.load_full();
+                    if !Arc::ptr_eq(&now, &seen) {
+                        if let Some(auth) = auth.upgrade() {
+                            auth.cache.purge_kids(&now);
+                        }
+                        seen = now;
+                    }
+                    if refresh.is_finished() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+
+    /// The access rule for a (decoded, canonical) path: the longest matching prefix.
+    pub fn access_for(&self, path: &str) -> &Access {
+        for p in &self.config.policies {
+            let matches = if p.prefix.ends_with('/') {
+                path.starts_with(&p.prefix) || path == p.prefix.trim_end_matches('/')
+            } else {
+                path == p.prefix
+                    || path
+                        .strip_prefix(p.prefix.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            };
+            if matches {
+                return &p.access;
+            }
+        }
+        &Access::Authenticated
+    }
+
+    /// Extracts the request's one credential.
+    fn credential(
+        &self,
+        req: &RequestHeader,
+        websocket: bool,
+    ) -> Result<Option<(CredentialKind, String)>, Reason> {
+        let mut found: Vec<(CredentialKind, String)> = Vec::new();
+        for value in req.headers.get_all(http::header::AUTHORIZATION) {
+            let Ok(v) = value.to_str() else {
+                return Err(Reason::Malformed);
+            };
+            let v = v.trim();
+            if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
+                let token = v[7..].trim();
+                if token.contains([',', ' ']) {
+                    return Err(Reason::MultipleCredentials);
+                }
+                found.push((CredentialKind::Bearer, token.to_string()));
+            }
+        }
+        let cookies = req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        for v in session::cookie_value(cookies, SESSION_COOKIE) {
+            found.push((CredentialKind::Session, v.to_string()));
+        }
+        if websocket {
+            if let Some(param) = &self.config.query_param {
+                if let Some(v) = query_value(req.raw_path(), param) {
+                    found.push((CredentialKind::Query, v));
+                }
+            }
+        }
+        found.dedup_by(|a, b| a.1 == b.1);
+        match found.len() {
+            0 => Ok(None),
+            1 => Ok(found.pop()),
+            _ => Err(Reason::MultipleCredentials),
+        }
+    }
+
+    /// Verifies an identity-provider token (Bearer or query parameter).
+    pub async fn verify_token(
+        &self,
+        token: &str,
+        expect_aud: Option<&[String]>,
+        nonce: Option<&str>,
+    ) -> Result<Verified, Reason> {
+        let head = verify::inspect(token)?;
+        let (index, issuer) = self
+            .issuers
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.config.issuer == head.iss)
+            .ok_or(Reason::UnknownIssuer)?;
+        let key = match issuer.get(&head.kid) {
+            Err(keys::NoKeySet) => return Err(Reason::KeysUnavailable),
+            Ok(Some(k)) => k,
+            Ok(None) => {
+                issuer
+                    .refetch_for_unknown_kid(&self.client, &self.resolver)
+                    .await;
+                self.cache.purge_kids(&issuer.removed.load());
+                match issuer.get(&head.kid) {
+                    Ok(Some(k)) => k,
+                    Ok(None) => return Err(Reason::UnknownKey),
+                    Err(keys::NoKeySet) => return Err(Reason::KeysUnavailable),
+                }
+            }
+        };
+        let expect = verify::Expect {
+            audiences: expect_aud.unwrap_or(&issuer.config.audiences),
+            nonce,
+        };
+        verify::verify_with(token, &head, issuer, index, &key, &expect, now_secs())
+    }
+
+    fn verify_session(&self, value: &str, now: i64) -> Result<Verified, Reason> {
+        let claims = self
+            .cookie_key
+            .read_session(value)
+            .ok_or(Reason::BadSession)?;
+        let issuer = self.issuers.get(claims.idp).ok_or(Reason::BadSession)?;
+        let cfg = &issuer.config;
+        if cfg.require_mfa && now - claims.auth_time > cfg.max_auth_age.as_secs() as i64 {
+            return Err(Reason::AuthTooOld);
+        }
+        let admin = claims.groups.iter().any(|g| cfg.admin_groups.contains(g));
+        Ok(Verified {
+            identity: Arc::new(Identity {
+                user: claims.sub,
+                email: claims.email,
+                groups: claims.groups,
+                admin,
+                issuer: claims.idp,
+            }),
+            expires_at: claims.exp,
+            auth_time: Some(claims.auth_time),
+            kid: Arc::from(""),
+        })
+    }
+
+    async fn verify_credential(
+        &self,
+        kind: CredentialKind,
+        value: &str,
+    ) -> Result<Verified, Reason> {
+        let now = now_secs();
+        let key = cache::VerifiedCache::key(kind, value);
+        if let Some(hit) = self.cache.get(&key, now) {
+            // The MFA age can run out while a token is cached.
+            if let Some(issuer) = self.issuers.get(hit.identity.issuer) {
+                let cfg = &issuer.config;
+                let too_old = cfg.require_mfa
+                    && hit
+                        .auth_time
+                        .is_some_and(|t| now - t > cfg.max_auth_age.as_secs() as i64);
+                if !too_old {
+                    return Ok(hit);
+                }
+            }
+        }
+        let verified = match kind {
+            CredentialKind::Session => self.verify_session(value, now)?,
+            _ => self.verify_token(value, None, None).await?,
+        };
+        self.cache.insert(key, &verified, now);
+        Ok(verified)
+    }
+
+    /// Decides on a request: `path` is the canonical decoded path, `route` the matched route.
+    pub async fn check(
+        &self,
+        req: &RequestHeader,
+        path: &str,
+        route: Option<&Route>,
+        websocket: bool,
+    ) -> Outcome {
+        let access = self.access_for(path);
+        if *access == Access::Public {
+            return Outcome::Public;
+        }
+        let deny = |reason, identity, presented| Outcome::Deny {
+            reason,
+            identity,
+            presented,
+        };
+        let (kind, value) = match self.credential(req, websocket) {
+            Ok(Some(c)) => c,
+            Ok(None) => return deny(Reason::MissingCredential, None, false),
+            Err(r) => return deny(r, None, true),
+        };
+        let verified = match self.verify_credential(kind, &value).await {
+            Ok(v) => v,
+            Err(r) => return deny(r, None, true),
+        };
+        let identity = verified.identity;
+        if websocket && kind == CredentialKind::Session && !self.origin_ok(req) {
+            return deny(Reason::OriginMismatch, Some(identity), true);
+        }
+        let why = match access {
+            Access::Public | Access::Authenticated => "authenticated",
+            Access::Owner => match route.and_then(|r| r.user.as_deref()) {
+                Some(owner) if owner == identity.user => "owner",
+                Some(_) if identity.admin => "admin",
+                Some(_) => return deny(Reason::NotOwner, Some(identity), true),
+                // A route without an owner (the hub's, while the server is not running).
+                None => "authenticated",
+            },
+            Access::Group(groups) => {
+                if identity.groups.iter().any(|g| groups.contains(g)) {
+                    "group"
+                } else if identity.admin {
+                    "admin"
+                } else {
+                    return deny(Reason::NotInGroup, Some(identity), true);
+                }
+            }
+        };
+        Outcome::Allow(Allowed {
+            identity,
+            expires_at: verified.expires_at,
+            kind,
+            why,
+        })
+    }
+
+    fn origin_ok(&self, req: &RequestHeader) -> bool {
+        let Some(origin) = req
+            .headers
+            .get(http::header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+        else {
+            // Browsers always send Origin on websocket upgrades; other clients are not CSWSH.
+            return true;
+        };
+        match &self.config.public_origin {
+            Some(expected) => origin.eq_ignore_ascii_case(expected),
+            None => {
+                let host = req
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("");
+                origin
+                    .split_once("://")
+                    .is_some_and(|(_, h)| h.eq_ignore_ascii_case(host))
+            }
+        }
+    }
+
+    /// Counts and (per `audit-log`) logs a decision.
+    pub fn record(&self, outcome: &Outcome, route: Option<&Route>, path: &str) {
+        let (decision, user, reason) = match outcome {
+            Outcome::Public => {
+                self.counters.allow[0].inc();
+                return;
+            }
+            Outcome::Allow(a) => {
+                self.counters.allow[allow_index(a.why)].inc();
+                ("allow", a.identity.user.as_str(), a.why)
+            }
+            Outcome::Deny {
+                reason, identity, ..
+            } => {
+                if let Some(i) = Reason::ALL.iter().position(|r| r == reason) {
+                    self.counters.deny[i].inc();
+                }
+                (
+                    "deny",
+                    identity.as_ref().map_or("-", |i| i.user.as_str()),
+                    reason.label(),
+                )
+            }
+        };
+        let log = match self.config.audit_log {
+            AuditLog::All => true,
+            AuditLog::Denials => decision == "deny",
+            AuditLog::Off => false,
+        };
+        if log {
+            let route = route.map_or("-", |r| &*r.key);
+            info!(
+                "audit user={user} route={route} path={path} decision={decision} reason={reason}"
+            );
+        }
+    }
+}
+
+/// A query parameter's value (form-decoded), from a raw request target.
+fn query_value(raw: &[u8], name: &str) -> Option<String> {
+    let raw = std::str::from_utf8(raw).ok()?;
+    let query = raw.split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| {
+            percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+/// The request target's query without the credential parameter (it never reaches targets).
+pub fn strip_query_param(query: &str, name: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some(name))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params() {
+        assert_eq!(
+            query_value(b"/a?x=1&hubgate_token=abc", "hubgate_token").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(query_value(b"/a?x=1", "hubgate_token"), None);
+        assert_eq!(
+            strip_query_param("x=1&hubgate_token=abc&y=2", "hubgate_token"),
+            "x=1&y=2"
+        );
+        assert_eq!(strip_query_param("hubgate_token=abc", "hubgate_token"), "");
+    }
+
+    #[test]
+    fn reasons_have_statuses_and_labels() {
+        for r in Reason::ALL {
+            assert!(matches!(r.status(), 400 | 401 | 403 | 503));
+            assert!(!r.label().is_empty());
+            assert!(!r.message().is_empty());
+        }
+    }
+}

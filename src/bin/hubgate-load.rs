@@ -1,0 +1,357 @@
+//! hubgate-load: a small load generator and echo backend for benchmarking hubgate (or any
+//! HTTP/websocket reverse proxy, e.g. in front of JupyterHub).
+//!
+//! ```text
+//! hubgate-load http URL [-c 64] [-d 10s | -n 100000] [--rate 5000]   keep-alive GETs
+//! hubgate-load ws-echo URL [-c 64] [-s 128] [--rate 10] [-d 10s]     websocket round trips
+//! hubgate-load ws-hold URL [-c 5000] [--in-flight 256] [--hold 60s]  many idle websockets
+//! hubgate-load echo-server [--listen 127.0.0.1:9100]                 HTTP + websocket echo backend
+//! ```
+//!
+//! Progress goes to stderr once a second; the summary is a table on stdout and, with
+//! `--json FILE`, a JSON document. `--watch NAME=PID` samples that process tree's CPU time and
+//! RSS from /proc during the measured window (e.g. the proxy under test).
+
+#[path = "hubgate_load/conn.rs"]
+mod conn;
+#[path = "hubgate_load/hist.rs"]
+mod hist;
+#[path = "hubgate_load/http.rs"]
+mod http;
+#[path = "hubgate_load/report.rs"]
+mod report;
+#[path = "hubgate_load/server.rs"]
+mod server;
+#[path = "hubgate_load/ws.rs"]
+mod ws;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "hubgate-load",
+    version,
+    about = "Load generator and echo backend for benchmarking hubgate and other HTTP/websocket proxies"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Keep-alive HTTP/1.1 requests: closed loop (-c connections as fast as answered) or
+    /// fixed rate (--rate, open loop; latency counted from each request's intended send time).
+    Http(HttpArgs),
+    /// Websocket sessions sending a message and waiting for its echo, as fast as echoed or at
+    /// --rate messages/s per connection; reports round-trip latency.
+    WsEcho(WsEchoArgs),
+    /// Open many websockets (with --in-flight handshakes at a time), echo once on each, and hold
+    /// them idle for --hold or until --stop-file exists; reports opened/failed counts.
+    WsHold(WsHoldArgs),
+    /// HTTP + websocket echo backend: 100-byte body, 64 KiB for paths ending in /64k, websocket
+    /// echo on Upgrade. Runs until SIGINT/SIGTERM (or --max-seconds).
+    EchoServer(EchoServerArgs),
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Target URL (http:// or https://; ws:// or wss:// for websockets)
+    url: String,
+    /// Extra request header "Name: value" (repeatable)
+    #[arg(short = 'H', long = "header")]
+    header: Vec<String>,
+    /// Send "Authorization: Bearer TOKEN"
+    #[arg(long)]
+    token: Option<String>,
+    /// Connect / request / handshake timeout
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// PEM file with the CA(s) or self-signed certificate to trust for https/wss
+    #[arg(long)]
+    ca: Option<String>,
+    /// Do not verify the server certificate (https/wss)
+    #[arg(long)]
+    insecure: bool,
+    /// Runtime worker threads (1 = a single-threaded runtime; fine on a pinned core)
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Write the summary as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    json: Option<String>,
+    /// No once-a-second progress line on stderr
+    #[arg(long)]
+    no_progress: bool,
+    /// Sample CPU time and RSS of process PID and its children during the run, reported
+    /// under NAME (repeatable), e.g. --watch proxy=1234
+    #[arg(long, value_name = "NAME=PID", value_parser = parse_watch)]
+    watch: Vec<(String, u32)>,
+}
+
+#[derive(Args)]
+struct HttpArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Connections (each keeps one request in flight)
+    #[arg(short, long, default_value_t = 64)]
+    connections: u64,
+    /// Run time (default 10s unless -n is given)
+    #[arg(short, long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Stop after this many requests
+    #[arg(short = 'n', long)]
+    requests: Option<u64>,
+    /// Fixed total rate in requests/s, spread over the connections (open loop)
+    #[arg(short, long)]
+    rate: Option<f64>,
+    /// Request method (GET, HEAD, ...); no request body is sent
+    #[arg(long, default_value = "GET")]
+    method: String,
+}
+
+#[derive(Args)]
+struct WsEchoArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Websocket connections
+    #[arg(short, long, default_value_t = 64)]
+    connections: u64,
+    /// Message size in bytes
+    #[arg(short, long, default_value_t = 128)]
+    size: usize,
+    /// Messages per second per connection (default: the next as soon as the echo is back)
+    #[arg(short, long)]
+    rate: Option<f64>,
+    /// Run time (default 10s unless -n is given)
+    #[arg(short, long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Stop after this many round trips in total
+    #[arg(short = 'n', long)]
+    messages: Option<u64>,
+    /// Send text frames instead of binary
+    #[arg(long)]
+    text: bool,
+}
+
+#[derive(Args)]
+struct WsHoldArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Websockets to open and hold
+    #[arg(short, long, default_value_t = 1000)]
+    connections: u64,
+    /// Handshakes in flight while opening
+    #[arg(short = 'k', long, default_value_t = 256)]
+    in_flight: usize,
+    /// Longest hold once all are open
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    hold: Duration,
+    /// End the hold early when this file exists (it is removed at start)
+    #[arg(long, value_name = "FILE")]
+    stop_file: Option<String>,
+    /// Written (a JSON line with opened/failed counts) once every websocket is open or failed
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<String>,
+    /// Size of the one echo message on each websocket
+    #[arg(short, long, default_value_t = 16)]
+    size: usize,
+}
+
+#[derive(Args)]
+struct EchoServerArgs {
+    /// Address to listen on (port 0 picks a free port; see --port-file)
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    listen: String,
+    /// Write the bound port to FILE
+    #[arg(long, value_name = "FILE")]
+    port_file: Option<String>,
+    /// Runtime worker threads (1 = single-threaded)
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Exit after this many seconds
+    #[arg(long)]
+    max_seconds: Option<u64>,
+}
+
+/// What every load mode needs besides its own options.
+pub struct RunOpts {
+    pub progress: bool,
+    pub watch: Vec<(String, u32)>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (e.g. 10, 10s, 500ms, 2m)"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(format!("bad duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(v * mult))
+}
+
+fn parse_watch(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s.split_once('=').ok_or("expected NAME=PID")?;
+    let pid: u32 = pid.parse().map_err(|_| format!("bad pid in {s:?}"))?;
+    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(format!("no process {pid}"));
+    }
+    Ok((name.to_string(), pid))
+}
+
+/// Raise the soft open-files limit to the hard limit (thousands of sockets).
+fn raise_nofile() {
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    raise_nofile();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hubgate-load: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let threads = match &cli.cmd {
+        Cmd::Http(a) => a.common.threads,
+        Cmd::WsEcho(a) => a.common.threads,
+        Cmd::WsHold(a) => a.common.threads,
+        Cmd::EchoServer(a) => a.threads,
+    };
+    let rt = runtime(threads).map_err(|e| e.to_string())?;
+    let res = rt.block_on(async move {
+        let (summary, json) = match cli.cmd {
+            Cmd::EchoServer(a) => {
+                return server::run(server::ServerOpts {
+                    listen: a.listen,
+                    port_file: a.port_file,
+                    max_seconds: a.max_seconds,
+                })
+                .await
+            }
+            Cmd::Http(a) => {
+                let (c, ro) = prepare(&a.common, ("http", "https")).await?;
+                if a.connections == 0 {
+                    return Err("--connections must be at least 1".into());
+                }
+                let pace = match a.rate {
+                    Some(r) if r > 0.0 => http::Pace::Rate(r),
+                    Some(_) => return Err("--rate must be positive".into()),
+                    None => http::Pace::Closed,
+                };
+                let o = http::HttpOpts {
+                    connections: a.connections,
+                    duration: default_duration(a.duration, a.requests),
+                    requests: a.requests,
+                    pace,
+                    method: a.method,
+                    headers: a.common.header.clone(),
+                    token: a.common.token.clone(),
+                };
+                (http::run(c, o, &ro).await?, a.common.json)
+            }
+            Cmd::WsEcho(a) => {
+                let (c, ro) = prepare(&a.common, ("ws", "wss")).await?;
+                if a.connections == 0 {
+                    return Err("--connections must be at least 1".into());
+                }
+                if a.rate.is_some_and(|r| r <= 0.0) {
+                    return Err("--rate must be positive".into());
+                }
+                let o = ws::EchoOpts {
+                    connections: a.connections,
+                    duration: default_duration(a.duration, a.messages),
+                    messages: a.messages,
+                    rate: a.rate,
+                    common: ws::WsCommon {
+                        headers: a.common.header.clone(),
+                        token: a.common.token.clone(),
+                        size: a.size,
+                        text: a.text,
+                    },
+                };
+                (ws::run_echo(c, o, &ro).await?, a.common.json)
+            }
+            Cmd::WsHold(a) => {
+                let (c, ro) = prepare(&a.common, ("ws", "wss")).await?;
+                let o = ws::HoldOpts {
+                    connections: a.connections,
+                    in_flight: a.in_flight,
+                    hold: a.hold,
+                    stop_file: a.stop_file,
+                    ready_file: a.ready_file,
+                    common: ws::WsCommon {
+                        headers: a.common.header.clone(),
+                        token: a.common.token.clone(),
+                        size: a.size,
+                        text: false,
+                    },
+                };
+                (ws::run_hold(c, o, &ro).await?, a.common.json)
+            }
+        };
+        summary.emit(json.as_deref())
+    });
+    // Don't wait for stray tasks (e.g. connections still closing).
+    rt.shutdown_timeout(Duration::from_millis(200));
+    res
+}
+
+fn default_duration(d: Option<Duration>, n: Option<u64>) -> Option<Duration> {
+    match (d, n) {
+        (None, None) => Some(Duration::from_secs(10)),
+        (d, _) => d,
+    }
+}
+
+async fn prepare(c: &Common, schemes: (&str, &str)) -> Result<(conn::Connector, RunOpts), String> {
+    let target = conn::Target::parse(&c.url, schemes).await?;
+    let connector = conn::Connector::new(target, c.ca.as_deref(), c.insecure, c.timeout)?;
+    Ok((
+        connector,
+        RunOpts {
+            progress: !c.no_progress,
+            watch: c.watch.clone(),
+        },
+    ))
+}

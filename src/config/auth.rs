@@ -1,0 +1,516 @@
+//! The `[auth]` section: trusted issuers, the MFA rule, path policies, the browser login.
+//!
+//! The file shape (serde, kebab-case) is validated here into [`AuthConfig`]; a setting that
+//! cannot work (no issuer, a symmetric algorithm, an unreadable key file, an unknown access
+//! kind) stops startup with the key's name.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// `[auth]` as written in the file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct AuthSection {
+    pub public_url: Option<String>,
+    pub base_url: Option<String>,
+    pub session_secret_file: Option<PathBuf>,
+    pub session_lifetime_seconds: Option<u64>,
+    pub query_param: Option<String>,
+    pub close_websockets_on_expiry: Option<bool>,
+    pub forward_authorization: Option<bool>,
+    pub cache_size: Option<usize>,
+    pub cache_ttl_seconds: Option<u64>,
+    pub audit_log: Option<String>,
+    #[serde(default)]
+    pub issuers: Vec<IssuerSection>,
+    #[serde(default)]
+    pub policies: Vec<PolicySection>,
+}
+
+/// `[[auth.issuers]]` as written in the file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct IssuerSection {
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub discovery: Option<bool>,
+    pub jwks_url: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    pub algorithms: Option<Vec<String>>,
+    pub leeway_seconds: Option<u64>,
+    pub username_claim: Option<String>,
+    pub username_lowercase: Option<bool>,
+    pub groups_claim: Option<String>,
+    #[serde(default)]
+    pub admin_groups: Vec<String>,
+    pub require_mfa: Option<bool>,
+    #[serde(default)]
+    pub mfa_acr: Vec<String>,
+    pub mfa_amr: Option<Vec<String>>,
+    pub max_auth_age_seconds: Option<u64>,
+    pub refresh_seconds: Option<u64>,
+    pub max_stale_seconds: Option<u64>,
+    pub min_refetch_seconds: Option<u64>,
+    pub client_id: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    pub scopes: Option<Vec<String>>,
+}
+
+/// `[[auth.policies]]` as written in the file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PolicySection {
+    pub prefix: Option<String>,
+    pub access: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// Where an issuer's signing keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `{issuer}/.well-known/openid-configuration` → `jwks_uri`.
+    Discovery,
+    /// A JWKS URL.
+    Url(String),
+    /// A local JWKS file (re-read on refresh).
+    File(PathBuf),
+}
+
+/// One trusted issuer, validated.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub keys: KeySource,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway: Duration,
+    pub username_claim: String,
+    pub username_lowercase: bool,
+    pub groups_claim: String,
+    pub admin_groups: Vec<String>,
+    pub require_mfa: bool,
+    pub mfa_acr: Vec<String>,
+    pub mfa_amr: Vec<String>,
+    pub max_auth_age: Duration,
+    pub refresh: Duration,
+    pub max_stale: Duration,
+    pub min_refetch: Duration,
+    /// Browser login through this issuer (authorization code + PKCE).
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub scopes: Vec<String>,
+}
+
+/// Who may use a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone; the target authenticates (the hub's login pages, static files).
+    Public,
+    /// Any user with a valid MFA credential.
+    Authenticated,
+    /// Only the user named in the route's `user` field (JupyterHub's user servers) or an admin.
+    Owner,
+    /// Members of one of these groups (or admins).
+    Group(Vec<String>),
+}
+
+/// A path prefix and its access rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub prefix: String,
+    pub access: Access,
+}
+
+/// Which decisions get an audit log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditLog {
+    All,
+    Denials,
+    Off,
+}
+
+/// The validated `[auth]` section.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// `scheme://host[:port]` of the public URL (no path), for redirect URIs and Origin checks.
+    pub public_origin: Option<String>,
+    /// JupyterHub's base URL, with leading and trailing `/`.
+    pub base_url: String,
+    pub session_secret: Option<Vec<u8>>,
+    pub session_lifetime: Duration,
+    pub query_param: Option<String>,
+    pub close_websockets_on_expiry: bool,
+    pub forward_authorization: bool,
+    pub cache_size: usize,
+    pub cache_ttl: Duration,
+    pub audit_log: AuditLog,
+    pub issuers: Vec<IssuerConfig>,
+    /// Longest prefix first.
+    pub policies: Vec<Policy>,
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+fn parse_algorithm(key: &str, name: &str) -> Result<Algorithm, ConfigError> {
+    let alg: Algorithm = name.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{name:?} is not a JWS algorithm; use RS256, PS256, ES256, ES384 or EdDSA"),
+        )
+    })?;
+    match alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => Err(invalid(
+            key,
+            format!("{name} is symmetric: anyone who can verify could also mint tokens; use an asymmetric algorithm (RS256, ES256, EdDSA)"),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// The default path policies for a JupyterHub at `base` (with leading and trailing `/`).
+pub fn default_policies(base: &str) -> Vec<Policy> {
+    let mut out: Vec<Policy> = [
+        "hub/login",
+        "hub/logout",
+        "hub/oauth_login",
+        "hub/oauth_callback",
+        "hub/static/",
+        "hub/api/oauth2/",
+    ]
+    .iter()
+    .map(|p| Policy {
+        prefix: format!("{base}{p}"),
+        access: Access::Public,
+    })
+    .collect();
+    out.push(Policy {
+        prefix: "/_hubgate/".into(),
+        access: Access::Public,
+    });
+    out.push(Policy {
+        prefix: format!("{base}user/"),
+        access: Access::Owner,
+    });
+    out
+}
+
+fn read_secret(key: &str, path: &PathBuf) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    let text = text.trim().to_string();
+    if text.is_empty() {
+        return Err(invalid(key, format!("{} is empty", path.display())));
+    }
+    Ok(text)
+}
+
+impl AuthSection {
+    /// Validates the section.
+    pub fn validate(&self) -> Result<AuthConfig, ConfigError> {
+        let public_origin = match &self.public_url {
+            None => None,
+            Some(url) => {
+                let (scheme, rest) = url
+                    .split_once("://")
+                    .filter(|(s, r)| matches!(*s, "http" | "https") && !r.is_empty())
+                    .ok_or_else(|| {
+                        invalid("auth.public-url", format!("{url:?} is not an http(s) URL"))
+                    })?;
+                let host = rest.split('/').next().unwrap_or_default();
+                Some(format!("{scheme}://{host}"))
+            }
+        };
+        let mut base_url = self.base_url.clone().unwrap_or_else(|| "/".into());
+        if !base_url.starts_with('/') {
+            base_url.insert(0, '/');
+        }
+        if !base_url.ends_with('/') {
+            base_url.push('/');
+        }
+        let session_secret = match &self.session_secret_file {
+            Some(path) => {
+                let s = read_secret("auth.session-secret-file", path)?;
+                if s.len() < 32 {
+                    return Err(invalid(
+                        "auth.session-secret-file",
+                        "the secret must be at least 32 characters (e.g. `openssl rand -hex 32`)",
+                    ));
+                }
+                Some(s.into_bytes())
+            }
+            None => None,
+        };
+        let audit_log = match self.audit_log.as_deref().unwrap_or("all") {
+            "all" => AuditLog::All,
+            "denials" => AuditLog::Denials,
+            "off" => AuditLog::Off,
+            other => {
+                return Err(invalid(
+                    "auth.audit-log",
+                    format!("{other:?}: use all, denials or off"),
+                ))
+            }
+        };
+        if self.issuers.is_empty() {
+            return Err(invalid(
+                "auth.issuers",
+                "no issuer configured: add an [[auth.issuers]] table with issuer, audiences and a key source",
+            ));
+        }
+        let mut issuers = Vec::new();
+        for (i, sec) in self.issuers.iter().enumerate() {
+            let k = |name: &str| format!("auth.issuers[{i}].{name}");
+            let issuer = sec
+                .issuer
+                .clone()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    invalid(
+                        k("issuer"),
+                        "missing: the exact `iss` value of the identity provider",
+                    )
+                })?;
+            if sec.audiences.is_empty() {
+                return Err(invalid(
+                    k("audiences"),
+                    "missing: the `aud` values hubgate accepts (e.g. [\"jupyterhub\"])",
+                ));
+            }
+            let keys = match (&sec.jwks_url, &sec.jwks_file, sec.discovery) {
+                (Some(_), Some(_), _) => {
+                    return Err(invalid(
+                        k("jwks-url"),
+                        "give jwks-url or jwks-file, not both",
+                    ))
+                }
+                (Some(url), None, _) => KeySource::Url(url.clone()),
+                (None, Some(file), _) => {
+                    std::fs::metadata(file).map_err(|e| {
+                        invalid(
+                            k("jwks-file"),
+                            format!("cannot read {}: {e}", file.display()),
+                        )
+                    })?;
+                    KeySource::File(file.clone())
+                }
+                (None, None, Some(false)) => {
+                    return Err(invalid(
+                        k("discovery"),
+                        "discovery is off and no jwks-url or jwks-file is given",
+                    ))
+                }
+                (None, None, _) => KeySource::Discovery,
+            };
+            let algorithms = sec
+                .algorithms
+                .clone()
+                .unwrap_or_else(|| vec!["RS256".into(), "ES256".into()])
+                .iter()
+                .map(|a| parse_algorithm(&k("algorithms"), a))
+                .collect::<Result<Vec<_>, _>>()?;
+            if algorithms.is_empty() {
+                return Err(invalid(
+                    k("algorithms"),
+                    "empty: list the algorithms the issuer signs with",
+                ));
+            }
+            let secs = |v: Option<u64>, d: u64| Duration::from_secs(v.unwrap_or(d));
+            let leeway = secs(sec.leeway_seconds, 30);
+            if leeway > Duration::from_secs(300) {
+                return Err(invalid(k("leeway-seconds"), "at most 300"));
+            }
+            let client_secret = match &sec.client_secret_file {
+                Some(p) => Some(read_secret(&k("client-secret-file"), p)?),
+                None => None,
+            };
+            if sec.client_id.is_some() && public_origin.is_none() {
+                return Err(invalid(
+                    "auth.public-url",
+                    "needed for the browser login (client-id is set): the URL users open, e.g. https://hub.example.org",
+                ));
+            }
+            let require_mfa = sec.require_mfa.unwrap_or(true);
+            let mfa_amr = sec.mfa_amr.clone().unwrap_or_else(|| vec!["mfa".into()]);
+            if require_mfa && sec.mfa_acr.is_empty() && mfa_amr.is_empty() {
+                return Err(invalid(
+                    k("mfa-acr"),
+                    "require-mfa is on but neither mfa-acr nor mfa-amr lists an accepted value",
+                ));
+            }
+            let min_refetch = secs(sec.min_refetch_seconds, 30);
+            issuers.push(IssuerConfig {
+                issuer,
+                audiences: sec.audiences.clone(),
+                keys,
+                algorithms,
+                leeway,
+                username_claim: sec
+                    .username_claim
+                    .clone()
+                    .unwrap_or_else(|| "preferred_username".into()),
+                username_lowercase: sec.username_lowercase.unwrap_or(true),
+                groups_claim: sec.groups_claim.clone().unwrap_or_else(|| "groups".into()),
+                admin_groups: sec.admin_groups.clone(),
+                require_mfa,
+                mfa_acr: sec.mfa_acr.clone(),
+                mfa_amr,
+                max_auth_age: secs(sec.max_auth_age_seconds, 12 * 3600),
+                refresh: secs(sec.refresh_seconds, 600).max(Duration::from_secs(1)),
+                max_stale: secs(sec.max_stale_seconds, 86_400),
+                min_refetch,
+                client_id: sec.client_id.clone(),
+                client_secret,
+                scopes: sec
+                    .scopes
+                    .clone()
+                    .unwrap_or_else(|| vec!["openid".into(), "profile".into(), "email".into()]),
+            });
+        }
+        for (i, a) in issuers.iter().enumerate() {
+            if issuers[..i].iter().any(|b| b.issuer == a.issuer) {
+                return Err(invalid(
+                    format!("auth.issuers[{i}].issuer"),
+                    "the same issuer is configured twice",
+                ));
+            }
+        }
+
+        let mut policies = default_policies(&base_url);
+        for (i, p) in self.policies.iter().enumerate() {
+            let k = |name: &str| format!("auth.policies[{i}].{name}");
+            let prefix = p
+                .prefix
+                .clone()
+                .filter(|p| p.starts_with('/'))
+                .ok_or_else(|| invalid(k("prefix"), "missing or not starting with /"))?;
+            let access = match p.access.as_deref() {
+                Some("public") => Access::Public,
+                Some("authenticated") => Access::Authenticated,
+                Some("owner") => Access::Owner,
+                Some("group") if !p.groups.is_empty() => Access::Group(p.groups.clone()),
+                Some("group") => {
+                    return Err(invalid(
+                        k("groups"),
+                        "access = \"group\" needs a non-empty groups list",
+                    ))
+                }
+                other => {
+                    return Err(invalid(
+                        k("access"),
+                        format!("{other:?}: use public, authenticated, owner or group"),
+                    ))
+                }
+            };
+            policies.retain(|q| q.prefix != prefix);
+            policies.push(Policy { prefix, access });
+        }
+        policies.sort_by_key(|p| std::cmp::Reverse(p.prefix.len()));
+
+        let query_param = self.query_param.clone().filter(|q| !q.is_empty());
+        let session_lifetime =
+            Duration::from_secs(self.session_lifetime_seconds.unwrap_or(8 * 3600));
+        if session_lifetime.is_zero() {
+            return Err(invalid(
+                "auth.session-lifetime-seconds",
+                "must be at least 1",
+            ));
+        }
+        Ok(AuthConfig {
+            public_origin,
+            base_url,
+            session_secret,
+            session_lifetime,
+            query_param,
+            close_websockets_on_expiry: self.close_websockets_on_expiry.unwrap_or(true),
+            forward_authorization: self.forward_authorization.unwrap_or(false),
+            cache_size: self.cache_size.unwrap_or(100_000).max(1),
+            cache_ttl: Duration::from_secs(self.cache_ttl_seconds.unwrap_or(60)),
+            audit_log,
+            issuers,
+            policies,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(toml_text: &str) -> AuthSection {
+        #[derive(Deserialize)]
+        struct Wrap {
+            auth: AuthSection,
+        }
+        toml::from_str::<Wrap>(toml_text).unwrap().auth
+    }
+
+    #[test]
+    fn minimal_issuer() {
+        let c = section(
+            "[auth]\n[[auth.issuers]]\nissuer = \"https://idp\"\naudiences = [\"jupyterhub\"]\n",
+        )
+        .validate()
+        .unwrap();
+        assert_eq!(c.issuers[0].keys, KeySource::Discovery);
+        assert_eq!(
+            c.issuers[0].algorithms,
+            vec![Algorithm::RS256, Algorithm::ES256]
+        );
+        assert!(c.issuers[0].require_mfa);
+        assert!(c
+            .policies
+            .iter()
+            .any(|p| p.prefix == "/user/" && p.access == Access::Owner));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = section("[auth]\n").validate().unwrap_err().to_string();
+        assert!(e.contains("auth.issuers"), "{e}");
+        let e = section("[auth]\n[[auth.issuers]]\nissuer = \"x\"\naudiences = [\"a\"]\nalgorithms = [\"HS256\"]\n")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.issuers[0].algorithms"), "{e}");
+        let e = section("[auth]\n[[auth.issuers]]\nissuer = \"x\"\naudiences = [\"a\"]\njwks-file = \"/nonexistent\"\n")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.issuers[0].jwks-file"), "{e}");
+        let e = section("[auth]\n[[auth.issuers]]\nissuer = \"x\"\naudiences = [\"a\"]\n[[auth.policies]]\nprefix = \"/x/\"\naccess = \"maybe\"\n")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.policies[0].access"), "{e}");
+    }
+
+    #[test]
+    fn policies_longest_first_and_overridable() {
+        let c = section("[auth]\nbase-url = \"/jh\"\n[[auth.issuers]]\nissuer = \"x\"\naudiences = [\"a\"]\n[[auth.policies]]\nprefix = \"/jh/hub/static/\"\naccess = \"authenticated\"\n")
+            .validate()
+            .unwrap();
+        assert_eq!(c.base_url, "/jh/");
+        let stat = c
+            .policies
+            .iter()
+            .find(|p| p.prefix == "/jh/hub/static/")
+            .unwrap();
+        assert_eq!(stat.access, Access::Authenticated);
+        assert!(c
+            .policies
+            .windows(2)
+            .all(|w| w[0].prefix.len() >= w[1].prefix.len()));
+    }
+}

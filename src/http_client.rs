@@ -1,0 +1,158 @@
+//! A small outbound HTTP/1.1 client on pingora's connector, for hubgate's own requests:
+//! the error-target server, identity-provider discovery, key sets and token exchange.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::upstreams::peer::HttpPeer;
+use thiserror::Error;
+
+use crate::proxy::Resolver;
+use crate::routes::{Target, TargetAddr};
+use crate::tls::ClientTlsMaterial;
+
+/// An outbound request that did not produce a response.
+#[derive(Debug, Error)]
+pub enum FetchError {
+    /// The URL is not one hubgate can request.
+    #[error("bad URL {0}: {1}")]
+    Url(String, String),
+    /// Connecting, sending or reading failed.
+    #[error("{0}")]
+    Io(String),
+    /// The whole exchange took too long.
+    #[error("timed out")]
+    Timeout,
+    /// The response body is larger than allowed.
+    #[error("response body larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+/// A response: status, selected headers, body.
+#[derive(Debug)]
+pub struct Fetched {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// The client: a pooled connector plus the TLS material for https servers.
+pub struct HttpClient {
+    connector: Connector,
+    client_tls: std::sync::Arc<ClientTlsMaterial>,
+    insecure: bool,
+}
+
+fn io<E: std::fmt::Display>(e: E) -> FetchError {
+    FetchError::Io(e.to_string())
+}
+
+impl HttpClient {
+    /// A client verifying https servers with `client_tls` (unless `insecure`).
+    pub fn new(client_tls: std::sync::Arc<ClientTlsMaterial>, insecure: bool) -> HttpClient {
+        HttpClient {
+            connector: Connector::new(None),
+            client_tls,
+            insecure,
+        }
+    }
+
+    /// Sends one request and reads the whole response (at most `max_body` bytes) within `timeout`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn request(
+        &self,
+        resolver: &Resolver,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<Bytes>,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<Fetched, FetchError> {
+        tokio::time::timeout(
+            timeout,
+            self.exchange(resolver, method, url, headers, body, timeout, max_body),
+        )
+        .await
+        .map_err(|_| FetchError::Timeout)?
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &self,
+        resolver: &Resolver,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<Bytes>,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<Fetched, FetchError> {
+        let target =
+            Target::parse(url).map_err(|e| FetchError::Url(url.to_string(), e.to_string()))?;
+        let mut peer = match &target.addr {
+            TargetAddr::Ip(a) => HttpPeer::new(*a, target.tls, target.sni.clone()),
+            TargetAddr::Name { host, port } => {
+                let a = resolver.resolve(host, *port, timeout).await.map_err(io)?;
+                HttpPeer::new(a, target.tls, target.sni.clone())
+            }
+            TargetAddr::Unix(p) => HttpPeer::new_uds(p, false, String::new()).map_err(io)?,
+        };
+        peer.options.connection_timeout = Some(timeout.min(Duration::from_secs(5)));
+        peer.options.read_timeout = Some(timeout);
+        peer.options.write_timeout = Some(timeout);
+        if target.tls {
+            peer.options.verify_cert = !self.insecure;
+            peer.options.verify_hostname = !self.insecure;
+            peer.options.ca = self.client_tls.ca.clone();
+            peer.client_cert_key = self.client_tls.cert_key.clone();
+        }
+        let mut path = target.path.clone();
+        if !target.query.is_empty() {
+            path.push('?');
+            path.push_str(&target.query);
+        }
+        let mut req = RequestHeader::build(method, path.as_bytes(), None).map_err(io)?;
+        req.insert_header("Host", target.host_header.as_str())
+            .map_err(io)?;
+        for (k, v) in headers {
+            req.insert_header(k.to_string(), *v).map_err(io)?;
+        }
+        if let Some(b) = &body {
+            req.insert_header("Content-Length", b.len().to_string())
+                .map_err(io)?;
+        }
+        let (mut session, _) = self.connector.get_http_session(&peer).await.map_err(io)?;
+        session
+            .write_request_header(Box::new(req))
+            .await
+            .map_err(io)?;
+        if let Some(b) = body {
+            session.write_request_body(b, true).await.map_err(io)?;
+        }
+        session.finish_request_body().await.map_err(io)?;
+        session.read_response_header().await.map_err(io)?;
+        let header = session
+            .response_header()
+            .ok_or_else(|| FetchError::Io("no response header".into()))?;
+        let status = header.status.as_u16();
+        let headers = header.headers.clone();
+        let mut out = Vec::new();
+        while let Some(chunk) = session.read_response_body().await.map_err(io)? {
+            if out.len() + chunk.len() > max_body {
+                return Err(FetchError::TooLarge(max_body));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        self.connector
+            .release_http_session(session, &peer, Some(Duration::from_secs(30)))
+            .await;
+        Ok(Fetched {
+            status,
+            headers,
+            body: Bytes::from(out),
+        })
+    }
+}
