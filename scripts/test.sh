@@ -6,7 +6,7 @@
 #   3. cargo clippy --all-targets -- -D warnings
 #   4. cargo build                            debug; builds target/debug/hubgate
 #   5. cargo test --no-fail-fast              all Rust tests (every test binary, even after a failure)
-#   6. pytest tests/compat tests/e2e          Python side-by-side and JupyterHub e2e tests
+#   6. pytest tests/compat tests/e2e tests/ops  side-by-side, JupyterHub e2e and operator-file tests
 #
 # Every step runs even if an earlier one failed (so one run shows every problem), except
 # that cargo test and pytest are skipped when the build failed. Exits non-zero if any
@@ -78,13 +78,13 @@ has_tests() { # does directory $1 hold pytest test files?
 }
 
 py_dirs=()
-for d in tests/compat tests/e2e; do
+for d in tests/compat tests/e2e tests/ops; do
     has_tests "$d" && py_dirs+=("$d")
 done
 
 if ((${#py_dirs[@]} == 0)); then
     echo
-    echo "==> [pytest] no Python test files in tests/compat or tests/e2e; skipped"
+    echo "==> [pytest] no Python test files in tests/compat, tests/e2e or tests/ops; skipped"
     record pytest skip 0
 elif ((!build_ok)); then
     record pytest skip 0

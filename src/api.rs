@@ -368,7 +368,10 @@ fn push_json_string(out: &mut String, s: &str) {
 #[async_trait]
 impl ServeHttp for RoutesApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let started = std::time::Instant::now();
         let answer = self.handle(session).await;
+        self.metrics
+            .observe_api(&session.req_header().method, started.elapsed());
         let code = answer.status.as_u16();
         self.metrics.requests_api(code).inc();
         let method = session.req_header().method.as_str().to_string();

@@ -12,6 +12,7 @@ pub mod http_client;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod timefmt;

@@ -43,6 +43,16 @@ impl Log for Logger {
         {
             return;
         }
+        // A client closing its connection before sending a request is not an error either.
+        if record.target().starts_with("pingora")
+            && self.level < LevelFilter::Debug
+            && record
+                .args()
+                .to_string()
+                .contains("Downstream ConnectionClosed context: while reading request headers")
+        {
+            return;
+        }
         let level = match record.level() {
             log::Level::Error => "error",
             log::Level::Warn => "warn",

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hubgate::config::{self, Cli, Config, Env, FileConfig};
+use hubgate::reload::ConfigSource;
 use hubgate::server::Hubgate;
 
 fn main() -> ExitCode {
@@ -27,7 +28,8 @@ fn main() -> ExitCode {
         },
         None => FileConfig::default(),
     };
-    let config = match Config::build(&cli, &file, &Env::from_process()) {
+    let env = Env::from_process();
+    let config = match Config::build(&cli, &file, &env) {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };
@@ -39,7 +41,7 @@ fn main() -> ExitCode {
     if cli.ssl_allow_rc4 {
         log::warn!("--ssl-allow-rc4 has no effect: RC4 is never offered (nor is it by CHP 5)");
     }
-    match Hubgate::build(config) {
+    match Hubgate::build(config, ConfigSource { cli, env }) {
         Ok(server) => server.run(),
         Err(e) => fail(&e.to_string()),
     }

@@ -10,7 +10,10 @@ use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
 
 use crate::routes::RouteTable;
 
@@ -69,6 +72,14 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// Authentication decisions by result and reason.
     pub auth_decisions: IntCounterVec,
+    /// Request duration by route kind and status class, resolved once: `[kind][class]`.
+    request_duration: Vec<[Histogram; 5]>,
+    /// API call duration by method: GET, POST, DELETE, other.
+    api_duration: [Histogram; 4],
+    /// Websocket frames relayed: client→server, server→client.
+    pub ws_frames: [IntCounter; 2],
+    /// Websocket bytes relayed: client→server, server→client.
+    pub ws_bytes: [IntCounter; 2],
 }
 
 impl Metrics {
@@ -114,6 +125,9 @@ impl Metrics {
             &["kind"],
         )?;
         registry.register(Box::new(upstream_errors.clone()))?;
+        for kind in ["refused", "timeout", "reset", "tls", "dns", "other"] {
+            upstream_errors.with_label_values(&[kind]);
+        }
         let auth_decisions = IntCounterVec::new(
             Opts::new(
                 "hubgate_auth_decisions_total",
@@ -131,6 +145,54 @@ impl Metrics {
                 Default::default(),
             )?,
         }))?;
+        let durations = HistogramVec::new(
+            HistogramOpts::new(
+                "hubgate_request_duration_seconds",
+                "Proxied request duration, first byte in to last byte out",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["route_kind", "status_class"],
+        )?;
+        registry.register(Box::new(durations.clone()))?;
+        let request_duration = ["hub", "user", "service", "other"]
+            .iter()
+            .map(|kind| {
+                ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                    .map(|class| durations.with_label_values(&[kind, class]))
+            })
+            .collect();
+        let api = HistogramVec::new(
+            HistogramOpts::new(
+                "hubgate_api_request_duration_seconds",
+                "REST API call duration",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+            ]),
+            &["method"],
+        )?;
+        registry.register(Box::new(api.clone()))?;
+        let api_duration = ["GET", "POST", "DELETE", "other"].map(|m| api.with_label_values(&[m]));
+        let frames = IntCounterVec::new(
+            Opts::new("hubgate_websocket_frames_total", "Websocket frames relayed"),
+            &["direction"],
+        )?;
+        registry.register(Box::new(frames.clone()))?;
+        let bytes = IntCounterVec::new(
+            Opts::new("hubgate_websocket_bytes_total", "Websocket bytes relayed"),
+            &["direction"],
+        )?;
+        registry.register(Box::new(bytes.clone()))?;
+        let dirs = ["client_to_server", "server_to_client"];
+        let ws_frames = dirs.map(|d| frames.with_label_values(&[d]));
+        let ws_bytes = dirs.map(|d| bytes.with_label_values(&[d]));
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        registry.register(Box::new(OpenSockets::new()?))?;
         let build = IntGauge::with_opts(
             Opts::new("hubgate_build_info", "hubgate version")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
@@ -151,7 +213,38 @@ impl Metrics {
             websockets_open,
             upstream_errors,
             auth_decisions,
+            request_duration,
+            api_duration,
+            ws_frames,
+            ws_bytes,
         })
+    }
+
+    /// Records a finished proxied request.
+    pub fn observe_request(
+        &self,
+        kind: crate::routes::RouteKind,
+        status: u16,
+        elapsed: std::time::Duration,
+    ) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.request_duration[kind.index()][class].observe(elapsed.as_secs_f64());
+    }
+
+    /// Records an API call.
+    pub fn observe_api(&self, method: &http::Method, elapsed: std::time::Duration) {
+        let i = match *method {
+            http::Method::GET => 0,
+            http::Method::POST => 1,
+            http::Method::DELETE => 2,
+            _ => 3,
+        };
+        self.api_duration[i].observe(elapsed.as_secs_f64());
+    }
+
+    /// Registers another collector (e.g. authentication's key-set gauges).
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
+        self.registry.register(c)
     }
 
     /// `requests_proxy{status}`.
@@ -281,5 +374,53 @@ impl prometheus::core::Collector for SummaryCollector {
         family.set_field_type(prometheus::proto::MetricType::SUMMARY);
         family.mut_metric().push(metric);
         vec![family]
+    }
+}
+
+/// `hubgate_connections_open`: sockets the process holds (clients, targets, listeners),
+/// counted from `/proc/self/fd` at scrape time so the request path pays nothing.
+struct OpenSockets {
+    desc: prometheus::core::Desc,
+}
+
+impl OpenSockets {
+    fn new() -> prometheus::Result<OpenSockets> {
+        Ok(OpenSockets {
+            desc: prometheus::core::Desc::new(
+                "hubgate_connections_open".into(),
+                "Open sockets: client and target connections and listeners".into(),
+                vec![],
+                Default::default(),
+            )?,
+        })
+    }
+}
+
+impl prometheus::core::Collector for OpenSockets {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let count = std::fs::read_dir("/proc/self/fd")
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .filter(|e| {
+                        std::fs::read_link(e.path())
+                            .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        match IntGauge::with_opts(Opts::new(
+            "hubgate_connections_open",
+            "Open sockets: client and target connections and listeners",
+        )) {
+            Ok(g) => {
+                g.set(count as i64);
+                g.collect()
+            }
+            Err(_) => Vec::new(),
+        }
     }
 }

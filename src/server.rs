@@ -24,6 +24,7 @@ use crate::config::{Config, Listen};
 use crate::http_client::HttpClient;
 use crate::metrics::{Metrics, MetricsApp};
 use crate::proxy::{ErrorRenderer, HubProxy, Resolver, Shared};
+use crate::reload::{CertSlot, ConfigSource, Reloader};
 use crate::routes::{MemoryStore, RouteStore};
 use crate::tls::{self, ClientTlsMaterial, TlsError};
 
@@ -107,13 +108,15 @@ impl ServeHttp for RedirectApp {
     }
 }
 
-/// Fetches and refreshes the identity providers' key sets.
-struct KeyRefresh(Arc<Auth>);
+/// Starts fetching and refreshing the identity providers' key sets.
+struct KeyRefresh(Arc<Shared>);
 
 #[async_trait]
 impl BackgroundService for KeyRefresh {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        self.0.spawn_refresh();
+        if let Some(auth) = self.0.auth.load_full() {
+            auth.spawn_refresh();
+        }
         let _ = shutdown.changed().await;
     }
 }
@@ -222,7 +225,7 @@ impl ShutdownSignalWatch for Signals {
 
 impl Hubgate {
     /// Builds every service from the configuration. Nothing binds until [`Hubgate::run`].
-    pub fn build(config: Config) -> Result<Hubgate, StartError> {
+    pub fn build(config: Config, source: ConfigSource) -> Result<Hubgate, StartError> {
         let conf = ServerConf {
             threads: config.threads,
             grace_period_seconds: Some(config.shutdown_grace.as_secs()),
@@ -245,6 +248,7 @@ impl Hubgate {
             .auth
             .clone()
             .map(|a| Arc::new(Auth::new(a, http_client.clone(), &metrics)));
+
         let shared = Arc::new(Shared {
             table: table.clone(),
             forwarding: config.forwarding.clone(),
@@ -258,8 +262,14 @@ impl Hubgate {
             listener_tls: config.proxy_tls.is_some(),
             in_flight: Default::default(),
             keepalive_secs: config.timeouts.keep_alive.as_secs().max(1),
-            auth: auth.clone(),
+            auth: arc_swap::ArcSwapOption::new(auth.clone()),
+            access_log: config.access_log,
         });
+
+        let current = Arc::downgrade(&shared);
+        metrics.register(Box::new(crate::auth::KeySetMetrics::new(Box::new(
+            move || current.upgrade().and_then(|s| s.auth.load_full()),
+        ))?))?;
 
         if let Some(target) = &config.default_target {
             let mut data = serde_json::Map::new();
@@ -297,9 +307,11 @@ impl Hubgate {
             "hubgate proxy",
         );
         let mut public = listener(&config.proxy_listen, Some(0))?;
+        let mut certs = Vec::new();
         if let Some(tls_cfg) = &config.proxy_tls {
-            let (settings, _resolver) = tls::listener_settings(tls_cfg)?;
+            let (settings, resolver) = tls::listener_settings(tls_cfg)?;
             public = public.tls(settings);
+            certs.push(CertSlot::new("proxy", resolver, tls_cfg.clone()));
         }
         proxy.add_listener(public);
         proxy.threads = Some(config.threads);
@@ -319,8 +331,9 @@ impl Hubgate {
         let mut api_service = Service::new("hubgate api".to_string(), HttpServer::new_app(api));
         let mut api_listener = listener(&config.api_listen, None)?;
         if let Some(tls_cfg) = &config.api_tls {
-            let (settings, _resolver) = tls::listener_settings(tls_cfg)?;
+            let (settings, resolver) = tls::listener_settings(tls_cfg)?;
             api_listener = api_listener.tls(settings);
+            certs.push(CertSlot::new("api", resolver, tls_cfg.clone()));
         }
         api_service.add_listener(api_listener);
         api_service.threads = Some(1);
@@ -368,9 +381,17 @@ impl Hubgate {
             lines.push(format!("Route added / -> {target}"));
         }
 
-        if let Some(auth) = &auth {
-            server.add_service(background_service("auth keys", KeyRefresh(auth.clone())));
-        }
+        server.add_service(background_service("auth keys", KeyRefresh(shared.clone())));
+        server.add_service(background_service(
+            "reload",
+            Reloader {
+                source,
+                shared: shared.clone(),
+                http_client,
+                metrics: metrics.clone(),
+                certs,
+            },
+        ));
         server.add_service(background_service(
             "readiness",
             Readiness {

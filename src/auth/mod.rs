@@ -287,23 +287,35 @@ impl Auth {
             tokio::spawn(async move {
                 let watcher = issuer.clone();
                 let refresh = tokio::spawn(issuer.run_refresh(client, resolver));
-                // Purge cached verifications whose key left the set.
                 let mut seen = watcher.removed.load_full();
                 loop {
                     tokio::time::sleep(Duration::from_millis(500)).await;
+                    // This configuration was replaced by a reload and is no longer used.
+                    let Some(auth) = auth.upgrade() else {
+                        refresh.abort();
+                        break;
+                    };
+                    // Purge cached verifications whose key left the set.
                     let now = watcher.removed.load_full();
                     if !Arc::ptr_eq(&now, &seen) {
-                        if let Some(auth) = auth.upgrade() {
-                            auth.cache.purge_kids(&now);
-                        }
+                        auth.cache.purge_kids(&now);
                         seen = now;
-                    }
-                    if refresh.is_finished() {
-                        break;
                     }
                 }
             });
         }
+    }
+
+    /// Loads every issuer's keys once (for a reload: a new configuration is used only when
+    /// all its issuers have keys).
+    pub async fn load_all(&self) -> Result<(), String> {
+        for issuer in &self.issuers {
+            issuer
+                .load(&self.client, &self.resolver)
+                .await
+                .map_err(|e| format!("{}: {e}", issuer.config.issuer))?;
+        }
+        Ok(())
     }
 
     /// The access rule for a (decoded, canonical) path: the longest matching prefix.
@@ -623,5 +635,82 @@ mod tests {
             assert!(!r.label().is_empty());
             assert!(!r.message().is_empty());
         }
+    }
+}
+
+/// Key-set gauges per issuer, computed at scrape time.
+pub struct KeySetMetrics {
+    /// The authentication in use now (it can be swapped by a reload).
+    current: Box<dyn Fn() -> Option<Arc<Auth>> + Send + Sync>,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+impl KeySetMetrics {
+    /// Metrics over `auth`'s issuers.
+    pub fn new(
+        current: Box<dyn Fn() -> Option<Arc<Auth>> + Send + Sync>,
+    ) -> prometheus::Result<KeySetMetrics> {
+        let desc = |name: &str, help: &str| {
+            prometheus::core::Desc::new(
+                name.into(),
+                help.into(),
+                vec!["issuer".into()],
+                Default::default(),
+            )
+        };
+        Ok(KeySetMetrics {
+            current,
+            descs: vec![
+                desc(
+                    "hubgate_auth_key_set_age_seconds",
+                    "Seconds since the issuer's key set was fetched",
+                )?,
+                desc(
+                    "hubgate_auth_key_refresh_failures_total",
+                    "Failed key-set fetches",
+                )?,
+            ],
+        })
+    }
+}
+
+impl prometheus::core::Collector for KeySetMetrics {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let Some(auth) = (self.current)() else {
+            return Vec::new();
+        };
+        let age = prometheus::GaugeVec::new(
+            prometheus::Opts::new(
+                "hubgate_auth_key_set_age_seconds",
+                "Seconds since the issuer's key set was fetched",
+            ),
+            &["issuer"],
+        );
+        let failures = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "hubgate_auth_key_refresh_failures_total",
+                "Failed key-set fetches",
+            ),
+            &["issuer"],
+        );
+        let (Ok(age), Ok(failures)) = (age, failures) else {
+            return Vec::new();
+        };
+        for issuer in &auth.issuers {
+            let name = issuer.config.issuer.as_str();
+            // Never fetched: report "infinitely" stale so the alert fires.
+            let secs = issuer.age().map_or(f64::INFINITY, |a| a.as_secs_f64());
+            age.with_label_values(&[name]).set(secs);
+            failures
+                .with_label_values(&[name])
+                .inc_by(issuer.failures.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        let mut out = prometheus::core::Collector::collect(&age);
+        out.extend(prometheus::core::Collector::collect(&failures));
+        out
     }
 }

@@ -125,6 +125,8 @@ pub struct ServerSection {
     pub shutdown_grace_seconds: Option<u64>,
     pub pid_file: Option<PathBuf>,
     pub log_level: Option<String>,
+    /// One line per request: `off` (default), `combined` or `json`.
+    pub access_log: Option<String>,
 }
 
 /// `[storage]`.

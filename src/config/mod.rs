@@ -154,6 +154,16 @@ pub struct Config {
     pub threads: usize,
     /// Token authentication (`[auth]`); `None`: behave exactly like CHP.
     pub auth: Option<auth::AuthConfig>,
+    /// Per-request access log format.
+    pub access_log: AccessLog,
+}
+
+/// The access log's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Combined,
+    Json,
 }
 
 /// Environment values the configuration reads.
@@ -637,6 +647,17 @@ impl Config {
             shutdown_grace: Duration::from_secs(grace),
             threads,
             auth: file.auth.as_ref().map(|a| a.validate()).transpose()?,
+            access_log: match s.access_log.as_deref().unwrap_or("off") {
+                "off" => AccessLog::Off,
+                "combined" => AccessLog::Combined,
+                "json" => AccessLog::Json,
+                other => {
+                    return Err(invalid(
+                        "server.access-log",
+                        format!("{other:?}: use off, combined or json"),
+                    ))
+                }
+            },
         })
     }
 

@@ -6,6 +6,7 @@
 
 mod error_pages;
 mod forward;
+mod frames;
 mod relay;
 mod resolver;
 mod websocket;
@@ -84,8 +85,10 @@ pub struct Shared {
     pub in_flight: InFlight,
     /// Keep-alive idle timeout for client connections, in whole seconds (pingora's unit).
     pub keepalive_secs: u64,
-    /// Token authentication, when configured.
-    pub auth: Option<Arc<crate::auth::Auth>>,
+    /// Per-request access log.
+    pub access_log: crate::config::AccessLog,
+    /// Token authentication, when configured (swapped whole on a config reload).
+    pub auth: arc_swap::ArcSwapOption<crate::auth::Auth>,
 }
 
 /// Per-request state.
@@ -98,6 +101,9 @@ pub struct RequestCtx {
     websocket: bool,
     /// The authenticated identity, when authentication is on and the path is protected.
     allowed: Option<crate::auth::Allowed>,
+    /// When the request started (duration metric) and what kind of route it matched.
+    started: Option<Instant>,
+    kind: Option<crate::routes::RouteKind>,
     _in_flight: Option<InFlightGuard>,
 }
 
@@ -144,6 +150,29 @@ fn error_kind(e: &Error) -> &'static str {
         | ErrorType::InvalidCert => "tls",
         _ => "other",
     }
+}
+
+/// A request target with the values of secret-looking query parameters replaced by `REDACTED`.
+fn redact_query(target: &str) -> String {
+    let Some((path, query)) = target.split_once('?') else {
+        return target.to_string();
+    };
+    let secret = |k: &str| {
+        let k = k.to_ascii_lowercase();
+        [
+            "token", "secret", "password", "code", "state", "key", "auth",
+        ]
+        .iter()
+        .any(|s| k.contains(s))
+    };
+    let redacted: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if secret(k) => format!("{k}=REDACTED"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{path}?{}", redacted.join("&"))
 }
 
 /// Removes `Set-Cookie` headers from a target that would set hubgate's own cookies (a user's
@@ -240,7 +269,7 @@ impl HubProxy {
         ctx: &RequestCtx,
         set: &mut Vec<(http::HeaderName, http::HeaderValue)>,
     ) -> Vec<http::HeaderName> {
-        let Some(auth) = &self.shared.auth else {
+        let Some(auth) = self.shared.auth.load_full() else {
             return Vec::new();
         };
         let mut remove: Vec<http::HeaderName> = IDENTITY_HEADERS
@@ -287,6 +316,46 @@ impl HubProxy {
         remove
     }
 
+    /// One access-log line; secrets in the query are redacted, credentials never logged.
+    fn access_log(&self, session: &Session, ctx: &RequestCtx, status: u16, elapsed: Duration) {
+        let req = session.req_header();
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or("-".to_string(), |a| a.ip().to_string());
+        let target = redact_query(&String::from_utf8_lossy(req.raw_path()));
+        let user = ctx
+            .allowed
+            .as_ref()
+            .map_or("-", |a| a.identity.user.as_str());
+        let bytes = session.body_bytes_sent();
+        let header = |name: http::HeaderName| {
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string()
+        };
+        let micros = elapsed.as_micros();
+        match self.shared.access_log {
+            crate::config::AccessLog::Json => log::info!(
+                "{}",
+                serde_json::json!({
+                    "client": client, "user": user, "method": req.method.as_str(), "target": target,
+                    "status": status, "bytes": bytes, "duration_us": micros as u64,
+                    "referer": header(http::header::REFERER), "user_agent": header(http::header::USER_AGENT),
+                })
+            ),
+            _ => log::info!(
+                "{client} - {user} \"{} {target} {:?}\" {status} {bytes} \"{}\" \"{}\" {micros}us",
+                req.method,
+                req.version,
+                header(http::header::REFERER),
+                header(http::header::USER_AGENT)
+            ),
+        }
+    }
+
     /// Writes a complete small response.
     async fn write_reply(
         &self,
@@ -316,7 +385,7 @@ impl HubProxy {
         reason: crate::auth::Reason,
         presented: bool,
     ) -> Result<bool> {
-        let Some(auth) = self.shared.auth.clone() else {
+        let Some(auth) = self.shared.auth.load_full() else {
             return Ok(false);
         };
         let req = session.req_header();
@@ -420,7 +489,7 @@ impl ProxyHttp for HubProxy {
         let sh = &self.shared;
         if session.req_header().raw_path() == b"/_chp_healthz" {
             // With authentication on, not ready until every issuer has keys (fail closed).
-            let ready = sh.auth.as_ref().is_none_or(|a| a.ready());
+            let ready = sh.auth.load().as_ref().is_none_or(|a| a.ready());
             let (code, body) = if ready {
                 (200, Bytes::from_static(br#"{"status":"OK"}"#))
             } else {
@@ -448,6 +517,7 @@ impl ProxyHttp for HubProxy {
             session.write_response_header(Box::new(resp), true).await?;
             return Ok(true);
         }
+        ctx.started = Some(Instant::now());
         sh.in_flight.0.fetch_add(1, Ordering::AcqRel);
         ctx._in_flight = Some(InFlightGuard(sh.clone()));
         ctx.websocket = is_websocket_upgrade(session.req_header());
@@ -473,7 +543,8 @@ impl ProxyHttp for HubProxy {
         };
         let query = query.map(|q| String::from_utf8_lossy(q).into_owned());
 
-        if let Some(auth) = &sh.auth {
+        let auth = sh.auth.load_full();
+        if let Some(auth) = &auth {
             if canon.decoded.starts_with(crate::auth::login::PREFIX) {
                 let reply = auth.handle_own(session.req_header(), &canon.decoded).await;
                 return self
@@ -484,9 +555,7 @@ impl ProxyHttp for HubProxy {
         let mut query = query;
         if let (true, Some(param), Some(q)) = (
             ctx.websocket,
-            sh.auth
-                .as_ref()
-                .and_then(|a| a.config.query_param.as_deref()),
+            auth.as_ref().and_then(|a| a.config.query_param.as_deref()),
             query.as_deref(),
         ) {
             // A credential in the query never travels further.
@@ -502,7 +571,8 @@ impl ProxyHttp for HubProxy {
             (sh.table.lookup(&canon.decoded), 0)
         };
         sh.metrics.find_target_for_req.observe(started.elapsed());
-        if let Some(auth) = &sh.auth {
+        ctx.kind = found.as_ref().map(|f| f.route.kind);
+        if let Some(auth) = &auth {
             let route = found.as_ref().map(|f| &*f.route);
             let outcome = auth
                 .check(session.req_header(), &canon.decoded, route, ctx.websocket)
@@ -562,7 +632,7 @@ impl ProxyHttp for HubProxy {
             let mut edits =
                 forward::request_headers(&session.req_header().headers, &down, &sh.forwarding);
             let removed = self.identity_edits(session.req_header(), ctx, &mut edits);
-            let deadline = match (&ctx.allowed, &sh.auth) {
+            let deadline = match (&ctx.allowed, &auth) {
                 (Some(a), Some(auth)) if auth.config.close_websockets_on_expiry => {
                     Some(a.expires_at)
                 }
@@ -701,7 +771,7 @@ impl ProxyHttp for HubProxy {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = status;
-        if self.shared.auth.is_some() {
+        if self.shared.auth.load().is_some() {
             drop_own_set_cookies(upstream_response)?;
         }
         let fwd = &self.shared.forwarding;
@@ -792,7 +862,17 @@ impl ProxyHttp for HubProxy {
         no_reuse(code)
     }
 
-    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let (Some(started), Some(resp)) = (ctx.started, session.response_written()) {
+            let kind = ctx.kind.unwrap_or(crate::routes::RouteKind::Other);
+            let status = resp.status.as_u16();
+            self.shared
+                .metrics
+                .observe_request(kind, status, started.elapsed());
+            if self.shared.access_log != crate::config::AccessLog::Off {
+                self.access_log(session, ctx, status, started.elapsed());
+            }
+        }
         let status = ctx.upstream_status;
         if status == 0 {
             return;

@@ -28,7 +28,7 @@ struct Half {
 }
 
 /// Copies `a → b` and `b → a` until both sides have closed; calls `on_a` / `on_b` on every
-/// chunk read from that side (activity accounting).
+/// chunk read from that side (activity and frame accounting).
 pub struct Relay<A, B, FA, FB> {
     a: A,
     b: B,
@@ -42,8 +42,8 @@ impl<A, B, FA, FB> Relay<A, B, FA, FB>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
-    FA: FnMut(usize) + Unpin,
-    FB: FnMut(usize) + Unpin,
+    FA: FnMut(&[u8]) + Unpin,
+    FB: FnMut(&[u8]) + Unpin,
 {
     /// A relay between `a` (the client) and `b` (the upstream).
     pub fn new(a: A, b: B, on_a: FA, on_b: FB) -> Self {
@@ -68,7 +68,7 @@ fn poll_direction<R, W, F>(
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
-    F: FnMut(usize),
+    F: FnMut(&[u8]),
 {
     if half.done {
         return Poll::Ready(Ok(()));
@@ -108,7 +108,7 @@ where
             half.read_eof = true;
             continue;
         }
-        on_read(filled.len());
+        on_read(filled);
         let mut off = 0;
         while off < filled.len() {
             match Pin::new(&mut *writer).poll_write(cx, &filled[off..]) {
@@ -129,8 +129,8 @@ impl<A, B, FA, FB> Future for Relay<A, B, FA, FB>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
-    FA: FnMut(usize) + Unpin,
-    FB: FnMut(usize) + Unpin,
+    FA: FnMut(&[u8]) + Unpin,
+    FB: FnMut(&[u8]) + Unpin,
 {
     type Output = io::Result<()>;
 
@@ -178,10 +178,10 @@ mod tests {
         let task = tokio::spawn(Relay::new(
             relay_a,
             relay_b,
-            move |n| {
-                c2.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            move |data: &[u8]| {
+                c2.fetch_add(data.len(), std::sync::atomic::Ordering::Relaxed);
             },
-            |_| {},
+            |_: &[u8]| {},
         ));
         let (mut cr, mut cw) = tokio::io::split(client);
         let (mut ur, mut uw) = tokio::io::split(upstream);

@@ -370,14 +370,24 @@ pub async fn proxy(
         shared.metrics.websockets_open.inc();
         let server_activity = shared.ws_activity_on_server_frames;
         let route_key = route.key.clone();
+        let mut client_frames = super::frames::FrameCounter::default();
+        let mut server_frames = super::frames::FrameCounter::default();
         let client_route = route.clone();
         let client_shared = shared.clone();
         let relay_shared = shared.clone();
         let relay = Relay::new(
             down,
             up,
-            move |_| client_shared.record_activity(&client_route),
-            move |_| {
+            move |data: &[u8]| {
+                let m = &client_shared.metrics;
+                m.ws_bytes[0].inc_by(data.len() as u64);
+                m.ws_frames[0].inc_by(client_frames.feed(data));
+                client_shared.record_activity(&client_route);
+            },
+            move |data: &[u8]| {
+                let m = &relay_shared.metrics;
+                m.ws_bytes[1].inc_by(data.len() as u64);
+                m.ws_frames[1].inc_by(server_frames.feed(data));
                 if server_activity {
                     relay_shared.record_activity(&route);
                 }

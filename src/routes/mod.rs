@@ -5,5 +5,5 @@ mod table;
 mod target;
 
 pub use store::{MemoryStore, RouteStore, StoreError};
-pub use table::{now_ms, trim_prefix, Match, Route, RouteTable};
+pub use table::{now_ms, trim_prefix, Match, Route, RouteKind, RouteTable};
 pub use target::{Target, TargetAddr, TargetError};

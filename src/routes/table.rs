@@ -14,6 +14,36 @@ use super::target::{Target, TargetError};
 
 type Map = imbl::HashMap<Arc<str>, Arc<Route>>;
 
+/// What a route serves, from the data JupyterHub posts with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// `{"hub": true}`: the hub itself.
+    Hub,
+    /// `{"user": …}`: a user's server.
+    User,
+    /// `{"service": …}`: a JupyterHub service.
+    Service,
+    /// Anything else (admin routes, `--default-target`).
+    Other,
+}
+
+impl RouteKind {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RouteKind::Hub => "hub",
+            RouteKind::User => "user",
+            RouteKind::Service => "service",
+            RouteKind::Other => "other",
+        }
+    }
+
+    /// Index into per-kind arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// One route: the stored JSON, its parsed target and its activity clock.
 #[derive(Debug)]
 pub struct Route {
@@ -28,6 +58,8 @@ pub struct Route {
     pub target: Result<Target, TargetError>,
     /// The JupyterHub user this route belongs to (`"user"` in the POSTed data).
     pub user: Option<Box<str>>,
+    /// What JupyterHub registered this route for (metrics label).
+    pub kind: RouteKind,
     last_activity_ms: AtomicI64,
 }
 
@@ -45,6 +77,15 @@ impl Route {
             .get("user")
             .and_then(|u| u.as_str())
             .map(|u| u.to_string().into_boxed_str());
+        let kind = if user.is_some() {
+            RouteKind::User
+        } else if data.get("hub").and_then(|h| h.as_bool()) == Some(true) {
+            RouteKind::Hub
+        } else if data.contains_key("service") {
+            RouteKind::Service
+        } else {
+            RouteKind::Other
+        };
         let mut json = serde_json::Value::Object(data).to_string();
         json.pop(); // the closing brace; `write_json` re-adds it after `last_activity`
         Route {
@@ -53,6 +94,7 @@ impl Route {
             target_str,
             target,
             user,
+            kind,
             last_activity_ms: AtomicI64::new(now_ms()),
         }
     }

@@ -199,6 +199,8 @@ pub struct HttpOpts {
 
 struct WorkerResult {
     hist: Histogram,
+    /// Fixed rate: how late each request was actually sent (timer slack, busy client).
+    lag: Histogram,
     status: BTreeMap<u16, u64>,
 }
 
@@ -254,6 +256,7 @@ pub async fn run(conn: Connector, o: HttpOpts, run: &RunOpts) -> Result<Summary,
         tasks.push(tokio::spawn(async move {
             let mut res = WorkerResult {
                 hist: Histogram::default(),
+                lag: Histogram::default(),
                 status: BTreeMap::new(),
             };
             let mut c = Some(c);
@@ -281,6 +284,9 @@ pub async fn run(conn: Connector, o: HttpOpts, run: &RunOpts) -> Result<Summary,
                     break;
                 }
                 let t0 = intended.unwrap_or_else(Instant::now);
+                if intended.is_some() {
+                    res.lag.record(t0.elapsed().as_nanos() as u64);
+                }
                 if c.is_none() {
                     match conn.connect().await {
                         Ok(s) => {
@@ -328,10 +334,12 @@ pub async fn run(conn: Connector, o: HttpOpts, run: &RunOpts) -> Result<Summary,
         }));
     }
     let mut hist = Histogram::default();
+    let mut lag = Histogram::default();
     let mut status: BTreeMap<String, u64> = BTreeMap::new();
     for t in tasks {
         let r = t.await.map_err(|e| e.to_string())?;
         hist.merge(&r.hist);
+        lag.merge(&r.lag);
         for (k, v) in r.status {
             *status.entry(k.to_string()).or_default() += v;
         }
@@ -345,6 +353,13 @@ pub async fn run(conn: Connector, o: HttpOpts, run: &RunOpts) -> Result<Summary,
     let mut extra = BTreeMap::new();
     if let Pace::Rate(r) = o.pace {
         extra.insert("target_rate".to_string(), serde_json::json!(r));
+        // Latency counts from the intended send time; this shows how much of it is the client
+        // sending late (tokio's timer has 1 ms granularity, so expect up to ~1 ms here).
+        let l = Latency::from_hist(&lag);
+        extra.insert(
+            "send_lag_us".to_string(),
+            serde_json::json!({"p50": l.p50, "p99": l.p99, "max": l.max}),
+        );
     }
     Ok(Summary {
         mode: "http".into(),
