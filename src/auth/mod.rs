@@ -440,7 +440,8 @@ impl Auth {
         })
     }
 
-    async fn verify_credential(
+    /// Verifies a credential of a known kind, using the verified-credential cache.
+    pub async fn verify_credential(
         &self,
         kind: CredentialKind,
         value: &str,
