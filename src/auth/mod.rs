@@ -611,34 +611,6 @@ pub fn strip_query_param(query: &str, name: &str) -> String {
         .join("&")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_params() {
-        assert_eq!(
-            query_value(b"/a?x=1&hubgate_token=abc", "hubgate_token").as_deref(),
-            Some("abc")
-        );
-        assert_eq!(query_value(b"/a?x=1", "hubgate_token"), None);
-        assert_eq!(
-            strip_query_param("x=1&hubgate_token=abc&y=2", "hubgate_token"),
-            "x=1&y=2"
-        );
-        assert_eq!(strip_query_param("hubgate_token=abc", "hubgate_token"), "");
-    }
-
-    #[test]
-    fn reasons_have_statuses_and_labels() {
-        for r in Reason::ALL {
-            assert!(matches!(r.status(), 400 | 401 | 403 | 503));
-            assert!(!r.label().is_empty());
-            assert!(!r.message().is_empty());
-        }
-    }
-}
-
 /// Key-set gauges per issuer, computed at scrape time.
 pub struct KeySetMetrics {
     /// The authentication in use now (it can be swapped by a reload).
@@ -713,5 +685,33 @@ impl prometheus::core::Collector for KeySetMetrics {
         let mut out = prometheus::core::Collector::collect(&age);
         out.extend(prometheus::core::Collector::collect(&failures));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params() {
+        assert_eq!(
+            query_value(b"/a?x=1&hubgate_token=abc", "hubgate_token").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(query_value(b"/a?x=1", "hubgate_token"), None);
+        assert_eq!(
+            strip_query_param("x=1&hubgate_token=abc&y=2", "hubgate_token"),
+            "x=1&y=2"
+        );
+        assert_eq!(strip_query_param("hubgate_token=abc", "hubgate_token"), "");
+    }
+
+    #[test]
+    fn reasons_have_statuses_and_labels() {
+        for r in Reason::ALL {
+            assert!(matches!(r.status(), 400 | 401 | 403 | 503));
+            assert!(!r.label().is_empty());
+            assert!(!r.message().is_empty());
+        }
     }
 }
