@@ -86,8 +86,8 @@ fn certified_key(tls: &ServerTls) -> Result<CertifiedKey, TlsError> {
     let key = load_key(&tls.key, tls.key_passphrase.as_deref())?;
     let provider = rustls::crypto::ring::default_provider();
     CertifiedKey::from_der(certs, key, &provider).map_err(|e| TlsError::Content {
-        path: tls.key.display().to_string(),
-        what: format!("key does not fit the certificate or is unsupported ({e})"),
+        path: format!("{} with {}", tls.cert.display(), tls.key.display()),
+        what: format!("the certificate and key do not load together ({e})"),
     })
 }
 

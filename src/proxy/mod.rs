@@ -101,6 +101,8 @@ pub struct RequestCtx {
     websocket: bool,
     /// The authenticated identity, when authentication is on and the path is protected.
     allowed: Option<crate::auth::Allowed>,
+    /// Whether `hubgate_upstream_errors_total` already counted this request's failure.
+    upstream_error_counted: bool,
     /// When the request started (duration metric) and what kind of route it matched.
     started: Option<Instant>,
     kind: Option<crate::routes::RouteKind>,
@@ -805,9 +807,10 @@ impl ProxyHttp for HubProxy {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
+        ctx.upstream_error_counted = true;
         self.shared
             .metrics
             .upstream_errors
@@ -845,7 +848,9 @@ impl ProxyHttp for HubProxy {
         if code == 0 {
             return no_reuse(0);
         }
-        if code == 503 && e.esource() == &ErrorSource::Upstream && ctx.upstream_status == 0 {
+        // Failures after the connection was made (resets, proxy timeouts); connect failures
+        // were counted in `fail_to_connect`.
+        if code == 503 && e.esource() == &ErrorSource::Upstream && !ctx.upstream_error_counted {
             self.shared
                 .metrics
                 .upstream_errors
