@@ -6,6 +6,8 @@
 #     (scale-out tests), nginx-light and wrk (benches)
 #   - .venv/   Python venv from scripts/requirements-test.txt (JupyterHub, pytest, ...)
 #   - .tools/  configurable-http-proxy (CHP) from npm, for side-by-side comparison
+#   - tests/oidc/node_modules/  oidc-provider + jose from npm (tests/oidc/package-lock.json),
+#     the test OpenID provider the authentication tests start on loopback
 #   - .venv/etc/jupyter/jupyter_server_config.json with ServerApp.allow_root=true, so
 #     single-user servers spawned from this venv start when everything runs as root
 #     (a jupyter_server_config.d/*.json snippet is not read for that option).
@@ -131,6 +133,19 @@ if [[ "$chp_have" != "$CHP_VERSION" || ! -x .tools/node_modules/.bin/configurabl
     run "npm install configurable-http-proxy@$CHP_VERSION" \
         npm install --prefix .tools --no-audit --no-fund --loglevel=error \
         "configurable-http-proxy@$CHP_VERSION"
+fi
+
+# ---------------------------------------------------------------- test OpenID provider
+# `npm ci` from the lock file, again only when the lock file changed.
+oidc_dir="tests/oidc"
+oidc_stamp="$oidc_dir/node_modules/.package-lock.sha256"
+oidc_want="$(sha256sum "$oidc_dir/package-lock.json" | cut -d' ' -f1)"
+if [[ ! -f "$oidc_stamp" || "$(cat "$oidc_stamp")" != "$oidc_want" ||
+    ! -f "$oidc_dir/node_modules/oidc-provider/package.json" ]]; then
+    command -v npm >/dev/null 2>&1 || fail "npm not found (needed for the test OpenID provider)"
+    run "npm ci in $oidc_dir (oidc-provider, jose)" \
+        npm ci --prefix "$oidc_dir" --no-audit --no-fund --loglevel=error
+    echo "$oidc_want" >"$oidc_stamp"
 fi
 
 exit 0

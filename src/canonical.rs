@@ -77,6 +77,15 @@ pub fn canonicalize(path: &[u8]) -> Result<CanonicalPath<'_>, PathError> {
     Ok(CanonicalPath { forward, decoded })
 }
 
+/// Whether the decoded path has `.` or `..` segments that only appeared through escapes
+/// (`%2e%2e%2f`, `..%2f`, `%5c..`): a target that decodes before resolving would climb out
+/// of the matched prefix, so such requests are refused when authorisation depends on the path.
+pub fn has_encoded_dot_segments(decoded: &str) -> bool {
+    decoded
+        .split(['/', '\\'])
+        .any(|seg| seg == "." || seg == "..")
+}
+
 /// Percent-decodes a path, strictly (bad escapes and non-UTF-8 are errors, as in JS's
 /// `decodeURIComponent`).
 pub fn decode(s: &str) -> Result<Cow<'_, str>, PathError> {
@@ -122,7 +131,7 @@ fn is_dotdot(seg: &[u8]) -> bool {
 }
 
 fn needs_rewrite(path: &[u8]) -> bool {
-    if path.first() != Some(&b'/') {
+    if path.first() != Some(&b'/') || path.starts_with(b"//") {
         return true;
     }
     path.split(|&b| b == b'/')
@@ -143,7 +152,10 @@ fn rewrite(path: &[u8]) -> String {
     } else {
         path
     };
-    let body = path.strip_prefix(b"/").unwrap_or(path);
+    // Leading slashes collapse to one: the router ignores them, so the decision and the
+    // forwarded path must too (`//user/bob` is `/user/bob`, not a path the policy misses).
+    let start = path.iter().position(|&b| b != b'/').unwrap_or(path.len());
+    let body = &path[start..];
     let parts: Vec<&[u8]> = body.split(|&b| b == b'/').collect();
     let last = parts.len().saturating_sub(1);
     for (i, seg) in parts.iter().enumerate() {
@@ -222,12 +234,24 @@ mod tests {
         assert_eq!(canon("/../../etc").0, "/etc");
         assert_eq!(canon("/a\\..\\b").0, "/b");
         assert_eq!(canon("/a/..%2fb").0, "/a/..%2fb");
+        assert_eq!(canon("//user/bob/").0, "/user/bob/");
+        assert_eq!(canon("///x").0, "/x");
     }
 
     #[test]
     fn url_standard_escapes() {
         assert_eq!(canon("/a{b}").0, "/a%7Bb%7D");
         assert_eq!(canon("/a b").0, "/a%20b");
+    }
+
+    #[test]
+    fn encoded_dot_segments_detected() {
+        let d = |p: &str| has_encoded_dot_segments(&canonicalize(p.as_bytes()).unwrap().decoded);
+        assert!(d("/user/alice/%2E%2E%2Fbob/"));
+        assert!(d("/user/alice/..%2fbob/"));
+        assert!(d("/user/alice/%5c..%5cbob/"));
+        assert!(!d("/user/alice/a%2Fb/c"));
+        assert!(!d("/user/alice/..x/y"));
     }
 
     #[test]

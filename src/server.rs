@@ -244,10 +244,12 @@ impl Hubgate {
             client_tls.clone(),
             config.client_tls.insecure,
         ));
+        let idp_client = Arc::new(HttpClient::new(client_tls.clone(), false));
         let auth = config
             .auth
             .clone()
-            .map(|a| Arc::new(Auth::new(a, http_client.clone(), &metrics)));
+            // The identity provider is always verified: `--insecure` is about targets only.
+            .map(|a| Arc::new(Auth::new(a, idp_client.clone(), &metrics)));
 
         let shared = Arc::new(Shared {
             table: table.clone(),
@@ -387,7 +389,7 @@ impl Hubgate {
             Reloader {
                 source,
                 shared: shared.clone(),
-                http_client,
+                http_client: idp_client,
                 metrics: metrics.clone(),
                 certs,
             },

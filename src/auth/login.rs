@@ -207,6 +207,7 @@ impl Auth {
         let raw = req.raw_path();
         let restart = |why: &str| {
             warn!("login callback refused: {why}");
+            self.count_denial(Reason::BadSession);
             let mut r = Reply::page(
                 400,
                 "This login attempt has expired or is invalid. Please start again.",
@@ -306,6 +307,7 @@ impl Auth {
             Ok(v) => v,
             Err(reason) => {
                 warn!("login refused: ID token {}", reason.label());
+                self.count_denial(reason);
                 let status = reason.status();
                 return Reply::page(status, reason.message());
             }

@@ -54,10 +54,11 @@ pub enum Reason {
     NotInGroup,
     OriginMismatch,
     BadSession,
+    BadPath,
 }
 
 impl Reason {
-    const ALL: [Reason; 22] = [
+    const ALL: [Reason; 23] = [
         Reason::MissingCredential,
         Reason::MultipleCredentials,
         Reason::Malformed,
@@ -80,6 +81,7 @@ impl Reason {
         Reason::NotInGroup,
         Reason::OriginMismatch,
         Reason::BadSession,
+        Reason::BadPath,
     ];
 
     /// The metric label.
@@ -107,13 +109,14 @@ impl Reason {
             Reason::NotInGroup => "not_in_group",
             Reason::OriginMismatch => "origin_mismatch",
             Reason::BadSession => "bad_session",
+            Reason::BadPath => "bad_path",
         }
     }
 
     /// The HTTP status a denial for this reason gets.
     pub fn status(self) -> u16 {
         match self {
-            Reason::MultipleCredentials => 400,
+            Reason::MultipleCredentials | Reason::BadPath => 400,
             Reason::KeysUnavailable => 503,
             Reason::MfaRequired
             | Reason::AuthTooOld
@@ -128,7 +131,6 @@ impl Reason {
     /// What the user is told (generic: the precise reason stays in the log).
     pub fn message(self) -> &'static str {
         match self {
-            Reason::Expired | Reason::BadSession => "Your login has expired. Please log in again.",
             Reason::NotOwner => "This server belongs to another user.",
             Reason::MfaRequired | Reason::AuthTooOld => {
                 "Multi-factor authentication is required. Please log in again with your second factor."
@@ -137,7 +139,9 @@ impl Reason {
             Reason::OriginMismatch => "Cross-site request refused.",
             Reason::MultipleCredentials => "More than one credential was sent; send exactly one.",
             Reason::KeysUnavailable => "The login service is not available right now. Please try again in a minute.",
-            _ => "Authentication required.",
+            Reason::BadPath => "This address is not valid.",
+            // Every 401 says the same: expired and forged credentials are not told apart.
+            _ => "Please log in: your login is missing or has expired.",
         }
     }
 }
@@ -547,6 +551,13 @@ impl Auth {
                     .split_once("://")
                     .is_some_and(|(_, h)| h.eq_ignore_ascii_case(host))
             }
+        }
+    }
+
+    /// Counts a refusal that happened outside [`Auth::check`] (the login callback).
+    pub fn count_denial(&self, reason: Reason) {
+        if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
+            self.counters.deny[i].inc();
         }
     }
 

@@ -554,6 +554,18 @@ impl ProxyHttp for HubProxy {
                     .await;
             }
         }
+        if let Some(auth) = &auth {
+            if canon.decoded.contains('.') && canonical::has_encoded_dot_segments(&canon.decoded) {
+                let reason = crate::auth::Reason::BadPath;
+                let outcome = crate::auth::Outcome::Deny {
+                    reason,
+                    identity: None,
+                    presented: false,
+                };
+                auth.record(&outcome, None, &canon.decoded);
+                return self.deny(session, ctx, reason, false).await;
+            }
+        }
         let mut query = query;
         if let (true, Some(param), Some(q)) = (
             ctx.websocket,

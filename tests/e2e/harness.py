@@ -174,8 +174,11 @@ def wait_until(what: str, fn, timeout: float, interval: float = 0.2, check=None)
 class Deployment:
     """One JupyterHub + one proxy, on free loopback ports, in its own temp dir."""
 
-    def __init__(self, kind: str, mode: str, workdir: Path):
+    def __init__(self, kind: str, mode: str, workdir: Path, auth=None):
+        """`auth`: None (CHP behaviour), or an oidc.AuthSetup to run hubgate with an
+        [auth] section (hubgate only) and send its Bearer token on readiness probes."""
         assert mode in {"hub-managed", "external"}
+        assert auth is None or kind == "hubgate", "only hubgate has [auth]"
         self.kind = kind
         self.mode = mode
         self.dir = workdir
@@ -186,6 +189,11 @@ class Deployment:
         self.proxy_token = secrets.token_hex(32)
         self.tag = f"{SESSION_TAG}-{secrets.token_hex(4)}"
         self.proxy_cmd = proxy_command(kind)
+        self.auth = auth
+        if auth is not None:
+            self.auth_config = self.dir / "hubgate-auth.toml"
+            self.auth_config.write_text(auth.toml(self.public_url))
+            self.proxy_cmd = self.proxy_cmd + ["--config", str(self.auth_config)]
         self.hub_log = self.dir / "hub.log"
         self.proxy_log = self.dir / "proxy.log"
         self.hub: subprocess.Popen | None = None
@@ -288,8 +296,12 @@ class Deployment:
             start_new_session=True,  # own process group: teardown kills the group
         )
 
+        probe_headers = (
+            {"Authorization": f"Bearer {self.auth.bearer}"} if self.auth is not None else {}
+        )
+
         def hub_up():
-            r = requests.get(f"{self.public_url}/hub/api/", timeout=5)
+            r = requests.get(f"{self.public_url}/hub/api/", headers=probe_headers, timeout=5)
             return r.status_code == 200 and "version" in r.json()
 
         wait_until(

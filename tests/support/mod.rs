@@ -14,6 +14,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod oidc;
 pub mod process;
 pub mod tls;
 pub mod ws;
