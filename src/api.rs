@@ -344,12 +344,13 @@ impl RoutesApi {
         };
         let key = trim_prefix(path);
         self.metrics.api_route_delete.inc();
-        if self.store.table().get(&key).is_none() {
-            return Answer::empty(StatusCode::NOT_FOUND);
-        }
-        info!("Removing route {key}");
+        // The store decides whether the route exists: a shared store may know a route this
+        // replica has not received yet.
         match self.store.remove(&key).await {
-            Ok(true) => Answer::empty(StatusCode::NO_CONTENT),
+            Ok(true) => {
+                info!("Removing route {key}");
+                Answer::empty(StatusCode::NO_CONTENT)
+            }
             Ok(false) => Answer::empty(StatusCode::NOT_FOUND),
             Err(e) => Answer::fail(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         }

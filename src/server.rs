@@ -20,12 +20,12 @@ use thiserror::Error;
 
 use crate::api::RoutesApi;
 use crate::auth::Auth;
-use crate::config::{Config, Listen};
+use crate::config::{Config, Listen, Storage};
 use crate::http_client::HttpClient;
 use crate::metrics::{Metrics, MetricsApp};
 use crate::proxy::{ErrorRenderer, HubProxy, Resolver, Shared};
 use crate::reload::{CertSlot, ConfigSource, Reloader};
-use crate::routes::{MemoryStore, RouteStore};
+use crate::routes::{MemoryStore, RedisStore, RouteStore};
 use crate::tls::{self, ClientTlsMaterial, TlsError};
 
 /// Why the server could not be built.
@@ -40,6 +40,9 @@ pub enum StartError {
     /// A listener address cannot be used.
     #[error("{0}")]
     Listen(String),
+    /// The route store cannot be set up.
+    #[error("{0}")]
+    Store(String),
 }
 
 /// A built server, ready to run.
@@ -235,9 +238,24 @@ impl Hubgate {
         let mut server = Server::new_with_opt_and_conf(None, conf);
         server.bootstrap();
 
-        let store: Arc<dyn RouteStore> = Arc::new(MemoryStore::new());
+        let (store, store_sync): (Arc<dyn RouteStore>, _) = match &config.storage {
+            Storage::Memory => (Arc::new(MemoryStore::new()), None),
+            Storage::Redis(settings) => {
+                // The shared store writes --default-target itself, once it has loaded the table.
+                let redis = RedisStore::new(settings.clone(), config.default_target.clone())
+                    .map_err(StartError::Store)?;
+                let sync = (redis.sync_service(), redis.collectors()?);
+                (Arc::new(redis), Some(sync))
+            }
+        };
         let table = store.table().clone();
         let metrics = Arc::new(Metrics::new(table.clone())?);
+        if let Some((sync, collectors)) = store_sync {
+            for c in collectors {
+                metrics.register(c)?;
+            }
+            server.add_service(background_service("route store", sync));
+        }
 
         let client_tls = Arc::new(ClientTlsMaterial::load(&config.client_tls)?);
         let http_client = Arc::new(HttpClient::new(
@@ -266,6 +284,7 @@ impl Hubgate {
             keepalive_secs: config.timeouts.keep_alive.as_secs().max(1),
             auth: arc_swap::ArcSwapOption::new(auth.clone()),
             access_log: config.access_log,
+            store: store.clone(),
         });
 
         let current = Arc::downgrade(&shared);
@@ -273,7 +292,7 @@ impl Hubgate {
             move || current.upgrade().and_then(|s| s.auth.load_full()),
         ))?))?;
 
-        if let Some(target) = &config.default_target {
+        if let (Some(target), Storage::Memory) = (&config.default_target, &config.storage) {
             let mut data = serde_json::Map::new();
             data.insert("target".into(), serde_json::Value::String(target.clone()));
             table.insert(Arc::new(crate::routes::Route::new(Arc::from("/"), data)));

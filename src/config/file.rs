@@ -133,6 +133,12 @@ pub struct ServerSection {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct StorageSection {
-    /// `memory` (default).
+    /// `memory` (default), or `redis://[user:password@]host:port/db` (`rediss://` for TLS)
+    /// to share one route table between replicas.
     pub backend: Option<String>,
+    /// Redis backend: prefix of every key hubgate uses (default `hubgate`).
+    pub key_prefix: Option<String>,
+    /// Redis backend: how often each replica writes its routes' activity to Redis and reads
+    /// the other replicas' (default 2000 ms).
+    pub activity_flush_ms: Option<u64>,
 }

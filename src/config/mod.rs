@@ -156,6 +156,112 @@ pub struct Config {
     pub auth: Option<auth::AuthConfig>,
     /// Per-request access log format.
     pub access_log: AccessLog,
+    /// Where the route table is kept.
+    pub storage: Storage,
+}
+
+/// Where the route table is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// In this process only (CHP's default `MemoryStore`).
+    Memory,
+    /// In Redis, shared by every replica that uses the same server and key prefix.
+    Redis(RedisStorage),
+}
+
+/// The Redis route store's settings (`[storage]` with a `redis://` backend).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisStorage {
+    /// `redis://[user:password@]host:port/db` or `rediss://…`, as given.
+    pub url: String,
+    /// Prefix of every key (`{prefix}:format`, `{prefix}:v1:routes`, …).
+    pub key_prefix: String,
+    /// How often activity is written to and read from Redis.
+    pub activity_flush: Duration,
+}
+
+impl RedisStorage {
+    /// The URL with any password replaced by `***`, for logs.
+    pub fn redacted_url(&self) -> String {
+        let Some((scheme, rest)) = self.url.split_once("://") else {
+            return self.url.clone();
+        };
+        let auth_end = rest.find('/').unwrap_or(rest.len());
+        match rest[..auth_end].rfind('@') {
+            Some(at) => {
+                let userinfo = &rest[..at];
+                let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+                let user = if user.is_empty() { "" } else { user };
+                format!("{scheme}://{user}:***{}", &rest[at..])
+            }
+            None => self.url.clone(),
+        }
+    }
+}
+
+fn check_storage(
+    key: &str,
+    backend: Option<&str>,
+    s: &file::StorageSection,
+) -> Result<Storage, ConfigError> {
+    let backend = match backend {
+        None | Some("memory") => return Ok(Storage::Memory),
+        Some(b) => b,
+    };
+    let scheme = backend
+        .split_once("://")
+        .map(|(s, _)| s.to_ascii_lowercase());
+    if !matches!(scheme.as_deref(), Some("redis") | Some("rediss")) {
+        return Err(ConfigError::Unsupported {
+            key: key.to_string(),
+            reason: format!(
+                "{backend:?}: CHP's node storage modules cannot be loaded by hubgate; use `memory` (the default) or redis://[user:password@]host:port/db"
+            ),
+        });
+    }
+    let url_err = |e: &dyn std::fmt::Display| {
+        invalid(
+            key,
+            format!("{e}; expected redis://[user:password@]host:port/db or rediss://…"),
+        )
+    };
+    let info = redis::IntoConnectionInfo::into_connection_info(backend).map_err(|e| url_err(&e))?;
+    if let redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } =
+        info.addr()
+    {
+        if host.is_empty() {
+            return Err(url_err(&"no host"));
+        }
+    }
+    let key_prefix = s
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| "hubgate".to_string());
+    if key_prefix.is_empty()
+        || key_prefix.len() > 100
+        || !key_prefix
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
+    {
+        return Err(invalid(
+            "storage.key-prefix",
+            format!(
+                "{key_prefix:?}: use 1 to 100 printable ASCII characters without spaces or braces"
+            ),
+        ));
+    }
+    let flush_ms = s.activity_flush_ms.unwrap_or(2_000);
+    if !(50..=60_000).contains(&flush_ms) {
+        return Err(invalid(
+            "storage.activity-flush-ms",
+            "must be between 50 and 60000",
+        ));
+    }
+    Ok(Storage::Redis(RedisStorage {
+        url: backend.to_string(),
+        key_prefix,
+        activity_flush: Duration::from_millis(flush_ms),
+    }))
 }
 
 /// The access log's format.
@@ -333,20 +439,13 @@ impl Config {
                 });
             }
         }
-        let storage = cli
-            .storage_backend
-            .clone()
-            .or_else(|| file.storage.backend.clone());
-        if let Some(s) = storage {
-            if s != "memory" {
-                return Err(ConfigError::Unsupported {
-                    key: name(&cli.storage_backend, "--storage-backend", "storage.backend").to_string(),
-                    reason: format!(
-                        "{s:?}: CHP's node storage modules cannot be loaded by hubgate; use `memory` (the default)"
-                    ),
-                });
-            }
-        }
+        let storage = check_storage(
+            name(&cli.storage_backend, "--storage-backend", "storage.backend"),
+            cli.storage_backend
+                .as_deref()
+                .or(file.storage.backend.as_deref()),
+            &file.storage,
+        )?;
 
         // Public listener.
         let socket = cli.socket.clone().or_else(|| p.socket.clone());
@@ -647,6 +746,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(grace),
             threads,
             auth: file.auth.as_ref().map(|a| a.validate()).transpose()?,
+            storage,
             access_log: match s.access_log.as_deref().unwrap_or("off") {
                 "off" => AccessLog::Off,
                 "combined" => AccessLog::Combined,
@@ -801,5 +901,79 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(unknown.contains("prot"), "{unknown}");
+    }
+    #[test]
+    fn redis_storage_backend() {
+        assert_eq!(build(&[]).unwrap().storage, Storage::Memory);
+        assert_eq!(
+            build(&["--storage-backend", "memory"]).unwrap().storage,
+            Storage::Memory
+        );
+        let c = build(&["--storage-backend", "redis://127.0.0.1:6379/2"]).unwrap();
+        let Storage::Redis(r) = &c.storage else {
+            panic!("not redis: {:?}", c.storage)
+        };
+        assert_eq!(r.url, "redis://127.0.0.1:6379/2");
+        assert_eq!(r.key_prefix, "hubgate");
+        assert_eq!(r.activity_flush, Duration::from_secs(2));
+        assert!(build(&["--storage-backend", "rediss://u:p@redis.example:6380/0"]).is_ok());
+        let err = build(&["--storage-backend", "redis://127.0.0.1:6379/notadb"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--storage-backend"), "{err}");
+        let err = build(&["--storage-backend", "mysql://x"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("redis://"), "{err}");
+    }
+
+    #[test]
+    fn redis_storage_from_file() {
+        let file: FileConfig = toml::from_str(
+            "[storage]\nbackend = \"redis://h:1/0\"\nkey-prefix = \"hub-a\"\nactivity-flush-ms = 500\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from(["hubgate"]).unwrap();
+        let c = Config::build(&cli, &file, &Env::default()).unwrap();
+        assert_eq!(
+            c.storage,
+            Storage::Redis(RedisStorage {
+                url: "redis://h:1/0".into(),
+                key_prefix: "hub-a".into(),
+                activity_flush: Duration::from_millis(500),
+            })
+        );
+        // The flag wins over the file.
+        let cli = Cli::try_parse_from(["hubgate", "--storage-backend", "memory"]).unwrap();
+        assert_eq!(
+            Config::build(&cli, &file, &Env::default()).unwrap().storage,
+            Storage::Memory
+        );
+        for bad in [
+            "[storage]\nbackend = \"redis://h:1/0\"\nkey-prefix = \"a b\"\n",
+            "[storage]\nbackend = \"redis://h:1/0\"\nactivity-flush-ms = 1\n",
+        ] {
+            let file: FileConfig = toml::from_str(bad).unwrap();
+            let cli = Cli::try_parse_from(["hubgate"]).unwrap();
+            let err = Config::build(&cli, &file, &Env::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("storage."), "{err}");
+        }
+    }
+
+    #[test]
+    fn redis_url_redaction() {
+        let r = |url: &str| RedisStorage {
+            url: url.into(),
+            key_prefix: "hubgate".into(),
+            activity_flush: Duration::from_secs(2),
+        };
+        assert_eq!(r("redis://h:6379/0").redacted_url(), "redis://h:6379/0");
+        assert_eq!(
+            r("redis://user:pw@h:6379/0").redacted_url(),
+            "redis://user:***@h:6379/0"
+        );
+        assert_eq!(r("rediss://:pw@h/0").redacted_url(), "rediss://:***@h/0");
     }
 }

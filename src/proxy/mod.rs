@@ -89,6 +89,8 @@ pub struct Shared {
     pub access_log: crate::config::AccessLog,
     /// Token authentication, when configured (swapped whole on a config reload).
     pub auth: arc_swap::ArcSwapOption<crate::auth::Auth>,
+    /// The route store (its state shows in `/_chp_healthz`).
+    pub store: Arc<dyn crate::routes::RouteStore>,
 }
 
 /// Per-request state.
@@ -492,7 +494,10 @@ impl ProxyHttp for HubProxy {
         if session.req_header().raw_path() == b"/_chp_healthz" {
             // With authentication on, not ready until every issuer has keys (fail closed).
             let ready = sh.auth.load().as_ref().is_none_or(|a| a.ready());
-            let (code, body) = if ready {
+            let store = sh.store.health().healthz();
+            let (code, body) = if let (true, Some((code, body))) = (ready, store) {
+                (code, Bytes::from(body))
+            } else if ready {
                 (200, Bytes::from_static(br#"{"status":"OK"}"#))
             } else {
                 (503, Bytes::from_static(br#"{"status":"not ready","reason":"no signing keys loaded for an identity provider yet"}"#))

@@ -2,7 +2,7 @@
 //!
 //! Every store keeps a local [`RouteTable`] that requests are matched against, so the
 //! request path never waits on a store. The in-memory store writes the table directly;
-//! a shared store (Redis, a later issue) writes remotely and updates its local copy.
+//! a shared store ([`super::RedisStore`]) writes remotely and updates its local copy.
 
 use std::sync::Arc;
 
@@ -34,6 +34,62 @@ pub trait RouteStore: Send + Sync {
     fn table(&self) -> &Arc<RouteTable>;
     /// A short description for the startup log.
     fn describe(&self) -> String;
+    /// The store's state for `/_chp_healthz`; a store local to the process is always usable.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::Local
+    }
+}
+
+/// What a store reports about itself to the health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    /// The table lives in this process: nothing can be unreachable.
+    Local,
+    /// The table is shared through an external store.
+    Shared {
+        /// The table has been loaded from the store at least once (not ready until then).
+        loaded: bool,
+        /// The store is reachable and the local table follows it.
+        up: bool,
+        /// Why the store is not up (or not loaded), when it is not.
+        reason: Option<String>,
+    },
+}
+
+impl StoreHealth {
+    /// `/_chp_healthz`'s status and body, or `None` to answer as CHP does (200 `{"status":"OK"}`).
+    ///
+    /// A shared store that has never been loaded makes the replica not ready (503). Once
+    /// loaded, the replica routes from its copy whatever the store does, so it stays ready
+    /// (200) and the body tells whether the store is up.
+    pub fn healthz(&self) -> Option<(u16, String)> {
+        let StoreHealth::Shared { loaded, up, reason } = self else {
+            return None;
+        };
+        let mut body = serde_json::Map::new();
+        let code = if *loaded { 200 } else { 503 };
+        body.insert(
+            "status".into(),
+            (if *loaded { "OK" } else { "not ready" }).into(),
+        );
+        body.insert("store".into(), (if *up { "up" } else { "down" }).into());
+        if !*loaded {
+            body.insert(
+                "reason".into(),
+                format!(
+                    "route table not loaded from the store yet{}",
+                    reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                )
+                .into(),
+            );
+        } else if let Some(r) = reason.as_deref().filter(|_| !*up) {
+            body.insert("reason".into(), r.into());
+        }
+        Some((code, serde_json::Value::Object(body).to_string()))
+    }
 }
 
 /// The default store: the route table itself, in this process only (like CHP's MemoryStore).

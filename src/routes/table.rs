@@ -99,6 +99,20 @@ impl Route {
         }
     }
 
+    /// Builds a route whose activity clock starts at `last_activity_ms` instead of now (a
+    /// route loaded from a shared store keeps the activity it had there).
+    pub fn new_at(
+        key: Arc<str>,
+        data: serde_json::Map<String, serde_json::Value>,
+        last_activity_ms: i64,
+    ) -> Route {
+        let route = Route::new(key, data);
+        route
+            .last_activity_ms
+            .store(last_activity_ms, Ordering::Relaxed);
+        route
+    }
+
     /// The target string as POSTed.
     pub fn target_str(&self) -> &str {
         &self.target_str
@@ -154,7 +168,7 @@ pub fn trim_prefix(path: &str) -> String {
 
 /// The form the matcher compares: the key without leading or trailing slashes
 /// (CHP's trie splits `/user/alice/` into `["user", "alice"]`).
-fn segment_form(key: &str) -> &str {
+pub(super) fn segment_form(key: &str) -> &str {
     key.trim_matches('/')
 }
 

@@ -32,7 +32,7 @@ GRAFANA_DATASOURCES = ROOT / "config/grafana/provisioning/datasources/prometheus
 GRAFANA_DASHBOARDS = ROOT / "config/grafana/provisioning/dashboards/hubgate.yml"
 UNIT = ROOT / "config/systemd/hubgate.service"
 ENV_EXAMPLE = ROOT / "config/systemd/hubgate.env.example"
-OPS_README = ROOT / "config/README-operations.md"
+OPS_README = ROOT / "README.md"  # the Operations section
 
 # ---------------------------------------------------------------- the metrics hubgate exports
 # CHP's names (kept) and hubgate's own; see src/metrics.rs.

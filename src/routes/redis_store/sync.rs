@@ -1,0 +1,402 @@
+//! The background task that loads the shared table and follows its change stream.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+
+use super::scripts::{self, FORMAT};
+use super::state::{Change, Snapshot};
+use super::Inner;
+use crate::routes::table::now_ms;
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a command may take before the store counts as unreachable.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one `XREAD` waits for changes; an idle stream is checked against the revision
+/// this often.
+const BLOCK_MS: u64 = 1_000;
+/// The longest pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_millis(1_000);
+/// How often "still unreachable" is logged.
+const REPEAT_LOG: Duration = Duration::from_secs(30);
+
+/// Why a session with Redis ended.
+enum End {
+    /// Connection or command failure: reconnect.
+    Lost(String),
+    /// The store holds data this hubgate must not touch.
+    Fatal(String),
+}
+
+impl From<redis::RedisError> for End {
+    fn from(e: redis::RedisError) -> End {
+        End::Lost(e.to_string())
+    }
+}
+
+type XReadReply = Option<Vec<(String, Vec<(String, Vec<String>)>)>>;
+
+/// `MULTI` reply: epoch, revision, routes, activity, newest stream entry.
+type SnapshotReply = (
+    Option<String>,
+    Option<u64>,
+    HashMap<String, String>,
+    Vec<(String, f64)>,
+    Vec<(String, Vec<String>)>,
+);
+
+/// Connects, loads and follows, reconnecting for ever.
+pub(super) async fn run(inner: Arc<Inner>) {
+    let mut backoff = Duration::from_millis(50);
+    let mut last_log: Option<Instant> = None;
+    loop {
+        let started = Instant::now();
+        let end = session(&inner).await;
+        inner.conn.store(None);
+        let was_up = inner.up.swap(false, Ordering::Relaxed);
+        inner.metrics.up.set(0);
+        let (reason, fatal) = match end {
+            End::Lost(r) => (r, false),
+            End::Fatal(r) => (r, true),
+        };
+        inner.set_reason(Some(reason.clone()));
+        let loaded = inner.loaded.load(Ordering::Relaxed);
+        if fatal {
+            error!("route store: {reason}");
+            if !loaded {
+                // Refuse to start rather than run with a table we cannot keep.
+                std::process::exit(1);
+            }
+        } else if was_up {
+            error!(
+                "route store: lost Redis at {}: {reason}; routing continues from the local table ({} routes); API writes answer 503 until it is back",
+                inner.url,
+                inner.table.len()
+            );
+            last_log = Some(Instant::now());
+        } else if last_log.is_none_or(|t| t.elapsed() >= REPEAT_LOG) {
+            if loaded {
+                warn!(
+                    "route store: Redis at {} still unreachable: {reason}",
+                    inner.url
+                );
+            } else {
+                warn!(
+                    "route store: cannot load the route table from Redis at {}: {reason}; not ready until it is loaded",
+                    inner.url
+                );
+            }
+            last_log = Some(Instant::now());
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            backoff = Duration::from_millis(50);
+        }
+        let pause = if fatal {
+            Duration::from_secs(10)
+        } else {
+            backoff
+        };
+        tokio::time::sleep(pause).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn connect(inner: &Inner, response: Duration) -> Result<MultiplexedConnection, End> {
+    let cfg = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(response));
+    Ok(inner
+        .client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await?)
+}
+
+/// One connection's life: load, then follow the stream until something fails.
+async fn session(inner: &Arc<Inner>) -> End {
+    let mut conn = match connect(inner, COMMAND_TIMEOUT).await {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    // XREAD BLOCK holds its connection, so it gets one of its own.
+    let mut reader = match connect(inner, COMMAND_TIMEOUT + Duration::from_millis(BLOCK_MS)).await {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    let first = !inner.loaded.load(Ordering::Relaxed);
+    if let Err(e) = full_sync(inner, &mut conn).await {
+        return e;
+    }
+    inner.conn.store(Some(Arc::new(conn.clone())));
+    if first {
+        if let Some(data) = &inner.default_route {
+            if let Err(e) = inner.add("/", data.clone(), true).await {
+                inner.conn.store(None);
+                return End::Lost(format!("cannot write the default route: {e}"));
+            }
+        }
+    }
+    let rev = inner.state().applied;
+    let n = inner.table.len();
+    inner.set_reason(None);
+    inner.up.store(true, Ordering::Relaxed);
+    inner.metrics.up.set(1);
+    inner.current_at.store(now_ms(), Ordering::Relaxed);
+    if first {
+        info!(
+            "route store: loaded {n} routes from Redis at {} (revision {rev})",
+            inner.url
+        );
+    } else {
+        info!(
+            "route store: connected to Redis at {}; table resynchronised, {n} routes (revision {rev})",
+            inner.url
+        );
+    }
+    inner.loaded.store(true, Ordering::Relaxed);
+    follow(inner, &mut conn, &mut reader).await
+}
+
+/// Reads stream entries after `last_id`, waiting up to `block_ms` for one (`None`: no wait).
+async fn read_stream(
+    inner: &Inner,
+    conn: &mut MultiplexedConnection,
+    last_id: &str,
+    block_ms: Option<u64>,
+) -> Result<Vec<(String, Vec<String>)>, End> {
+    let mut cmd = redis::cmd("XREAD");
+    cmd.arg("COUNT").arg(1000);
+    if let Some(ms) = block_ms {
+        cmd.arg("BLOCK").arg(ms);
+    }
+    cmd.arg("STREAMS").arg(&inner.keys.changes).arg(last_id);
+    let reply: XReadReply = cmd.query_async(conn).await?;
+    Ok(reply
+        .into_iter()
+        .flatten()
+        .flat_map(|(_, entries)| entries)
+        .collect())
+}
+
+/// Reads the change stream and applies it; returns when the connection fails.
+async fn follow(
+    inner: &Arc<Inner>,
+    conn: &mut MultiplexedConnection,
+    reader: &mut MultiplexedConnection,
+) -> End {
+    loop {
+        if inner.resync_requested.swap(false, Ordering::Relaxed) {
+            if let Err(e) = resync(inner, conn, "a write found the store reset").await {
+                return e;
+            }
+        }
+        let last_id = inner.state().last_id.clone();
+        let entries = match read_stream(inner, reader, &last_id, Some(BLOCK_MS)).await {
+            Ok(e) => e,
+            Err(e) => return e,
+        };
+        if entries.is_empty() {
+            // Idle: is the revision where the table is? (A stream trimmed past us, or
+            // deleted, would otherwise go unnoticed until the next change.)
+            let (epoch, rev): (Option<String>, Option<u64>) = match redis::pipe()
+                .get(&inner.keys.epoch)
+                .get(&inner.keys.rev)
+                .query_async(conn)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => return e.into(),
+            };
+            let (my_epoch, applied) = {
+                let st = inner.state();
+                (st.epoch.clone(), st.applied)
+            };
+            let rev = rev.unwrap_or(0);
+            let why = if epoch != my_epoch {
+                Some("the store's epoch changed (Redis lost or replaced its data)".to_string())
+            } else if rev < applied {
+                Some(format!(
+                    "the store is at revision {rev}, behind this table's {applied}"
+                ))
+            } else if rev > applied {
+                // A change may have landed since XREAD returned: look once more, without
+                // waiting. Nothing there means the changes we need are gone from the stream.
+                match read_stream(inner, conn, &last_id, None).await {
+                    Ok(e) if e.is_empty() => Some(format!(
+                        "the store is at revision {rev} but no change after {applied} is in the stream"
+                    )),
+                    Ok(_) => None,
+                    Err(e) => return e,
+                }
+            } else {
+                inner.current_at.store(now_ms(), Ordering::Relaxed);
+                None
+            };
+            if let Some(why) = why {
+                if let Err(e) = resync(inner, conn, &why).await {
+                    return e;
+                }
+            }
+            continue;
+        }
+        let mut changes = Vec::with_capacity(entries.len());
+        let mut bad = None;
+        for (id, fields) in entries {
+            match Change::parse(id, fields) {
+                Ok(c) => changes.push(c),
+                Err(e) => {
+                    bad = Some(e);
+                    break;
+                }
+            }
+        }
+        let now = now_ms();
+        let result = inner.state().apply_stream(&inner.table, &changes, |c| {
+            inner.metrics.applied.inc();
+            if let Some(ms) = c.written_ms() {
+                inner
+                    .metrics
+                    .propagation
+                    .observe((now - ms).max(0) as f64 / 1000.0);
+            }
+        });
+        let why = match (result, bad) {
+            (Err(why), _) => Some(why),
+            (Ok(()), Some(bad)) => Some(format!("unreadable change in the stream: {bad}")),
+            (Ok(()), None) => None,
+        };
+        if let Some(why) = why {
+            if let Err(e) = resync(inner, conn, &why).await {
+                return e;
+            }
+        }
+        inner.current_at.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+async fn resync(
+    inner: &Arc<Inner>,
+    conn: &mut MultiplexedConnection,
+    why: &str,
+) -> Result<(), End> {
+    warn!("route store: {why}; reloading the whole table");
+    let n = full_sync(inner, conn).await?;
+    let rev = inner.state().applied;
+    info!("route store: table reloaded, {n} routes (revision {rev})");
+    Ok(())
+}
+
+/// Checks the format, initialises or re-seeds the store if needed, then loads the table.
+async fn full_sync(inner: &Arc<Inner>, conn: &mut MultiplexedConnection) -> Result<usize, End> {
+    init_store(inner, conn).await?;
+    let (epoch, rev, routes, activity, last): SnapshotReply = redis::pipe()
+        .atomic()
+        .get(&inner.keys.epoch)
+        .get(&inner.keys.rev)
+        .hgetall(&inner.keys.routes)
+        .cmd("ZRANGE")
+        .arg(&inner.keys.activity)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .cmd("XREVRANGE")
+        .arg(&inner.keys.changes)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    let snap = Snapshot {
+        epoch,
+        rev: rev.unwrap_or(0),
+        routes,
+        activity: activity.into_iter().map(|(k, v)| (k, v as i64)).collect(),
+        last_id: last.into_iter().next().map(|(id, _)| id),
+    };
+    let n = inner.state().load(&inner.table, snap);
+    inner.metrics.resyncs.inc();
+    Ok(n)
+}
+
+/// Refuses a store of another format; creates the format and epoch keys of a new store; and,
+/// when the store's epoch is not the one this replica loaded from (Redis lost its data),
+/// writes this replica's routes back.
+async fn init_store(inner: &Arc<Inner>, conn: &mut MultiplexedConnection) -> Result<(), End> {
+    let (format, epoch): (Option<String>, Option<String>) = redis::pipe()
+        .get(&inner.keys.format)
+        .get(&inner.keys.epoch)
+        .query_async(conn)
+        .await?;
+    if let Some(f) = format.as_deref().filter(|f| *f != FORMAT.to_string()) {
+        return Err(format_error(inner, f));
+    }
+    let (mine, seed) = {
+        let st = inner.state();
+        let seed = match (&st.epoch, &epoch) {
+            (Some(m), Some(e)) if m == e => None,
+            (Some(_), _) => Some(st.seed(&inner.table)),
+            (None, _) => Some(Vec::new()),
+        };
+        (st.epoch.clone(), seed)
+    };
+    if format.is_some() && mine.is_none() && epoch.is_some() {
+        return Ok(());
+    }
+    let Some(seed) = seed else {
+        return Ok(());
+    };
+    let mut inv = scripts::SEED.prepare_invoke();
+    for k in inner.keys.all() {
+        inv.key(k);
+    }
+    inv.arg(FORMAT)
+        .arg(new_epoch())
+        .arg(scripts::STREAM_MAX_LEN)
+        .arg(now_ms());
+    let n = seed.len();
+    for (slot, value, at) in seed {
+        inv.arg(slot).arg(value).arg(at);
+    }
+    let (epoch_now, added): (String, u64) = match inv.invoke_async(conn).await {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = e.to_string();
+            if let Some(f) = msg.split("HUBGATE_FORMAT ").nth(1) {
+                return Err(format_error(inner, f.trim()));
+            }
+            return Err(e.into());
+        }
+    };
+    if mine.is_some() && mine.as_deref() != Some(epoch_now.as_str()) {
+        warn!(
+            "route store: Redis at {} lost the route table (or it was replaced); restored {added} of this replica's {n} routes (the others were there already)",
+            inner.url
+        );
+    }
+    Ok(())
+}
+
+fn format_error(inner: &Inner, found: &str) -> End {
+    let newer = found.parse::<u64>().is_ok_and(|f| f > u64::from(FORMAT));
+    End::Fatal(format!(
+        "Redis at {} holds route data in format {found:?} under key prefix {:?}, {}; this hubgate reads and writes format {FORMAT} only and will not touch it (run a hubgate that knows format {found}, or give this one another storage.key-prefix)",
+        inner.url,
+        inner.settings.key_prefix,
+        if newer { "written by a newer hubgate" } else { "which this hubgate does not know" },
+    ))
+}
+
+/// A random id for a newly initialised store.
+fn new_epoch() -> String {
+    let mut b = [0u8; 12];
+    if getrandom::fill(&mut b).is_err() {
+        return format!("{:x}-{}", now_ms(), std::process::id());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
