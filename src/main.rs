@@ -7,6 +7,10 @@ use hubgate::config::{self, Cli, Config, Env, FileConfig};
 use hubgate::reload::ConfigSource;
 use hubgate::server::Hubgate;
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -367,6 +367,8 @@ pub async fn proxy(
             let _ = down.shutdown().await;
             return;
         }
+        // The response head is written; don't keep its buffer for the websocket's lifetime.
+        drop(response);
         shared.metrics.websockets_open.inc();
         let server_activity = shared.ws_activity_on_server_frames;
         let route_key = route.key.clone();
