@@ -1,0 +1,534 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: hubgate vs nginx vs configurable-http-proxy (CHP), all in front of
+# the same `hubgate-load echo-server` backend on 127.0.0.1.
+#
+# Method (see BENCHMARKS.md and the perf baseline it follows):
+#   - each proxy is pinned to core $PROXY_CPU (default 1); the load tool and the backend share
+#     core $LOAD_CPU (default 0);
+#   - proxy CPU per request/message = utime+stime of the proxy's process tree (/proc/PID/stat)
+#     during the run / requests; RSS = VmRSS summed over the process tree;
+#   - c1 added latency = p50 at one connection through the proxy - p50 direct (same rep);
+#   - idle websockets: on a fresh proxy process, (RSS with N held - RSS before) / N opened;
+#   - every measure is repeated REPS times (targets in a rotating order); the table shows the
+#     median and the min-max spread.
+#
+# Before each measured run it waits (at most QUIET_WAIT s; QUIET_TOTAL s over the whole run)
+# until no compiler (rustc, clippy-driver, cc1, ...) is running and the machine was at most
+# QUIET_BUSY % busy over one second, and it records how busy the machine was meanwhile.
+#
+# Usage:  benches/compare.sh                  # REPS=3, ~10-12 minutes on a quiet 2-core machine
+#         REPS=1 DURATION=5 benches/compare.sh  # quick look (~3 minutes)
+#
+# Environment (defaults in brackets):
+#   REPS [3]  DURATION [10] (c64 runs, s)  C1_DURATION [5]  WS_DURATION [5]  WARMUP [1]
+#   C1_SAME_CORE [1] (also measure c1 with the proxy moved onto the load core)
+#   WS_HOLD_N [5000] (plain idle websockets)  WS_TLS_N [1000] (wss)  HOLD_IN_FLIGHT [256]
+#   PROXIES ["hubgate nginx chp"]  TLS_PROXIES ["hubgate nginx chp"]
+#   HUBGATE [target/release/hubgate]  LOAD [target/release/hubgate-load]  HUBGATE_LABEL
+#   CHP [.tools/node_modules/.bin/configurable-http-proxy]  NGINX [nginx]
+#   PROXY_CPU [1]  LOAD_CPU [0]  QUIET_WAIT [600]  QUIET_TOTAL [1800]  QUIET_BUSY [30]
+#   OUT [benches/results/latest.md]  KEEP_WORK [0] (keep the temp dir with raw JSON and logs)
+#
+# The release binaries are built first if missing (cargo build --release); nothing is built
+# while measuring. Every process this script starts is stopped on exit, Ctrl-C or failure.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+REPS="${REPS:-3}"
+DURATION="${DURATION:-10}"
+C1_DURATION="${C1_DURATION:-5}"
+WS_DURATION="${WS_DURATION:-5}"
+WARMUP="${WARMUP:-1}"
+C1_SAME_CORE="${C1_SAME_CORE:-1}"
+WS_HOLD_N="${WS_HOLD_N:-5000}"
+WS_TLS_N="${WS_TLS_N:-1000}"
+HOLD_IN_FLIGHT="${HOLD_IN_FLIGHT:-256}"
+PROXIES="${PROXIES:-hubgate nginx chp}"
+TLS_PROXIES="${TLS_PROXIES:-hubgate nginx chp}"
+HUBGATE="${HUBGATE:-$ROOT/target/release/hubgate}"
+LOAD="${LOAD:-$ROOT/target/release/hubgate-load}"
+CHP="${CHP:-$ROOT/.tools/node_modules/.bin/configurable-http-proxy}"
+NGINX="${NGINX:-nginx}"
+PROXY_CPU="${PROXY_CPU:-1}"
+LOAD_CPU="${LOAD_CPU:-0}"
+QUIET_WAIT="${QUIET_WAIT:-600}"
+QUIET_TOTAL="${QUIET_TOTAL:-1800}"
+QUIET_BUSY="${QUIET_BUSY:-30}"
+OUT="${OUT:-$ROOT/benches/results/latest.md}"
+KEEP_WORK="${KEEP_WORK:-0}"
+TOKEN="bench-$$"
+
+log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+    log "ERROR: $*"
+    exit 1
+}
+
+# ------------------------------------------------------------------ process bookkeeping
+
+WORK="$(mktemp -d -t hubgate-compare.XXXXXX)"
+declare -a PIDS=()
+
+stop_pid() { # stop_pid PID [signal]: TERM (or the given signal), then KILL after 3 s
+    local pid="$1" sig="${2:-TERM}" i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -"$sig" "$pid" 2>/dev/null || true
+    for i in $(seq 30); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? i
+    trap - EXIT INT TERM
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        stop_pid "${PIDS[$i]}"
+    done
+    # anything else still attached to this shell
+    for pid in $(jobs -p); do stop_pid "$pid" KILL; done
+    if [[ "$KEEP_WORK" == 1 || $rc -ne 0 ]]; then
+        log "raw results and logs kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'log interrupted; exit 130' INT
+trap 'log terminated; exit 143' TERM
+
+# start_bg NAME CPU CMD...: start CMD pinned to CPU in the background, output to $WORK/NAME.log;
+# sets BG_PID.
+start_bg() {
+    local name="$1" cpu="$2"
+    shift 2
+    taskset -c "$cpu" "$@" >"$WORK/$name.log" 2>&1 &
+    BG_PID=$!
+    PIDS+=("$BG_PID")
+}
+
+forget_pid() { # drop a stopped pid from PIDS
+    local p="$1" i
+    for i in "${!PIDS[@]}"; do [[ "${PIDS[$i]}" == "$p" ]] && unset 'PIDS[i]'; done
+    PIDS=("${PIDS[@]}")
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# ------------------------------------------------------------------ prerequisites
+
+command -v taskset >/dev/null || die "taskset not found (util-linux)"
+command -v curl >/dev/null || die "curl not found"
+command -v python3 >/dev/null || die "python3 not found"
+command -v openssl >/dev/null || die "openssl not found"
+[[ "$(nproc)" -ge 2 ]] || die "needs at least 2 CPUs (proxy and load generator on separate cores)"
+for p in $PROXIES $TLS_PROXIES; do
+    case "$p" in
+    hubgate | chp) ;;
+    nginx) command -v "$NGINX" >/dev/null || die "nginx not found (apt-get install nginx-light, or scripts/setup.sh)" ;;
+    *) die "unknown proxy '$p' (hubgate, nginx, chp)" ;;
+    esac
+done
+if [[ " $PROXIES $TLS_PROXIES " == *" chp "* ]]; then
+    [[ -x "$CHP" ]] || die "CHP not found at $CHP (scripts/setup.sh installs it)"
+fi
+if [[ ! -x "$HUBGATE" || ! -x "$LOAD" ]]; then
+    log "building release binaries (cargo build --release --bin hubgate --bin hubgate-load)"
+    cargo build --release --bin hubgate --bin hubgate-load >&2
+fi
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+[[ "$(ulimit -n)" -ge $((2 * WS_HOLD_N + 200)) ]] || die "open files limit $(ulimit -n) is too low for WS_HOLD_N=$WS_HOLD_N"
+
+# ------------------------------------------------------------------ quietness
+
+QUIET_SPENT=0
+COMPILERS='^(rustc|clippy-driver|rustdoc|cc1|cc1plus|cargo-clippy|ld|ld.lld|lld|collect2)$'
+
+compilers_running() { pgrep -c "$COMPILERS" 2>/dev/null || true; }
+
+busy_pct_1s() { # machine busy % over one second (all CPUs)
+    python3 - <<'EOF'
+import time
+def t():
+    v=[int(x) for x in open('/proc/stat').readline().split()[1:]]
+    busy=v[0]+v[1]+v[2]+v[5]+v[6]+v[7]
+    return busy, busy+v[3]+v[4]
+b0,t0=t(); time.sleep(1); b1,t1=t()
+print(int(100*(b1-b0)/max(1,t1-t0)))
+EOF
+}
+
+# wait_quiet: sets WAITED (s) and COMPILERS_AT_START (count when the measure starts)
+wait_quiet() {
+    local start=$SECONDS n busy limit
+    limit=$QUIET_WAIT
+    ((QUIET_TOTAL - QUIET_SPENT < limit)) && limit=$((QUIET_TOTAL - QUIET_SPENT))
+    ((limit < 0)) && limit=0
+    local said=0
+    while :; do
+        n=$(compilers_running)
+        busy=$(busy_pct_1s)
+        if [[ "$n" == 0 && "$busy" -le "$QUIET_BUSY" ]]; then break; fi
+        if ((SECONDS - start >= limit)); then
+            log "machine still busy (compilers: $n, busy ${busy}%) after $((SECONDS - start)) s; measuring anyway"
+            break
+        fi
+        if [[ $said == 0 ]]; then
+            log "waiting for a quiet machine (compilers: $n, busy ${busy}%; up to ${limit} s)"
+            said=1
+        fi
+        sleep 2
+    done
+    WAITED=$((SECONDS - start))
+    QUIET_SPENT=$((QUIET_SPENT + WAITED))
+    COMPILERS_AT_START=$(compilers_running)
+}
+
+# ------------------------------------------------------------------ /proc helpers
+
+tree_pids() { # PID and its descendants
+    local p="$1" c
+    echo "$p"
+    for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do tree_pids "$c"; done
+}
+
+rss_kib() { # summed VmRSS of the tree
+    local sum=0 p v
+    for p in $(tree_pids "$1"); do
+        v=$(awk '/^VmRSS:/ {print $2}' /proc/"$p"/status 2>/dev/null || true)
+        sum=$((sum + ${v:-0}))
+    done
+    echo "$sum"
+}
+
+RECORDS="$WORK/records.jsonl"
+: >"$RECORDS"
+
+record() { # record REP TARGET MEASURE key=value... (values: numbers or plain strings)
+    local rep="$1" target="$2" measure="$3"
+    shift 3
+    python3 - "$rep" "$target" "$measure" "$@" >>"$RECORDS" <<'EOF'
+import json, sys
+rep, target, measure = sys.argv[1:4]
+d = {"rep": int(rep), "target": target, "measure": measure}
+for kv in sys.argv[4:]:
+    k, v = kv.split("=", 1)
+    try:
+        d[k] = json.loads(v)
+    except ValueError:
+        d[k] = v
+print(json.dumps(d))
+EOF
+}
+
+# ------------------------------------------------------------------ backend, TLS material
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -addext basicConstraints=critical,CA:FALSE -addext keyUsage=digitalSignature \
+    -addext extendedKeyUsage=serverAuth \
+    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" >/dev/null 2>&1 || die "openssl req failed"
+
+BACKEND_PORT=$(free_port)
+start_bg backend "$LOAD_CPU" "$LOAD" echo-server --listen "127.0.0.1:$BACKEND_PORT" --max-seconds 7200
+BACKEND_PID=$BG_PID
+for _ in $(seq 50); do
+    curl -s -o /dev/null "http://127.0.0.1:$BACKEND_PORT/" && break
+    sleep 0.1
+done
+curl -s -o /dev/null "http://127.0.0.1:$BACKEND_PORT/" || die "echo backend did not start (see $WORK/backend.log)"
+BACKEND="http://127.0.0.1:$BACKEND_PORT"
+
+# ------------------------------------------------------------------ proxies
+
+PROXY_PID=""
+PROXY_PORT=""
+PROXY_SCHEME=""
+
+write_nginx_conf() { # write_nginx_conf DIR PORT TLS(0|1)
+    local d="$1" port="$2" tls="$3" listen
+    mkdir -p "$d"
+    if [[ "$tls" == 1 ]]; then
+        listen="listen 127.0.0.1:$port ssl;
+        ssl_certificate $WORK/cert.pem;
+        ssl_certificate_key $WORK/key.pem;"
+    else
+        listen="listen 127.0.0.1:$port;"
+    fi
+    cat >"$d/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+master_process on;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+worker_rlimit_nofile $(ulimit -n);
+events { worker_connections $(($(ulimit -n) - 100)); }
+http {
+    access_log off;
+    client_body_temp_path $d/client_body;
+    proxy_temp_path $d/proxy;
+    fastcgi_temp_path $d/fastcgi;
+    uwsgi_temp_path $d/uwsgi;
+    scgi_temp_path $d/scgi;
+    upstream backend {
+        server 127.0.0.1:$BACKEND_PORT;
+        keepalive 128;
+    }
+    map \$http_upgrade \$connection_upgrade {
+        default upgrade;
+        ''      '';
+    }
+    server {
+        $listen
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection \$connection_upgrade;
+            proxy_read_timeout 3600s;
+            proxy_send_timeout 3600s;
+            proxy_max_temp_file_size 0;
+        }
+    }
+}
+EOF
+}
+
+# start_proxy NAME TLS(0|1): sets PROXY_PID, PROXY_PORT, PROXY_SCHEME; waits until it proxies
+start_proxy() {
+    local name="$1" tls="$2" api_port tls_args=() i code
+    PROXY_PORT=$(free_port)
+    PROXY_SCHEME=http
+    [[ "$tls" == 1 ]] && PROXY_SCHEME=https
+    [[ "$tls" == 1 ]] && tls_args=(--ssl-key "$WORK/key.pem" --ssl-cert "$WORK/cert.pem")
+    case "$name" in
+    hubgate | chp)
+        local bin="$HUBGATE"
+        [[ "$name" == chp ]] && bin="$CHP"
+        api_port=$(free_port)
+        CONFIGPROXY_AUTH_TOKEN="$TOKEN" start_bg "$name-$tls" "$PROXY_CPU" "$bin" \
+            --ip 127.0.0.1 --port "$PROXY_PORT" --api-ip 127.0.0.1 --api-port "$api_port" \
+            --default-target "$BACKEND" --log-level warn "${tls_args[@]}"
+        PROXY_PID=$BG_PID
+        for i in $(seq 100); do
+            code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: token $TOKEN" \
+                "http://127.0.0.1:$api_port/api/routes" || true)
+            [[ "$code" == 200 ]] && break
+            kill -0 "$PROXY_PID" 2>/dev/null || die "$name exited at start (see $WORK/$name-$tls.log)"
+            sleep 0.1
+        done
+        [[ "$code" == 200 ]] || die "$name API not ready (see $WORK/$name-$tls.log)"
+        # a second route, the one the load uses (a JupyterHub user server)
+        code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: token $TOKEN" \
+            -d "{\"target\": \"$BACKEND\"}" "http://127.0.0.1:$api_port/api/routes/user/bench")
+        [[ "$code" == 201 ]] || die "$name: adding a route answered $code"
+        ;;
+    nginx)
+        write_nginx_conf "$WORK/nginx-$tls" "$PROXY_PORT" "$tls"
+        start_bg "nginx-$tls" "$PROXY_CPU" "$NGINX" -p "$WORK/nginx-$tls" -c "$WORK/nginx-$tls/nginx.conf" \
+            -e "$WORK/nginx-$tls/error.log"
+        PROXY_PID=$BG_PID
+        ;;
+    esac
+    for i in $(seq 100); do
+        code=$(curl -sk -o /dev/null -w '%{http_code}' "$PROXY_SCHEME://127.0.0.1:$PROXY_PORT/user/bench/" || true)
+        [[ "$code" == 200 ]] && break
+        kill -0 "$PROXY_PID" 2>/dev/null || die "$name exited at start (see $WORK/$name-$tls.log)"
+        sleep 0.1
+    done
+    [[ "$code" == 200 ]] || die "$name does not proxy (last status $code; see $WORK/$name-$tls.log)"
+}
+
+stop_proxy() {
+    [[ -n "$PROXY_PID" ]] || return 0
+    stop_pid "$PROXY_PID"
+    forget_pid "$PROXY_PID"
+    PROXY_PID=""
+}
+
+# ------------------------------------------------------------------ measures
+
+# load REP TARGET MEASURE ARGS...: run hubgate-load pinned to LOAD_CPU (in the background, so
+# a signal to this script is handled at once), record its JSON
+load() {
+    local rep="$1" target="$2" measure="$3"
+    shift 3
+    local json="$WORK/r$rep-$target-$measure.json" watch=(--watch "backend=$BACKEND_PID") lpid
+    [[ -n "$PROXY_PID" ]] && watch+=(--watch "proxy=$PROXY_PID")
+    wait_quiet
+    taskset -c "$LOAD_CPU" "$LOAD" "$@" --json "$json" "${watch[@]}" \
+        >"$WORK/r$rep-$target-$measure.out" 2>"$WORK/r$rep-$target-$measure.err" &
+    lpid=$!
+    PIDS+=("$lpid")
+    if ! wait "$lpid"; then
+        forget_pid "$lpid"
+        die "hubgate-load $measure against $target failed: $(tail -3 "$WORK/r$rep-$target-$measure.err")"
+    fi
+    forget_pid "$lpid"
+    record "$rep" "$target" "$measure" "json=$json" "waited_s=$WAITED" "compilers=$COMPILERS_AT_START"
+    python3 - "$json" "$target" "$measure" >&2 <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1])); l = d["latency_us"]
+w = d.get("watch", {}).get("proxy")
+cpu = f"  proxy {w['cpu_us'] / max(1, d['requests']):.1f} µs cpu/op" if w else ""
+print(f"    {sys.argv[2]:<8} {sys.argv[3]:<8} {d['rps']:>10.0f}/s  p50 {l['p50']} µs  p99 {l['p99']} µs"
+      f"  errors {d['errors']}{cpu}  (bg busy {d['machine']['background_busy_pct']}%)")
+EOF
+}
+
+# hold REP TARGET MEASURE N URL [args]: N idle websockets on a fresh proxy (already started)
+hold() {
+    local rep="$1" target="$2" measure="$3" n="$4" url="$5"
+    shift 5
+    local json="$WORK/r$rep-$target-$measure.json" ready="$WORK/ready-$rep-$target-$measure" \
+        stopf="$WORK/stop-$rep-$target-$measure" idle with lpid i
+    rm -f "$ready" "$stopf"
+    wait_quiet
+    sleep 1
+    idle=$(rss_kib "$PROXY_PID")
+    taskset -c "$LOAD_CPU" "$LOAD" ws-hold "$url" -c "$n" -k "$HOLD_IN_FLIGHT" --hold 120s \
+        --ready-file "$ready" --stop-file "$stopf" --json "$json" --watch "proxy=$PROXY_PID" \
+        --watch "backend=$BACKEND_PID" "$@" \
+        >"$WORK/r$rep-$target-$measure.out" 2>"$WORK/r$rep-$target-$measure.err" &
+    lpid=$!
+    PIDS+=("$lpid")
+    for i in $(seq 1200); do
+        [[ -s "$ready" ]] && break
+        kill -0 "$lpid" 2>/dev/null || break
+        sleep 0.1
+    done
+    [[ -s "$ready" ]] || die "ws-hold against $target did not finish opening (see $WORK/r$rep-$target-$measure.err)"
+    sleep 2 # let the proxy settle
+    local s1 s2 s3
+    s1=$(rss_kib "$PROXY_PID")
+    sleep 0.5
+    s2=$(rss_kib "$PROXY_PID")
+    sleep 0.5
+    s3=$(rss_kib "$PROXY_PID")
+    with=$(printf '%s\n' "$s1" "$s2" "$s3" | sort -n | sed -n 2p)
+    touch "$stopf"
+    if ! wait "$lpid"; then
+        forget_pid "$lpid"
+        die "ws-hold against $target failed: $(tail -3 "$WORK/r$rep-$target-$measure.err")"
+    fi
+    forget_pid "$lpid"
+    record "$rep" "$target" "$measure" "json=$json" "rss_idle_kib=$idle" "rss_with_kib=$with" \
+        "n=$n" "waited_s=$WAITED" "compilers=$COMPILERS_AT_START"
+    python3 - "$json" "$target" "$measure" "$idle" "$with" >&2 <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1])); e = d["extra"]; idle, w = int(sys.argv[4]), int(sys.argv[5])
+print(f"    {sys.argv[2]:<8} {sys.argv[3]:<8} opened {e['opened']} failed {e['failed']} dropped {e['dropped_while_held']}"
+      f" in {e['open_time_s']} s; rss {idle/1024:.1f} -> {w/1024:.1f} MiB"
+      f" = {(w-idle)/max(1,e['opened']):.1f} KiB/ws")
+EOF
+}
+
+pin_tree() { # pin_tree PID CPU: move every thread of the process tree to CPU
+    local p
+    for p in $(tree_pids "$1"); do taskset -a -p -c "$2" "$p" >/dev/null 2>&1 || true; done
+}
+
+measure_http_ws() { # REP TARGET BASEURL (http://host:port)
+    local rep="$1" target="$2" base="$3"
+    local ws="${base/http:/ws:}/user/bench/api/kernels/k/channels"
+    if [[ "$WARMUP" != 0 ]]; then
+        taskset -c "$LOAD_CPU" "$LOAD" http "$base/user/bench/" -c 64 -d "$WARMUP" --no-progress >/dev/null 2>&1 &
+        local w=$!
+        PIDS+=("$w")
+        wait "$w" || true
+        forget_pid "$w"
+    fi
+    load "$rep" "$target" small http "$base/user/bench/" -c 64 -d "$DURATION"
+    load "$rep" "$target" big http "$base/user/bench/64k" -c 64 -d "$DURATION"
+    load "$rep" "$target" c1 http "$base/user/bench/" -c 1 -d "$C1_DURATION"
+    if [[ -n "$PROXY_PID" && "$C1_SAME_CORE" == 1 ]]; then
+        # The same with the proxy moved onto the load core: no cross-core wakeups, which cost
+        # tens of µs per hop on some VMs and then dominate the c1 figure.
+        pin_tree "$PROXY_PID" "$LOAD_CPU"
+        load "$rep" "$target" c1same http "$base/user/bench/" -c 1 -d "$C1_DURATION"
+        pin_tree "$PROXY_PID" "$PROXY_CPU"
+    fi
+    load "$rep" "$target" ws ws-echo "$ws" -c 64 -s 128 -d "$WS_DURATION"
+}
+
+# ------------------------------------------------------------------ the run
+
+describe_machine() {
+    {
+        echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        echo "nproc=$(nproc)"
+        echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+        echo "kernel=$(uname -r)"
+        echo "mem=$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+        echo "nginx=$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')"
+        echo "chp=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["version"])' \
+            "$(dirname "$(readlink -f "$CHP")")/../package.json" 2>/dev/null || echo '?')"
+        echo "node=$(node --version 2>/dev/null || echo '?')"
+        echo "hubgate=${HUBGATE_LABEL:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$([[ -n "$(git -C "$ROOT" status --porcelain -- src Cargo.toml 2>/dev/null)" ]] && echo ' + uncommitted changes')}"
+        echo "hubgate_bin=$HUBGATE ($(date -u -r "$HUBGATE" +%Y-%m-%dT%H:%M:%SZ))"
+        echo "reps=$REPS"
+        echo "duration=$DURATION"
+        echo "c1_duration=$C1_DURATION"
+        echo "ws_duration=$WS_DURATION"
+        echo "ws_hold_n=$WS_HOLD_N"
+        echo "ws_tls_n=$WS_TLS_N"
+        echo "hold_in_flight=$HOLD_IN_FLIGHT"
+        echo "proxy_cpu=$PROXY_CPU"
+        echo "load_cpu=$LOAD_CPU"
+        echo "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)"
+    } >"$WORK/machine.env"
+}
+
+describe_machine
+log "work dir $WORK; backend $BACKEND (pid $BACKEND_PID); REPS=$REPS DURATION=$DURATION"
+T0=$SECONDS
+TARGETS=(direct $PROXIES)
+for ((rep = 1; rep <= REPS; rep++)); do
+    # rotate the order each rep so slow drift in background load hits every target alike
+    order=()
+    for ((i = 0; i < ${#TARGETS[@]}; i++)); do
+        order+=("${TARGETS[$(((i + rep - 1) % ${#TARGETS[@]}))]}")
+    done
+    log "rep $rep/$REPS: ${order[*]}"
+    for target in "${order[@]}"; do
+        if [[ "$target" == direct ]]; then
+            PROXY_PID=""
+            measure_http_ws "$rep" direct "$BACKEND"
+            continue
+        fi
+        # HTTP + websocket echo on one process; its idle RSS first
+        start_proxy "$target" 0
+        sleep 1
+        record "$rep" "$target" rss_idle "value_kib=$(rss_kib "$PROXY_PID")"
+        measure_http_ws "$rep" "$target" "http://127.0.0.1:$PROXY_PORT"
+        stop_proxy
+        # idle websockets, plain, fresh process
+        start_proxy "$target" 0
+        hold "$rep" "$target" hold "$WS_HOLD_N" "ws://127.0.0.1:$PROXY_PORT/user/bench/api/kernels/k/channels"
+        stop_proxy
+        # idle websockets over TLS, fresh process
+        if [[ " $TLS_PROXIES " == *" $target "* && "$WS_TLS_N" -gt 0 ]]; then
+            start_proxy "$target" 1
+            hold "$rep" "$target" hold_tls "$WS_TLS_N" "wss://127.0.0.1:$PROXY_PORT/user/bench/api/kernels/k/channels" \
+                --ca "$WORK/cert.pem"
+            stop_proxy
+        fi
+    done
+done
+echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/machine.env"
+echo "elapsed_s=$((SECONDS - T0))" >>"$WORK/machine.env"
+echo "quiet_wait_s=$QUIET_SPENT" >>"$WORK/machine.env"
+
+mkdir -p "$(dirname "$OUT")"
+python3 "$ROOT/benches/compare_report.py" "$WORK" "$OUT"
+cat "$OUT"
+log "done in $((SECONDS - T0)) s; table in $OUT"
