@@ -196,6 +196,7 @@ wait_quiet() {
 tree_pids() { # PID and its descendants
     local p="$1" c
     echo "$p"
+    # shellcheck disable=SC2013 # the children files are space-separated pids
     for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do tree_pids "$c"; done
 }
 
@@ -491,7 +492,7 @@ describe_machine() {
 describe_machine
 log "work dir $WORK; backend $BACKEND (pid $BACKEND_PID); REPS=$REPS DURATION=$DURATION"
 T0=$SECONDS
-TARGETS=(direct $PROXIES)
+read -r -a TARGETS <<<"direct $PROXIES"
 for ((rep = 1; rep <= REPS; rep++)); do
     # rotate the order each rep so slow drift in background load hits every target alike
     order=()
@@ -524,9 +525,11 @@ for ((rep = 1; rep <= REPS; rep++)); do
         fi
     done
 done
-echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/machine.env"
-echo "elapsed_s=$((SECONDS - T0))" >>"$WORK/machine.env"
-echo "quiet_wait_s=$QUIET_SPENT" >>"$WORK/machine.env"
+{
+    echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "elapsed_s=$((SECONDS - T0))"
+    echo "quiet_wait_s=$QUIET_SPENT"
+} >>"$WORK/machine.env"
 
 mkdir -p "$(dirname "$OUT")"
 python3 "$ROOT/benches/compare_report.py" "$WORK" "$OUT"

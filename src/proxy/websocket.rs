@@ -241,7 +241,8 @@ fn request_head(
 /// Reads the upstream's response head (up to 64 KiB); returns it with any bytes after it.
 async fn read_response_head(up: &mut Upstream) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
+    // On the heap: an array here would live in the relay task for the websocket's whole life.
+    let mut chunk = vec![0u8; 4096];
     loop {
         let n = up.read(&mut chunk).await?;
         if n == 0 {
