@@ -11,7 +11,24 @@ use hubgate::server::Hubgate;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turns transparent huge pages off for this process unless `MIMALLOC_ALLOW_THP` says
+/// otherwise. mimalloc asks for huge pages on its segments; with THP in `madvise` mode that
+/// doubles idle RSS (12 → 24 MiB measured) for no measurable CPU gain on a proxy.
+#[cfg(all(feature = "mimalloc", target_os = "linux"))]
+fn disable_transparent_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
+        unsafe {
+            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        }
+    }
+}
+
+#[cfg(not(all(feature = "mimalloc", target_os = "linux")))]
+fn disable_transparent_huge_pages() {}
+
 fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {

@@ -2,6 +2,9 @@
 //! CHP's include-prefix / prepend-path URL joining, the `X-Forwarded-*` set, custom
 //! headers, `--change-origin`, and `--auto-rewrite` / `--protocol-rewrite`.
 
+use std::io::Write;
+use std::net::IpAddr;
+
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::HeaderMap;
 
@@ -76,7 +79,7 @@ pub fn upstream_path(
 /// What the proxy knows about the downstream connection, for `X-Forwarded-*`.
 pub struct Downstream<'a> {
     /// The client's IP, when it came over TCP.
-    pub client_ip: Option<String>,
+    pub client_ip: Option<IpAddr>,
     /// Whether the client connection is TLS.
     pub tls: bool,
     /// Whether this is a websocket upgrade (`ws`/`wss`, and no `X-Forwarded-Host`).
@@ -85,14 +88,45 @@ pub struct Downstream<'a> {
     pub target: &'a Target,
 }
 
-fn append_value(headers: &mut HeaderMap, name: &'static str, value: &str) {
-    let joined = match headers.get(name).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing},{value}"),
-        _ => value.to_string(),
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// An IP address as a header value, formatted on the stack (one allocation, the value's).
+fn ip_value(ip: IpAddr) -> Option<HeaderValue> {
+    let mut buf = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    write!(cursor, "{ip}").ok()?;
+    let len = usize::try_from(cursor.position()).ok()?;
+    HeaderValue::from_bytes(&buf[..len]).ok()
+}
+
+/// The value of one `X-Forwarded-*` header: the client's lines of it joined as node joins
+/// repeated headers (`", "`), then ours appended with `","` as http-proxy does; `None` when
+/// the client sent none and we add nothing.
+fn forwarded(
+    headers: &HeaderMap,
+    name: &HeaderName,
+    ours: Option<HeaderValue>,
+) -> Option<HeaderValue> {
+    let mut lines = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    let Some(first) = lines.next() else {
+        // The common case: nothing to merge, so no string is built.
+        return ours;
     };
-    if let Ok(v) = HeaderValue::from_str(&joined) {
-        headers.insert(name, v);
+    let mut joined = first.to_string();
+    for v in lines {
+        joined.push_str(", ");
+        joined.push_str(v);
     }
+    if let Some(ours) = ours.as_ref().and_then(|v| v.to_str().ok()) {
+        if !joined.is_empty() {
+            joined.push(',');
+        }
+        joined.push_str(ours);
+    }
+    HeaderValue::from_str(&joined).ok()
 }
 
 /// The request headers to send upstream, computed from the client's headers: the
@@ -103,66 +137,53 @@ pub fn request_headers(
     down: &Downstream<'_>,
     fwd: &Forwarding,
 ) -> Vec<(HeaderName, HeaderValue)> {
-    let mut out: HeaderMap = HeaderMap::new();
+    let mut out = Vec::with_capacity(5 + fwd.custom_headers.len());
     if fwd.x_forward {
-        let host = headers.get(HOST).and_then(|h| h.to_str().ok());
+        let host = headers.get(HOST);
         let port = host
+            .and_then(|h| h.to_str().ok())
             .and_then(|h| h.rsplit_once(':'))
             .map(|(_, p)| p)
             .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-            .map(str::to_string)
-            .unwrap_or_else(|| if down.tls { "443".into() } else { "80".into() });
-        let proto = match (down.websocket, down.tls) {
+            .and_then(|p| HeaderValue::from_str(p).ok())
+            .unwrap_or_else(|| HeaderValue::from_static(if down.tls { "443" } else { "80" }));
+        let proto = HeaderValue::from_static(match (down.websocket, down.tls) {
             (false, false) => "http",
             (false, true) => "https",
             (true, false) => "ws",
             (true, true) => "wss",
-        };
-        for name in [
-            "x-forwarded-for",
-            "x-forwarded-port",
-            "x-forwarded-proto",
-            "x-forwarded-host",
+        });
+        let ip = down.client_ip.and_then(ip_value);
+        for (name, ours) in [
+            (X_FORWARDED_FOR, ip),
+            (X_FORWARDED_PORT, Some(port)),
+            (X_FORWARDED_PROTO, Some(proto)),
         ] {
-            // Repeated header lines are one list, as node joins them.
-            let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
-            if let Some(first) = values.next() {
-                let mut joined = first.to_string();
-                for v in values {
-                    joined.push_str(", ");
-                    joined.push_str(v);
-                }
-                if let Ok(v) = HeaderValue::from_str(&joined) {
-                    out.insert(name, v);
-                }
+            if let Some(v) = forwarded(headers, &name, ours) {
+                out.push((name, v));
             }
         }
-        if let Some(ip) = &down.client_ip {
-            append_value(&mut out, "x-forwarded-for", ip);
-        }
-        append_value(&mut out, "x-forwarded-port", &port);
-        append_value(&mut out, "x-forwarded-proto", proto);
-        if !down.websocket && !out.contains_key("x-forwarded-host") {
-            let v =
-                HeaderValue::from_str(host.unwrap_or("")).unwrap_or(HeaderValue::from_static(""));
-            out.insert("x-forwarded-host", v);
+        // The client's X-Forwarded-Host wins; websockets get none of ours (as http-proxy).
+        let ours_host = if down.websocket {
+            None
+        } else {
+            Some(host.cloned().unwrap_or(HeaderValue::from_static("")))
+        };
+        if let Some(v) = forwarded(headers, &X_FORWARDED_HOST, None).or(ours_host) {
+            out.push((X_FORWARDED_HOST, v));
         }
     }
-    let mut result: Vec<(HeaderName, HeaderValue)> = out
-        .into_iter()
-        .filter_map(|(k, v)| k.map(|k| (k, v)))
-        .collect();
     for (name, value) in &fwd.custom_headers {
-        result.retain(|(k, _)| k != name);
-        result.push((name.clone(), value.clone()));
+        out.retain(|(k, _)| k != name);
+        out.push((name.clone(), value.clone()));
     }
     if fwd.change_origin {
         if let Ok(v) = HeaderValue::from_str(&down.target.host_header) {
-            result.retain(|(k, _)| k != HOST);
-            result.push((HOST, v));
+            out.retain(|(k, _)| k != HOST);
+            out.push((HOST, v));
         }
     }
-    result
+    out
 }
 
 /// `--auto-rewrite` / `--protocol-rewrite`: the new `Location` for a redirect from `target`,
@@ -282,7 +303,7 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         let t = Target::parse("http://127.0.0.1:9").unwrap();
         let down = Downstream {
-            client_ip: Some("127.0.0.1".into()),
+            client_ip: Some(IpAddr::from([127, 0, 0, 1])),
             tls: false,
             websocket: false,
             target: &t,

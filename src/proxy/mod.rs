@@ -548,7 +548,7 @@ impl ProxyHttp for HubProxy {
                 return self.refuse(session, ctx, 500, &msg).await;
             }
         };
-        let query = query.map(|q| String::from_utf8_lossy(q).into_owned());
+        let query = query.map(String::from_utf8_lossy);
 
         let auth = sh.auth.load_full();
         if let Some(auth) = &auth {
@@ -578,7 +578,7 @@ impl ProxyHttp for HubProxy {
             query.as_deref(),
         ) {
             // A credential in the query never travels further.
-            query = Some(crate::auth::strip_query_param(q, param));
+            query = Some(Cow::Owned(crate::auth::strip_query_param(q, param)));
         }
 
         let started = Instant::now();
@@ -641,7 +641,7 @@ impl ProxyHttp for HubProxy {
             let client_ip = session
                 .client_addr()
                 .and_then(|a| a.as_inet())
-                .map(|a| a.ip().to_string());
+                .map(|a| a.ip());
             let down = forward::Downstream {
                 client_ip,
                 tls: sh.listener_tls,
@@ -726,7 +726,7 @@ impl ProxyHttp for HubProxy {
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
+            .map(|a| a.ip());
         let down = forward::Downstream {
             client_ip,
             tls: sh.listener_tls,

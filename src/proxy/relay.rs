@@ -1,6 +1,6 @@
 //! A bidirectional byte relay that holds no buffer while idle.
 //!
-//! Each poll reads into a scratch array on the stack and writes it straight on; only bytes
+//! Each poll reads into an uninitialised scratch array on the stack and writes it straight on; only bytes
 //! the writer cannot take yet are copied to the heap, and freed once written. An idle
 //! kernel websocket therefore costs its two sockets and this small struct, not the three
 //! 64 KiB buffers pingora's upgraded-body path keeps (reference
@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -100,8 +101,10 @@ where
             return Poll::Pending;
         }
         reads += 1;
-        let mut scratch = [0u8; SCRATCH];
-        let mut buf = ReadBuf::new(&mut scratch);
+        // Uninitialised: zeroing 16 KiB before every read (including the final one that
+        // finds nothing) cost ~1 µs per relayed message.
+        let mut scratch = [MaybeUninit::<u8>::uninit(); SCRATCH];
+        let mut buf = ReadBuf::uninit(&mut scratch);
         ready!(Pin::new(&mut *reader).poll_read(cx, &mut buf))?;
         let filled = buf.filled();
         if filled.is_empty() {

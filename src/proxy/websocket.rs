@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use log::{debug, error, info};
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType,
@@ -129,75 +130,136 @@ pub async fn respond_bare(session: &mut Session, code: u16) {
     }
 }
 
-/// A connected upstream socket.
-enum Upstream {
+/// One side of a relayed websocket: a bare socket, or a client connection still inside
+/// pingora's wrapper (TLS).
+enum Conn {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Pingora(Stream),
 }
 
-impl fmt::Debug for Upstream {
+/// Unwraps a plain client connection from pingora's stream once the upgrade is answered.
+///
+/// pingora's L4 stream keeps a write buffer (1.4 KiB) and its digests for the connection's
+/// whole life; an idle kernel websocket held that for hours. A duplicate of the descriptor
+/// becomes a bare tokio socket, and pingora's wrapper is dropped (it deregisters and closes
+/// its own descriptor; the socket stays open through the duplicate). Nothing is buffered
+/// in the wrapper at this point: reads are unbuffered on the public listener and the 101
+/// was flushed. TLS connections and anything unexpected stay wrapped.
+fn unwrap_client(down: Stream) -> Conn {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let Some(fd) = down
+        .as_any()
+        .downcast_ref::<L4Stream>()
+        .map(|l4| l4.as_raw_fd())
+    else {
+        return Conn::Pingora(down);
+    };
+    let mut domain: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` is the open socket `down` owns; the out-pointers are valid for their size.
+    let got = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: as above; F_DUPFD_CLOEXEC returns a new descriptor we then own.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if got != 0 || dup < 0 {
+        return Conn::Pingora(down);
+    }
+    // SAFETY: `dup` was just returned by fcntl and is owned by nothing else.
+    let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+    let bare = match domain {
+        libc::AF_INET | libc::AF_INET6 => {
+            TcpStream::from_std(std::net::TcpStream::from(owned)).map(Conn::Tcp)
+        }
+        libc::AF_UNIX => {
+            UnixStream::from_std(std::os::unix::net::UnixStream::from(owned)).map(Conn::Unix)
+        }
+        _ => return Conn::Pingora(down),
+    };
+    match bare {
+        Ok(conn) => conn,
+        Err(e) => {
+            debug!("websocket client stays in pingora's stream: {e}");
+            Conn::Pingora(down)
+        }
+    }
+}
+
+impl fmt::Debug for Conn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Upstream::Tcp(_) => "tcp",
-            Upstream::Unix(_) => "unix",
+            Conn::Tcp(_) => "tcp",
+            Conn::Unix(_) => "unix",
+            Conn::Pingora(_) => "pingora",
         })
     }
 }
 
-impl AsyncRead for Upstream {
+impl AsyncRead for Conn {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Upstream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Upstream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Pingora(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for Upstream {
+impl AsyncWrite for Conn {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Upstream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Upstream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Pingora(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Upstream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Upstream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Conn::Unix(s) => Pin::new(s).poll_flush(cx),
+            Conn::Pingora(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Upstream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Upstream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Pingora(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
 
-async fn connect(shared: &Shared, target: &Target) -> std::io::Result<Upstream> {
+async fn connect(shared: &Shared, target: &Target) -> std::io::Result<Conn> {
     let timeout = shared.timeouts.connect;
     let fut = async {
         match &target.addr {
-            TargetAddr::Ip(addr) => TcpStream::connect(addr).await.map(Upstream::Tcp),
+            TargetAddr::Ip(addr) => TcpStream::connect(addr).await.map(Conn::Tcp),
             TargetAddr::Name { host, port } => {
                 let addr = shared.resolver.resolve(host, *port, timeout).await?;
-                TcpStream::connect(addr).await.map(Upstream::Tcp)
+                TcpStream::connect(addr).await.map(Conn::Tcp)
             }
-            TargetAddr::Unix(path) => UnixStream::connect(path).await.map(Upstream::Unix),
+            TargetAddr::Unix(path) => UnixStream::connect(path).await.map(Conn::Unix),
         }
     };
     let up = tokio::time::timeout(timeout, fut)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    if let Upstream::Tcp(s) = &up {
+    if let Conn::Tcp(s) = &up {
         let _ = s.set_nodelay(true);
         let sock = socket2::SockRef::from(s);
         let _ = sock
@@ -239,7 +301,7 @@ fn request_head(
 }
 
 /// Reads the upstream's response head (up to 64 KiB); returns it with any bytes after it.
-async fn read_response_head(up: &mut Upstream) -> std::io::Result<Vec<u8>> {
+async fn read_response_head(up: &mut Conn) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(1024);
     // On the heap: an array here would live in the relay task for the websocket's whole life.
     let mut chunk = vec![0u8; 4096];
@@ -379,7 +441,7 @@ pub async fn proxy(
         let client_shared = shared.clone();
         let relay_shared = shared.clone();
         let relay = Relay::new(
-            down,
+            unwrap_client(down),
             up,
             move |data: &[u8]| {
                 let m = &client_shared.metrics;
