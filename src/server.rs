@@ -244,16 +244,16 @@ impl Hubgate {
                 // The shared store writes --default-target itself, once it has loaded the table.
                 let redis = RedisStore::new(settings.clone(), config.default_target.clone())
                     .map_err(StartError::Store)?;
-                let sync = (redis.sync_service(), redis.collectors()?);
+                let sync = redis.sync_service();
                 (Arc::new(redis), Some(sync))
             }
         };
         let table = store.table().clone();
         let metrics = Arc::new(Metrics::new(table.clone())?);
-        if let Some((sync, collectors)) = store_sync {
-            for c in collectors {
-                metrics.register(c)?;
-            }
+        for c in store.collectors()? {
+            metrics.register(c)?;
+        }
+        if let Some(sync) = store_sync {
             server.add_service(background_service("route store", sync));
         }
 
