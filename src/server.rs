@@ -226,6 +226,14 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
+/// pingora's keep-alive timeout is in whole seconds: round `--keep-alive-timeout` up, so an
+/// idle client connection is never closed before the configured time (a balancer in front
+/// expects it to stay open that long; closing early gives its users 502s).
+fn keepalive_secs(keep_alive: Duration) -> u64 {
+    let secs = keep_alive.as_secs() + u64::from(keep_alive.subsec_nanos() > 0);
+    secs.max(1)
+}
+
 impl Hubgate {
     /// Builds every service from the configuration. Nothing binds until [`Hubgate::run`].
     pub fn build(config: Config, source: ConfigSource) -> Result<Hubgate, StartError> {
@@ -281,7 +289,7 @@ impl Hubgate {
             ws_activity_on_server_frames: config.ws_activity_on_server_frames,
             listener_tls: config.proxy_tls.is_some(),
             in_flight: Default::default(),
-            keepalive_secs: config.timeouts.keep_alive.as_secs().max(1),
+            keepalive_secs: keepalive_secs(config.timeouts.keep_alive),
             auth: arc_swap::ArcSwapOption::new(auth.clone()),
             access_log: config.access_log,
             store: store.clone(),
@@ -442,5 +450,20 @@ impl Hubgate {
         });
         remove_pid_file(&self.pid_file);
         std::process::exit(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_alive_is_rounded_up_to_whole_seconds() {
+        let ms = Duration::from_millis;
+        assert_eq!(keepalive_secs(ms(5000)), 5);
+        assert_eq!(keepalive_secs(ms(1500)), 2);
+        assert_eq!(keepalive_secs(ms(61_001)), 62);
+        assert_eq!(keepalive_secs(ms(1)), 1);
+        assert_eq!(keepalive_secs(ms(0)), 1);
     }
 }
