@@ -223,6 +223,14 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
+/// pingora's keep-alive timeout is in whole seconds: round `--keep-alive-timeout` up, so an
+/// idle client connection is never closed before the configured time (a balancer in front
+/// expects it to stay open that long; closing early gives its users 502s).
+fn keepalive_secs(keep_alive: Duration) -> u64 {
+    let secs = keep_alive.as_secs() + u64::from(keep_alive.subsec_nanos() > 0);
+    secs.max(1)
+}
+
 impl Hubgate {
     /// Builds every service from the configuration. Nothing binds until [`Hubgate::run`].
     pub fn build(config: Config, source: ConfigSource) -> Result<Hubgate, StartError> {
@@ -241,16 +249,16 @@ impl Hubgate {
                 // The shared store writes --default-target itself, once it has loaded the table.
                 let redis = RedisStore::new(settings.clone(), config.default_target.clone())
                     .map_err(StartError::Store)?;
-                let sync = (redis.sync_service(), redis.collectors()?);
+                let sync = redis.sync_service();
                 (Arc::new(redis), Some(sync))
             }
         };
         let table = store.table().clone();
         let metrics = Arc::new(Metrics::new(table.clone())?);
-        if let Some((sync, collectors)) = store_sync {
-            for c in collectors {
-                metrics.register(c)?;
-            }
+        for c in store.collectors()? {
+            metrics.register(c)?;
+        }
+        if let Some(sync) = store_sync {
             server.add_service(background_service("route store", sync));
         }
 
@@ -278,7 +286,7 @@ impl Hubgate {
             ws_activity_on_server_frames: config.ws_activity_on_server_frames,
             listener_tls: config.proxy_tls.is_some(),
             in_flight: Default::default(),
-            keepalive_secs: config.timeouts.keep_alive.as_secs().max(1),
+            keepalive_secs: keepalive_secs(config.timeouts.keep_alive),
             auth: arc_swap::ArcSwapOption::new(auth.clone()),
             access_log: config.access_log,
             store: store.clone(),
@@ -447,5 +455,20 @@ impl Hubgate {
         });
         remove_pid_file(&self.pid_file);
         std::process::exit(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_alive_is_rounded_up_to_whole_seconds() {
+        let ms = Duration::from_millis;
+        assert_eq!(keepalive_secs(ms(5000)), 5);
+        assert_eq!(keepalive_secs(ms(1500)), 2);
+        assert_eq!(keepalive_secs(ms(61_001)), 62);
+        assert_eq!(keepalive_secs(ms(1)), 1);
+        assert_eq!(keepalive_secs(ms(0)), 1);
     }
 }

@@ -214,12 +214,27 @@ impl Replica {
         get(self.metrics_port, "/metrics").text()
     }
 
-    /// The value of an unlabelled metric.
+    /// The value of a metric that has one series (`name value` or `name{labels} value`).
     fn metric(&self, name: &str) -> f64 {
         let text = self.metrics_text();
         text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .find_map(|l| {
+                let rest = l.strip_prefix(name)?;
+                // Not a longer name that merely starts with `name`.
+                let value = match rest.strip_prefix('{') {
+                    Some(labelled) => labelled.split_once("} ")?.1,
+                    None => rest.strip_prefix(' ')?,
+                };
+                value.trim().parse().ok()
+            })
             .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+    }
+
+    /// True if the scrape has a series of `name` with exactly the label set `labels`
+    /// (e.g. `{backend="redis"}`).
+    fn has_series(&self, name: &str, labels: &str) -> bool {
+        let prefix = format!("{name}{labels} ");
+        self.metrics_text().lines().any(|l| l.starts_with(&prefix))
     }
 
     /// The table as `key → data without last_activity`.
@@ -330,6 +345,40 @@ fn a_write_on_one_replica_routes_through_the_others() {
     assert_eq!(rs[2].api_delete("/api/routes/user/alice").status, 404);
     let h = rs[0].healthz();
     assert_eq!(h.json()["store"], "up", "{}", h.describe());
+    // Every store metric the dashboard shows is exported by a Redis replica (the in-memory
+    // store exports only hubgate_store_up; tests/metrics_tests.rs checks the rest).
+    let shown = dashboard_store_metrics();
+    assert_eq!(shown.len(), 6, "store metrics on the dashboard: {shown:?}");
+    let text = rs[0].metrics_text();
+    for name in &shown {
+        assert!(
+            text.lines().any(|l| l.starts_with(name.as_str())),
+            "{name} is on the dashboard but not exported with Redis:\n{text}"
+        );
+    }
+    assert!(
+        rs[0].has_series("hubgate_store_up", r#"{backend="redis"}"#),
+        "{text}"
+    );
+}
+
+/// The `hubgate_store_*` metric families the Grafana dashboard queries.
+fn dashboard_store_metrics() -> std::collections::BTreeSet<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/grafana/hubgate-dashboard.json"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("hubgate_store_"))
+        .map(|w| {
+            ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| w.strip_suffix(s))
+                .unwrap_or(w)
+                .to_string()
+        })
+        .collect()
 }
 
 #[test]
@@ -397,6 +446,7 @@ fn redis_outage_routing_continues_writes_503_then_resync() {
     rs[0].add_route("/user/a", &echo.url());
     wait_route(&rs[1], "/user/a", true);
     assert_eq!(rs[1].metric("hubgate_store_up"), 1.0);
+    assert!(rs[1].has_series("hubgate_store_up", r#"{backend="redis"}"#));
 
     redis.kill();
     for r in &rs {

@@ -5,16 +5,10 @@
 
 mod support;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::io;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::client::IO_TIMEOUT;
+use support::tls::{client_config, self_signed_cert, CertFiles, KeyKind, ServerTrust};
 use support::ws::tungstenite;
 use support::*;
 
@@ -27,48 +21,16 @@ const T: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------------
 
 struct CertPair {
-    cert: PathBuf,
-    key: PathBuf,
+    files: CertFiles,
     /// DER of the certificate (what a client sees in the handshake).
     der: Vec<u8>,
 }
 
 /// A self-signed server certificate for localhost/127.0.0.1 with its own CN and serial.
-/// `ec`: ECDSA P-256 instead of RSA-2048.
-fn make_cert(dir: &Path, cn: &str, serial: &str, ec: bool) -> CertPair {
-    std::fs::create_dir_all(dir).unwrap();
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    let mut cmd = Command::new("openssl");
-    cmd.args(["req", "-x509", "-nodes", "-days", "2"]);
-    if ec {
-        cmd.args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]);
-    } else {
-        cmd.args(["-newkey", "rsa:2048"]);
-    }
-    let out = cmd
-        .args(["-subj", &format!("/CN={cn}"), "-set_serial", serial])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-addext", "extendedKeyUsage=serverAuth"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("run openssl (is the openssl CLI installed?)");
-    assert!(
-        out.status.success(),
-        "openssl req failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pem = std::fs::read(&cert).unwrap();
-    let der = rustls_pemfile::certs(&mut pem.as_slice())
-        .next()
-        .expect("a certificate in the PEM")
-        .unwrap()
-        .to_vec();
-    CertPair { cert, key, der }
+fn make_cert(dir: &Path, cn: &str, serial: &str, key: KeyKind) -> CertPair {
+    let files = self_signed_cert(dir, cn, Some(serial), key);
+    let der = files.der();
+    CertPair { files, der }
 }
 
 /// Replaces `dst` with `contents` atomically (write aside, rename over).
@@ -80,92 +42,15 @@ fn replace_file(dst: &Path, contents: &[u8]) {
 
 /// Installs `pair` as the live files: key first, then certificate.
 fn install(pair: &CertPair, live_cert: &Path, live_key: &Path) {
-    replace_file(live_key, &std::fs::read(&pair.key).unwrap());
-    replace_file(live_cert, &std::fs::read(&pair.cert).unwrap());
-}
-
-/// Accepts any server certificate (the test only wants to see which one is served), but
-/// still checks the handshake signature against it.
-#[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    replace_file(live_key, &std::fs::read(&pair.files.key).unwrap());
+    replace_file(live_cert, &std::fs::read(&pair.files.cert).unwrap());
 }
 
 /// A TLS connection to 127.0.0.1:`port` (SNI localhost) and the DER of the certificate
-/// the server presented.
+/// the server presented; any certificate is accepted (the test only wants to see which one
+/// is served), the handshake signature is still checked.
 fn tls_connect(port: u16) -> io::Result<(Conn, Vec<u8>)> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| io::Error::other(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-        .with_no_client_auth();
-    let name = ServerName::try_from("localhost".to_string()).unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(config), name)
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    let tcp = TcpStream::connect(("127.0.0.1", port))?;
-    tcp.set_nodelay(true)?;
-    tcp.set_read_timeout(Some(IO_TIMEOUT))?;
-    tcp.set_write_timeout(Some(IO_TIMEOUT))?;
-    let ctl = tcp.try_clone()?;
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    while tls.conn.is_handshaking() {
-        tls.conn.complete_io(&mut tls.sock)?;
-    }
-    let der = tls
-        .conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| c.to_vec())
-        .ok_or_else(|| io::Error::other("no peer certificate"))?;
-    Ok((
-        Conn::wrap(Box::new(tls), ctl, &format!("localhost:{port}")),
-        der,
-    ))
+    support::tls::tls_connect(port, "localhost", client_config(ServerTrust::Any, None)?)
 }
 
 /// The certificate a fresh handshake gets.
@@ -232,8 +117,8 @@ struct Setup {
 /// hubgate serving cert A from live files (B prepared aside), with `extra` args.
 fn start(extra: &[&str]) -> Setup {
     let dir = TempDir::new("tlsreload");
-    let a = make_cert(&dir.join("a"), "hubgate-cert-a", "0xA1", false);
-    let b = make_cert(&dir.join("b"), "hubgate-cert-b", "0xB2", true);
+    let a = make_cert(&dir.join("a"), "hubgate-cert-a", "0xA1", KeyKind::Rsa2048);
+    let b = make_cert(&dir.join("b"), "hubgate-cert-b", "0xB2", KeyKind::EcP256);
     assert_ne!(a.der, b.der);
     std::fs::create_dir_all(dir.join("live")).unwrap();
     let live_cert = dir.join("live/cert.pem");

@@ -501,13 +501,18 @@ impl Config {
             }
         }
 
+        // node's TLS server (CHP) defaults `rejectUnauthorized` to true, and CHP leaves it
+        // unset without --ssl-reject-unauthorized: requesting a client certificate requires
+        // one. Only the config file can make it optional (`reject-unauthorized = false`).
+        let proxy_request_cert = cli.ssl_request_cert || p.tls.request_cert.unwrap_or(false);
+        let api_request_cert = cli.api_ssl_request_cert || a.tls.request_cert.unwrap_or(false);
         let proxy_tls = Self::server_tls(
             "--ssl-key/--ssl-cert",
             cli.ssl_key.clone().or_else(|| p.tls.key.clone()),
             cli.ssl_cert.clone().or_else(|| p.tls.cert.clone()),
             cli.ssl_ca.clone().or_else(|| p.tls.ca.clone()),
-            cli.ssl_request_cert || p.tls.request_cert.unwrap_or(false),
-            cli.ssl_reject_unauthorized || p.tls.reject_unauthorized.unwrap_or(false),
+            proxy_request_cert,
+            cli.ssl_reject_unauthorized || p.tls.reject_unauthorized.unwrap_or(proxy_request_cert),
             cli.ssl_protocol.as_deref().or(p.tls.protocol.as_deref()),
             env.ssl_key_passphrase.clone(),
         )?;
@@ -516,8 +521,9 @@ impl Config {
             cli.api_ssl_key.clone().or_else(|| a.tls.key.clone()),
             cli.api_ssl_cert.clone().or_else(|| a.tls.cert.clone()),
             cli.api_ssl_ca.clone().or_else(|| a.tls.ca.clone()),
-            cli.api_ssl_request_cert || a.tls.request_cert.unwrap_or(false),
-            cli.api_ssl_reject_unauthorized || a.tls.reject_unauthorized.unwrap_or(false),
+            api_request_cert,
+            cli.api_ssl_reject_unauthorized
+                || a.tls.reject_unauthorized.unwrap_or(api_request_cert),
             cli.ssl_protocol.as_deref().or(a.tls.protocol.as_deref()),
             env.api_ssl_key_passphrase.clone(),
         )?;
@@ -783,10 +789,11 @@ impl Config {
         if let Some(ca) = &ca {
             check_readable(key_name, ca)?;
         }
-        if reject_unauthorized && ca.is_none() {
+        // Without a CA no client could be verified: refuse rather than accept everyone.
+        if (request_cert || reject_unauthorized) && ca.is_none() {
             return Err(invalid(
                 key_name,
-                "rejecting unauthorized clients needs a CA to verify them against (--ssl-ca / --api-ssl-ca)",
+                "requesting or requiring client certificates needs the CA that issues them (--ssl-ca / --api-ssl-ca)",
             ));
         }
         Ok(Some(ServerTls {

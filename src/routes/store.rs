@@ -7,6 +7,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use prometheus::core::Collector;
+use prometheus::{IntGauge, Opts};
 use thiserror::Error;
 
 use super::table::{Route, RouteTable};
@@ -38,6 +40,23 @@ pub trait RouteStore: Send + Sync {
     fn health(&self) -> StoreHealth {
         StoreHealth::Local
     }
+    /// The store's metrics, to register with the server's registry. Every store exports
+    /// [`store_up_gauge`], so dashboards and the store-down alert read the same series
+    /// whichever backend is configured.
+    fn collectors(&self) -> prometheus::Result<Vec<Box<dyn Collector>>>;
+}
+
+/// `hubgate_store_up{backend}`: 1 while route writes can be stored. The `backend` label
+/// (`memory`, `redis`) is constant per process; it tells a dashboard which kind of store a
+/// replica runs without another series.
+pub fn store_up_gauge(backend: &str) -> prometheus::Result<IntGauge> {
+    IntGauge::with_opts(
+        Opts::new(
+            "hubgate_store_up",
+            "1 while the route store takes writes: always for the in-memory store; for Redis, while it is reachable and the local table follows it",
+        )
+        .const_label("backend", backend),
+    )
 }
 
 /// What a store reports about itself to the health check.
@@ -127,5 +146,12 @@ impl RouteStore for MemoryStore {
 
     fn describe(&self) -> String {
         "in-memory (this process only)".to_string()
+    }
+
+    fn collectors(&self) -> prometheus::Result<Vec<Box<dyn Collector>>> {
+        // Nothing outside the process can fail, so the store is up for as long as it exists.
+        let up = store_up_gauge("memory")?;
+        up.set(1);
+        Ok(vec![Box::new(up)])
     }
 }

@@ -35,7 +35,8 @@ ENV_EXAMPLE = ROOT / "config/systemd/hubgate.env.example"
 OPS_README = ROOT / "README.md"  # the Operations section
 
 # ---------------------------------------------------------------- the metrics hubgate exports
-# CHP's names (kept) and hubgate's own; see src/metrics.rs.
+# CHP's names (kept) and hubgate's own; see src/metrics.rs, and src/routes/ for the route
+# store's (hubgate_store_up from every store, the other hubgate_store_* from Redis only).
 COUNTERS = {
     "api_route_get",
     "api_route_add",
@@ -49,6 +50,9 @@ COUNTERS = {
     "hubgate_websocket_bytes_total",
     "hubgate_auth_decisions_total",
     "hubgate_auth_key_refresh_failures_total",
+    "hubgate_store_resyncs_total",
+    "hubgate_store_changes_applied_total",
+    "hubgate_store_write_errors_total",
     "process_cpu_seconds_total",
 }
 GAUGES = {
@@ -57,13 +61,19 @@ GAUGES = {
     "hubgate_routes",
     "hubgate_auth_key_set_age_seconds",
     "hubgate_build_info",
+    "hubgate_store_up",
+    "hubgate_store_lag_seconds",
     "process_resident_memory_bytes",
     "process_open_fds",
     "process_max_fds",
 }
 # Summaries without quantiles: only _sum and _count series exist.
 SUMMARIES = {"find_target_for_req", "last_activity_updating"}
-HISTOGRAMS = {"hubgate_request_duration_seconds", "hubgate_api_request_duration_seconds"}
+HISTOGRAMS = {
+    "hubgate_request_duration_seconds",
+    "hubgate_api_request_duration_seconds",
+    "hubgate_store_propagation_seconds",
+}
 # Series that Prometheus itself makes.
 SYNTHETIC = {"up"}
 
@@ -88,6 +98,7 @@ LABELS = {
     "hubgate_auth_key_set_age_seconds": {"issuer"},
     "hubgate_auth_key_refresh_failures_total": {"issuer"},
     "hubgate_build_info": {"version"},
+    "hubgate_store_up": {"backend"},
 }
 LABEL_VALUES = {
     "route_kind": {"hub", "user", "service", "other"},
@@ -96,6 +107,7 @@ LABEL_VALUES = {
     "direction": {"client_to_server", "server_to_client"},
     "result": {"allow", "deny"},
     "method": {"GET", "POST", "DELETE", "other"},
+    "backend": {"memory", "redis"},
     # allow reasons, then deny reasons (src/auth/mod.rs)
     "reason": {
         "public", "authenticated", "owner", "admin", "group",
@@ -502,6 +514,9 @@ def test_alert_rules_are_complete(alerts):
     assert 'reason="keys_unavailable"' in by_name["HubgateAuthKeysUnavailable"]["expr"]
     assert 'reason="mfa_required"' in by_name["HubgateAuthMfaRequiredSpike"]["expr"]
     assert "process_resident_memory_bytes" in by_name["HubgateMemoryGrowth"]["expr"]
+    store = by_name["HubgateStoreDown"]
+    assert re.sub(r"\s+", "", store["expr"]) == 'hubgate_store_up{job="hubgate"}==0'
+    assert store["for"] == "2m"
 
 
 def test_alert_expressions_use_exported_metrics(alerts):

@@ -1,5 +1,5 @@
 //! In-process HTTP backends, each on its own tokio runtime thread, recording every
-//! request they receive.
+//! request they receive (and, for HTTPS backends, every TLS handshake).
 
 use super::{fnv_hex, reserve_port};
 use std::net::SocketAddr;
@@ -40,6 +40,39 @@ impl Recorded {
 
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("")
+    }
+}
+
+/// What an HTTPS backend saw in one TLS handshake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handshake {
+    /// Completed; the DER of the certificate the client presented, if any.
+    Done { client_cert: Option<Vec<u8>> },
+    /// Failed, with the server side's error (e.g. no or an untrusted client certificate).
+    Failed(String),
+}
+
+/// Completes a server-side TLS handshake on `s` and records it in `log`; `None` if it failed.
+pub(crate) async fn accept_tls(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    s: tokio::net::TcpStream,
+    log: &Mutex<Vec<Handshake>>,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match acceptor.accept(s).await {
+        Ok(tls) => {
+            let client_cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec());
+            log.lock().unwrap().push(Handshake::Done { client_cert });
+            Some(tls)
+        }
+        Err(e) => {
+            log.lock().unwrap().push(Handshake::Failed(e.to_string()));
+            None
+        }
     }
 }
 
@@ -184,6 +217,7 @@ fn reason_for(code: u16) -> &'static str {
 enum AnyListener {
     Tcp(std::net::TcpListener),
     Unix(std::os::unix::net::UnixListener),
+    Tls(std::net::TcpListener, Arc<rustls::ServerConfig>),
 }
 
 /// A running backend; stopped (its runtime dropped, connections closed) on drop.
@@ -191,7 +225,10 @@ pub struct Backend {
     /// TCP port (0 for a unix-socket backend).
     pub port: u16,
     pub unix_path: Option<PathBuf>,
+    /// Serves HTTPS ([`Backend::start_tls`]).
+    tls: bool,
     log: Arc<Mutex<Vec<Recorded>>>,
+    handshakes: Arc<Mutex<Vec<Handshake>>>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -203,6 +240,18 @@ impl Backend {
         let port = l.local_addr().unwrap().port();
         reserve_port(port);
         Self::run(AnyListener::Tcp(l), port, None, Arc::new(handler))
+    }
+
+    /// An HTTPS backend on 127.0.0.1 with the server side of `config` (see
+    /// [`super::tls::server_config`]); every handshake is recorded ([`Backend::handshakes`]).
+    pub fn start_tls(
+        config: Arc<rustls::ServerConfig>,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Backend {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        let port = l.local_addr().unwrap().port();
+        reserve_port(port);
+        Self::run(AnyListener::Tls(l, config), port, None, Arc::new(handler))
     }
 
     /// A unix-socket backend at `path`.
@@ -255,8 +304,11 @@ impl Backend {
         handler: Handler,
     ) -> Backend {
         let log: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let handshakes: Arc<Mutex<Vec<Handshake>>> = Arc::default();
+        let tls = matches!(listener, AnyListener::Tls(..));
         let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
         let log2 = log.clone();
+        let handshakes2 = handshakes.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -289,6 +341,26 @@ impl Backend {
                             }
                         }
                     }
+                    AnyListener::Tls(l, config) => {
+                        l.set_nonblocking(true).unwrap();
+                        let l = tokio::net::TcpListener::from_std(l).unwrap();
+                        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                        loop {
+                            tokio::select! {
+                                _ = &mut stop_rx => break,
+                                acc = l.accept() => if let Ok((s, _)) = acc {
+                                    let _ = s.set_nodelay(true);
+                                    let (acceptor, handler, log, hs) =
+                                        (acceptor.clone(), handler.clone(), log2.clone(), handshakes2.clone());
+                                    tokio::spawn(async move {
+                                        if let Some(tls) = accept_tls(&acceptor, s, &hs).await {
+                                            serve_conn(tls, handler, log).await;
+                                        }
+                                    });
+                                }
+                            }
+                        }
+                    }
                 }
             });
             // Dropping the runtime drops every connection task.
@@ -296,15 +368,28 @@ impl Backend {
         Backend {
             port,
             unix_path,
+            tls,
             log,
+            handshakes,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
     }
 
-    /// `http://127.0.0.1:<port>`
+    /// `http://127.0.0.1:<port>` (`https://` for a TLS backend)
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Every TLS handshake so far, in order (empty for a plain backend).
+    pub fn handshakes(&self) -> Vec<Handshake> {
+        self.handshakes.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` TLS handshakes (completed or failed) happened.
+    pub fn wait_handshakes(&self, n: usize, timeout: Duration) -> bool {
+        super::wait_until(timeout, || self.handshakes.lock().unwrap().len() >= n)
     }
 
     /// `http+unix://<percent-encoded socket path>`

@@ -1,7 +1,7 @@
 //! Websocket echo backend (tokio-tungstenite) and client helpers.
 #![allow(clippy::result_large_err)] // tungstenite's handshake types are large; their signatures are fixed
 
-use super::backend::Recorded;
+use super::backend::{accept_tls, Handshake, Recorded};
 use super::reserve_port;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,7 +33,10 @@ pub struct WsOptions {
 /// (raw target and headers) and counts opened/closed connections.
 pub struct WsBackend {
     pub port: u16,
+    /// Serves `wss` ([`WsBackend::start_tls`]).
+    tls: bool,
     log: Arc<Mutex<Vec<Recorded>>>,
+    handshakes: Arc<Mutex<Vec<Handshake>>>,
     opened: Arc<AtomicUsize>,
     closed: Arc<AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
@@ -46,6 +49,16 @@ impl WsBackend {
     }
 
     pub fn start(opts: WsOptions) -> WsBackend {
+        Self::run(opts, None)
+    }
+
+    /// A websocket echo server behind TLS with the server side of `config` (see
+    /// [`super::tls::server_config`]); every handshake is recorded ([`WsBackend::handshakes`]).
+    pub fn start_tls(opts: WsOptions, config: Arc<rustls::ServerConfig>) -> WsBackend {
+        Self::run(opts, Some(config))
+    }
+
+    fn run(opts: WsOptions, tls: Option<Arc<rustls::ServerConfig>>) -> WsBackend {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind ws backend");
         let port = l.local_addr().unwrap().port();
         reserve_port(port);
@@ -53,7 +66,11 @@ impl WsBackend {
         let opened = Arc::new(AtomicUsize::new(0));
         let closed = Arc::new(AtomicUsize::new(0));
         let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+        let handshakes: Arc<Mutex<Vec<Handshake>>> = Arc::default();
         let (log2, opened2, closed2) = (log.clone(), opened.clone(), closed.clone());
+        let handshakes2 = handshakes.clone();
+        let is_tls = tls.is_some();
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -68,7 +85,21 @@ impl WsBackend {
                         _ = &mut stop_rx => break,
                         acc = l.accept() => if let Ok((s, _)) = acc {
                             let _ = s.set_nodelay(true);
-                            tokio::spawn(ws_conn(s, opts.clone(), log2.clone(), opened2.clone(), closed2.clone()));
+                            let (opts, log, opened, closed) =
+                                (opts.clone(), log2.clone(), opened2.clone(), closed2.clone());
+                            match acceptor.clone() {
+                                None => {
+                                    tokio::spawn(ws_conn(s, opts, log, opened, closed));
+                                }
+                                Some(acceptor) => {
+                                    let hs = handshakes2.clone();
+                                    tokio::spawn(async move {
+                                        if let Some(tls) = accept_tls(&acceptor, s, &hs).await {
+                                            ws_conn(tls, opts, log, opened, closed).await;
+                                        }
+                                    });
+                                }
+                            }
                         }
                     }
                 }
@@ -77,7 +108,9 @@ impl WsBackend {
         });
         WsBackend {
             port,
+            tls: is_tls,
             log,
+            handshakes,
             opened,
             closed,
             stop: Some(stop_tx),
@@ -85,9 +118,16 @@ impl WsBackend {
         }
     }
 
-    /// `http://127.0.0.1:<port>` (CHP targets are http URLs even for websockets).
+    /// `http://127.0.0.1:<port>` (CHP targets are http URLs even for websockets;
+    /// `https://` for a TLS backend).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Every TLS handshake so far, in order (empty for a plain backend).
+    pub fn handshakes(&self) -> Vec<Handshake> {
+        self.handshakes.lock().unwrap().clone()
     }
 
     /// Recorded upgrade requests (body empty).
@@ -131,8 +171,8 @@ impl Drop for WsBackend {
     }
 }
 
-async fn ws_conn(
-    s: tokio::net::TcpStream,
+async fn ws_conn<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: S,
     opts: WsOptions,
     log: Arc<Mutex<Vec<Recorded>>>,
     opened: Arc<AtomicUsize>,

@@ -48,7 +48,7 @@ use redis::aio::MultiplexedConnection;
 
 use self::scripts::Keys;
 use self::state::{LocalWrite, SyncState};
-use super::store::{RouteStore, StoreError, StoreHealth};
+use super::store::{store_up_gauge, RouteStore, StoreError, StoreHealth};
 use super::table::{now_ms, segment_form, RouteTable};
 use crate::config::RedisStorage;
 
@@ -64,10 +64,7 @@ struct StoreMetrics {
 impl StoreMetrics {
     fn new() -> prometheus::Result<StoreMetrics> {
         Ok(StoreMetrics {
-            up: IntGauge::new(
-                "hubgate_store_up",
-                "1 while the shared route store (Redis) is reachable and the local table follows it",
-            )?,
+            up: store_up_gauge("redis")?,
             resyncs: IntCounter::new(
                 "hubgate_store_resyncs_total",
                 "Full loads of the route table from the store (the first one included)",
@@ -294,27 +291,6 @@ impl RedisStore {
     pub fn sync_service(&self) -> RedisSync {
         RedisSync(self.inner.clone())
     }
-
-    /// The store's metrics, to register with the server's registry.
-    pub fn collectors(&self) -> prometheus::Result<Vec<Box<dyn prometheus::core::Collector>>> {
-        let m = &self.inner.metrics;
-        Ok(vec![
-            Box::new(m.up.clone()),
-            Box::new(m.resyncs.clone()),
-            Box::new(m.applied.clone()),
-            Box::new(m.write_errors.clone()),
-            Box::new(m.propagation.clone()),
-            Box::new(LagCollector {
-                inner: self.inner.clone(),
-                desc: prometheus::core::Desc::new(
-                    "hubgate_store_lag_seconds".into(),
-                    LAG_HELP.into(),
-                    vec![],
-                    Default::default(),
-                )?,
-            }),
-        ])
-    }
 }
 
 #[async_trait]
@@ -377,6 +353,26 @@ impl RouteStore for RedisStore {
             up,
             reason: if up { None } else { self.inner.reason() },
         }
+    }
+
+    fn collectors(&self) -> prometheus::Result<Vec<Box<dyn prometheus::core::Collector>>> {
+        let m = &self.inner.metrics;
+        Ok(vec![
+            Box::new(m.up.clone()),
+            Box::new(m.resyncs.clone()),
+            Box::new(m.applied.clone()),
+            Box::new(m.write_errors.clone()),
+            Box::new(m.propagation.clone()),
+            Box::new(LagCollector {
+                inner: self.inner.clone(),
+                desc: prometheus::core::Desc::new(
+                    "hubgate_store_lag_seconds".into(),
+                    LAG_HELP.into(),
+                    vec![],
+                    Default::default(),
+                )?,
+            }),
+        ])
     }
 }
 

@@ -1,0 +1,171 @@
+//! https targets that require a client certificate (`--client-ssl-key/-cert/-ca`): with
+//! JupyterHub's `internal_ssl`, single-user servers only accept connections from holders of
+//! a certificate from the internal CA, so the proxy must present its own. The targets here
+//! are real TLS servers (tokio-rustls) that refuse the handshake without such a certificate
+//! and record what each handshake presented.
+
+mod support;
+
+use futures_util::SinkExt;
+use std::time::{Duration, Instant};
+use support::backend::{echo_reply, Handshake};
+use support::tls::{server_config, Ca, CertFiles, Usage};
+use support::ws::{ws_recv_text, WsOptions};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+const T: Duration = Duration::from_secs(10);
+/// A failed target handshake must turn into an error page quickly, not after a timeout
+/// (the connect timeout is 5 s).
+const FAST: Duration = Duration::from_secs(3);
+
+struct Pki {
+    ca: Ca,
+    /// The single-user server's certificate (localhost, 127.0.0.1).
+    server: CertFiles,
+    /// The proxy's client certificate (JupyterHub's `proxy-client`).
+    proxy_client: CertFiles,
+    _dir: TempDir,
+}
+
+fn pki() -> Pki {
+    let dir = TempDir::new("targettls");
+    let ca = Ca::new(&dir.path, "internal-ca");
+    let server = ca.issue("user-server", "localhost", Usage::Server);
+    let proxy_client = ca.issue("proxy-client", "proxy-client", Usage::Client);
+    Pki {
+        ca,
+        server,
+        proxy_client,
+        _dir: dir,
+    }
+}
+
+/// The flags JupyterHub passes with internal_ssl (the two no-op ones included).
+fn client_flags(p: &Pki) -> Vec<String> {
+    [
+        "--client-ssl-key",
+        p.proxy_client.key.to_str().unwrap(),
+        "--client-ssl-cert",
+        p.proxy_client.cert.to_str().unwrap(),
+        "--client-ssl-ca",
+        p.ca.cert().to_str().unwrap(),
+        "--client-ssl-request-cert",
+        "--client-ssl-reject-unauthorized",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// An https echo target that requires a client certificate from the internal CA.
+fn mtls_target(p: &Pki) -> Backend {
+    Backend::start_tls(server_config(&p.server, Some(p.ca.cert())), echo_reply)
+}
+
+#[test]
+fn https_target_requiring_a_client_certificate_gets_the_proxys() {
+    let p = pki();
+    let target = mtls_target(&p);
+    let hg = Hubgate::builder().args(&client_flags(&p)).start();
+    hg.add_route("/user/alice", &target.url());
+    assert!(target.url().starts_with("https://127.0.0.1:"));
+
+    let r = hg.get("/user/alice/api/status?x=1");
+    assert_eq!(r.status, 200, "{}\n{}", r.describe(), hg.output());
+    assert_eq!(r.json()["path"], "/user/alice/api/status?x=1");
+    // A second request (pooled or new connection) works the same.
+    let r = hg.request(&Req::post("/user/alice/api/contents", b"{}"));
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(r.json()["method"], "POST");
+    assert_eq!(target.count(), 2);
+
+    let handshakes = target.handshakes();
+    assert!(!handshakes.is_empty());
+    let want = p.proxy_client.der();
+    for h in &handshakes {
+        assert_eq!(
+            h,
+            &Handshake::Done {
+                client_cert: Some(want.clone())
+            },
+            "every handshake presents the proxy's client certificate"
+        );
+    }
+}
+
+#[test]
+fn without_a_client_certificate_the_target_refuses_and_the_user_gets_503_at_once() {
+    let p = pki();
+    let target = mtls_target(&p);
+
+    // Trusting the target's CA but holding no client certificate: the target refuses the
+    // handshake.
+    let hg = Hubgate::builder()
+        .args(&["--client-ssl-ca", p.ca.cert().to_str().unwrap()])
+        .start();
+    hg.add_route("/user/alice", &target.url());
+    let t0 = Instant::now();
+    let r = hg.get("/user/alice/lab");
+    let took = t0.elapsed();
+    assert_eq!(r.status, 503, "{}\n{}", r.describe(), hg.output());
+    assert!(took < FAST, "503 after {took:?}");
+    assert!(
+        target.wait_handshakes(1, T),
+        "the target saw no handshake at all"
+    );
+    for h in target.handshakes() {
+        match h {
+            Handshake::Failed(e) => assert!(
+                e.to_ascii_lowercase().contains("certificate"),
+                "target handshake failed for another reason: {e}"
+            ),
+            Handshake::Done { client_cert } => {
+                panic!("handshake completed without the client certificate: {client_cert:?}")
+            }
+        }
+    }
+    assert_eq!(target.count(), 0, "no request reached the target");
+    // The proxy keeps serving, and the next request fails the same way.
+    assert_eq!(hg.get("/user/alice/lab").status, 503);
+    assert_eq!(hg.get("/_chp_healthz").status, 200);
+    drop(hg);
+
+    // No client flags at all: the target's certificate is from a CA hubgate does not trust
+    // either; still a prompt 503.
+    let hg = Hubgate::start(&[], &[]);
+    hg.add_route("/user/alice", &target.url());
+    let t0 = Instant::now();
+    let r = hg.get("/user/alice/lab");
+    assert_eq!(r.status, 503, "{}", r.describe());
+    assert!(t0.elapsed() < FAST, "503 after {:?}", t0.elapsed());
+    assert_eq!(target.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_to_an_https_target_presents_the_client_certificate() {
+    let p = pki();
+    let ws = WsBackend::start_tls(
+        WsOptions::default(),
+        server_config(&p.server, Some(p.ca.cert())),
+    );
+    let hg = Hubgate::builder().args(&client_flags(&p)).start();
+    hg.add_route("/user/alice", &ws.url());
+    assert!(ws.url().starts_with("https://"));
+
+    let (mut c, resp) = ws_connect(hg.port, "/user/alice/api/kernels/k/channels", &[])
+        .await
+        .unwrap_or_else(|e| panic!("upgrade through hubgate: {e}\n{}", hg.output()));
+    assert_eq!(resp.status().as_u16(), 101);
+    c.send(Message::Text("over mtls".into())).await.unwrap();
+    assert_eq!(ws_recv_text(&mut c, T).await.as_deref(), Some("over mtls"));
+
+    let rec = ws.requests().pop().expect("the target saw the upgrade");
+    assert_eq!(rec.target, "/user/alice/api/kernels/k/channels");
+    assert_eq!(
+        ws.handshakes(),
+        vec![Handshake::Done {
+            client_cert: Some(p.proxy_client.der())
+        }]
+    );
+    let _ = c.close(None).await;
+}
