@@ -3,7 +3,8 @@
 # besides the Rust toolchain, python3 and node/npm:
 #
 #   - Debian packages: cmake build-essential (pingora's build), redis-server
-#     (scale-out tests), nginx-light and wrk (benches)
+#     (scale-out tests), nginx-light and wrk (benches), prometheus (its promtool checks
+#     the alert rules and their unit tests)
 #   - .venv/   Python venv from scripts/requirements-test.txt (JupyterHub, pytest, ...)
 #   - .tools/  configurable-http-proxy (CHP) from npm, for side-by-side comparison
 #   - tests/oidc/node_modules/  oidc-provider + jose from npm (tests/oidc/package-lock.json),
@@ -23,7 +24,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 CHP_VERSION="5.3.0"
-APT_PACKAGES=(cmake build-essential redis-server nginx-light wrk)
+APT_PACKAGES=(cmake build-essential redis-server nginx-light wrk prometheus)
 REQUIREMENTS="scripts/requirements-test.txt"
 VENV=".venv"
 STAMP="$VENV/.requirements-test.sha256"
