@@ -100,8 +100,10 @@ fn without_a_client_certificate_the_target_refuses_and_the_user_gets_503_at_once
 
     // Trusting the target's CA but holding no client certificate: the target refuses the
     // handshake.
+    let mport = free_port();
     let hg = Hubgate::builder()
         .args(&["--client-ssl-ca", p.ca.cert().to_str().unwrap()])
+        .args(&["--metrics-port", &mport.to_string()])
         .start();
     hg.add_route("/user/alice", &target.url());
     let t0 = Instant::now();
@@ -128,6 +130,15 @@ fn without_a_client_certificate_the_target_refuses_and_the_user_gets_503_at_once
     // The proxy keeps serving, and the next request fails the same way.
     assert_eq!(hg.get("/user/alice/lab").status, 503);
     assert_eq!(hg.get("/_chp_healthz").status, 200);
+    // Counted as a TLS failure (the runbook of HubgateUpstreamErrors sends `tls` to the
+    // certificates), although TLS 1.3 reports it only on the first read.
+    let metrics = get(mport, "/metrics").text();
+    let tls = support::oidc::metric_sum(
+        &metrics,
+        "hubgate_upstream_errors_total",
+        &[("kind", "tls")],
+    );
+    assert_eq!(tls, 2.0, "{metrics}");
     drop(hg);
 
     // No client flags at all: the target's certificate is from a CA hubgate does not trust

@@ -143,6 +143,17 @@ pub fn io_error_kind(e: &std::io::Error) -> &'static str {
 }
 
 fn error_kind(e: &Error) -> &'static str {
+    // With TLS 1.3 a target that refuses our client certificate says so only on the first
+    // read after the handshake: the failure arrives as a read error carrying a TLS alert.
+    let root = e.root_cause();
+    let tls_alert = root.downcast_ref::<rustls::Error>().is_some()
+        || root
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+    if tls_alert {
+        return "tls";
+    }
     match e.etype() {
         ErrorType::ConnectRefused => "refused",
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
