@@ -38,6 +38,46 @@ pub struct Fetched {
     pub body: Bytes,
 }
 
+/// One outbound request.
+pub struct Fetch<'a> {
+    pub method: &'a str,
+    pub url: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub body: Option<Bytes>,
+    /// Limit for the whole exchange: connect, send and read.
+    pub timeout: Duration,
+    /// Largest response body accepted.
+    pub max_body: usize,
+}
+
+impl<'a> Fetch<'a> {
+    /// A GET without extra headers.
+    pub fn get(url: &'a str, timeout: Duration, max_body: usize) -> Fetch<'a> {
+        Fetch {
+            method: "GET",
+            url,
+            headers: &[],
+            body: None,
+            timeout,
+            max_body,
+        }
+    }
+
+    /// A POST of `body`.
+    pub fn post(url: &'a str, body: Bytes, timeout: Duration, max_body: usize) -> Fetch<'a> {
+        Fetch {
+            method: "POST",
+            body: Some(body),
+            ..Fetch::get(url, timeout, max_body)
+        }
+    }
+
+    /// The same request with these extra headers.
+    pub fn with_headers(self, headers: &'a [(&'a str, &'a str)]) -> Fetch<'a> {
+        Fetch { headers, ..self }
+    }
+}
+
 /// The client: a pooled connector plus the TLS material for https servers.
 pub struct HttpClient {
     connector: Connector,
@@ -59,37 +99,27 @@ impl HttpClient {
         }
     }
 
-    /// Sends one request and reads the whole response (at most `max_body` bytes) within `timeout`.
-    #[allow(clippy::too_many_arguments)]
+    /// Sends one request and reads the whole response (at most `max_body` bytes) within its
+    /// `timeout`.
     pub async fn request(
         &self,
         resolver: &Resolver,
-        method: &str,
-        url: &str,
-        headers: &[(&str, &str)],
-        body: Option<Bytes>,
-        timeout: Duration,
-        max_body: usize,
+        fetch: Fetch<'_>,
     ) -> Result<Fetched, FetchError> {
-        tokio::time::timeout(
-            timeout,
-            self.exchange(resolver, method, url, headers, body, timeout, max_body),
-        )
-        .await
-        .map_err(|_| FetchError::Timeout)?
+        tokio::time::timeout(fetch.timeout, self.exchange(resolver, fetch))
+            .await
+            .map_err(|_| FetchError::Timeout)?
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn exchange(
-        &self,
-        resolver: &Resolver,
-        method: &str,
-        url: &str,
-        headers: &[(&str, &str)],
-        body: Option<Bytes>,
-        timeout: Duration,
-        max_body: usize,
-    ) -> Result<Fetched, FetchError> {
+    async fn exchange(&self, resolver: &Resolver, fetch: Fetch<'_>) -> Result<Fetched, FetchError> {
+        let Fetch {
+            method,
+            url,
+            headers,
+            body,
+            timeout,
+            max_body,
+        } = fetch;
         let target =
             Target::parse(url).map_err(|e| FetchError::Url(url.to_string(), e.to_string()))?;
         let mut peer = match &target.addr {

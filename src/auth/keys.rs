@@ -17,7 +17,7 @@ use log::{info, warn};
 use serde::Deserialize;
 
 use crate::config::auth::{IssuerConfig, KeySource};
-use crate::http_client::HttpClient;
+use crate::http_client::{Fetch, HttpClient};
 use crate::proxy::Resolver;
 
 /// Largest key set or discovery document accepted.
@@ -215,12 +215,8 @@ impl IssuerKeys {
         let r = client
             .request(
                 resolver,
-                "GET",
-                url,
-                &[("Accept", "application/json")],
-                None,
-                FETCH_TIMEOUT,
-                MAX_DOC,
+                Fetch::get(url, FETCH_TIMEOUT, MAX_DOC)
+                    .with_headers(&[("Accept", "application/json")]),
             )
             .await
             .map_err(|e| KeyError::Fetch(url.to_string(), e.to_string()))?;

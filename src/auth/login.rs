@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::session::{set_cookie, LoginClaims, SessionClaims, LOGIN_COOKIE, SESSION_COOKIE};
 use super::{now_secs, Auth, Reason};
+use crate::http_client::Fetch;
 
 /// The path prefix of hubgate's own endpoints.
 pub const PREFIX: &str = "/_hubgate/";
@@ -270,12 +271,8 @@ impl Auth {
             .client
             .request(
                 &self.resolver,
-                "POST",
-                &token_endpoint,
-                &headers,
-                Some(Bytes::from(form)),
-                TOKEN_TIMEOUT,
-                1 << 20,
+                Fetch::post(&token_endpoint, Bytes::from(form), TOKEN_TIMEOUT, 1 << 20)
+                    .with_headers(&headers),
             )
             .await;
         let body = match resp {

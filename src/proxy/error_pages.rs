@@ -13,7 +13,7 @@ use pingora::proxy::Session;
 
 use super::resolver::Resolver;
 use crate::config::ErrorPages;
-use crate::http_client::HttpClient;
+use crate::http_client::{Fetch, HttpClient};
 
 /// The error-target server fetch may take this long before the plain fallback is used.
 const ERROR_TARGET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -153,12 +153,7 @@ impl ErrorRenderer {
             .client
             .request(
                 resolver,
-                "GET",
-                &url,
-                &[],
-                None,
-                ERROR_TARGET_TIMEOUT,
-                MAX_ERROR_BODY,
+                Fetch::get(&url, ERROR_TARGET_TIMEOUT, MAX_ERROR_BODY),
             )
             .await
             .map_err(|e| e.to_string())?;
