@@ -16,40 +16,19 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from datetime import datetime, timezone
 from urllib.parse import urlparse
 
 import pytest
 import requests
 import websocket  # websocket-client
 
+from .browser import cookie_header, describe, execute, xsrf_cookie
 from .harness import XSRF_INPUT, wait_until
 from .oidc import AuthSetup, OidcProvider, generate_key, jwt_claims
 
 HTTP_TIMEOUT = 20
 SPAWN_TIMEOUT = 60
 KERNEL_TIMEOUT = 60
-
-
-def describe(r: requests.Response) -> str:
-    chain = " -> ".join(f"{h.status_code} {h.url}" for h in [*r.history, r])
-    return f"{r.request.method} {chain}; headers={dict(r.headers)}; body={r.text[:400]!r}"
-
-
-def cookie_header(session: requests.Session, path: str) -> str:
-    pairs = []
-    for c in sorted(session.cookies, key=lambda c: -len(c.path or "/")):
-        cpath = c.path or "/"
-        if path == cpath or path.startswith(cpath.rstrip("/") + "/") or cpath == "/":
-            pairs.append(f"{c.name}={c.value}")
-    return "; ".join(pairs)
-
-
-def xsrf_cookie(session: requests.Session, path: str) -> str:
-    for c in session.cookies:
-        if c.name == "_xsrf" and c.path == path:
-            return c.value
-    raise AssertionError(f"no _xsrf cookie for {path!r}: {[(c.name, c.path) for c in session.cookies]}")
 
 
 def assert_hubgate_denial(r: requests.Response, status: int):
@@ -64,56 +43,6 @@ def assert_hubgate_denial(r: requests.Response, status: int):
 
 def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
-
-
-def run_print_6x7(ws) -> str:
-    session_id = uuid.uuid4().hex
-    msg_id = uuid.uuid4().hex
-    ws.send(
-        json.dumps(
-            {
-                "header": {
-                    "msg_id": msg_id,
-                    "msg_type": "execute_request",
-                    "username": "alice",
-                    "session": session_id,
-                    "date": datetime.now(timezone.utc).isoformat(),
-                    "version": "5.3",
-                },
-                "parent_header": {},
-                "metadata": {},
-                "content": {
-                    "code": "print(6*7)",
-                    "silent": False,
-                    "store_history": True,
-                    "user_expressions": {},
-                    "allow_stdin": False,
-                    "stop_on_error": True,
-                },
-                "channel": "shell",
-                "buffers": [],
-            }
-        )
-    )
-    stdout, reply, idle, seen = "", None, False, []
-    deadline = time.monotonic() + KERNEL_TIMEOUT
-    while (reply is None or not idle) and time.monotonic() < deadline:
-        frame = ws.recv()
-        if isinstance(frame, bytes):
-            continue
-        msg = json.loads(frame)
-        seen.append((msg.get("channel"), msg.get("msg_type")))
-        if msg.get("parent_header", {}).get("msg_id") != msg_id:
-            continue
-        if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
-            stdout += msg["content"]["text"]
-        elif msg["msg_type"] == "execute_reply":
-            reply = msg
-        elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            idle = True
-    assert reply is not None and idle, f"no complete execution within {KERNEL_TIMEOUT}s: {seen}"
-    assert reply["content"]["status"] == "ok", reply["content"]
-    return stdout
 
 
 @pytest.fixture
@@ -199,14 +128,16 @@ def test_mfa_tokens_in_front_of_jupyterhub(deployment_factory, idp):
     ws_path = f"/user/alice/api/kernels/{kernel_id}/channels"
 
     # ---- kernel websocket through hubgate, Bearer on the upgrade: print(6*7)
+    session_id = uuid.uuid4().hex
     ws = websocket.create_connection(
-        f"{ws_base}{ws_path}?session_id={uuid.uuid4().hex}",
+        f"{ws_base}{ws_path}?session_id={session_id}",
         cookie=cookie_header(s, ws_path),
         header=[f"Authorization: Bearer {alice}"],
         timeout=KERNEL_TIMEOUT,
     )
     try:
-        assert run_print_6x7(ws) == "42\n"
+        stdout, seen = execute(ws, "print(6*7)", "alice", session_id, KERNEL_TIMEOUT)
+        assert stdout == "42\n", (stdout, seen)
     finally:
         ws.close()
 

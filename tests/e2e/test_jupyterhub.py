@@ -23,6 +23,7 @@ import pytest
 import requests
 import websocket  # websocket-client
 
+from .browser import cookie_header, describe, execute, xsrf_cookie
 from .harness import PROXIES, XSRF_INPUT, wait_until
 
 SPAWN_TIMEOUT = 60
@@ -48,33 +49,9 @@ def escape(name: str) -> str:
     return quote(name, safe="@~")
 
 
-def cookie_header(session: requests.Session, path: str) -> str:
-    """The Cookie header a browser would send for `path` on this host."""
-    pairs = []
-    # more specific paths first, as browsers do
-    for c in sorted(session.cookies, key=lambda c: -len(c.path or "/")):
-        cpath = c.path or "/"
-        if path == cpath or path.startswith(cpath.rstrip("/") + "/") or cpath == "/":
-            pairs.append(f"{c.name}={c.value}")
-    return "; ".join(pairs)
-
-
-def xsrf_cookie(session: requests.Session, path: str) -> str:
-    for c in session.cookies:
-        if c.name == "_xsrf" and c.path == path:
-            return c.value
-    have = [(c.name, c.path) for c in session.cookies]
-    raise AssertionError(f"no _xsrf cookie for path {path!r}; cookies: {have}")
-
-
 def parse_last_activity(value: str) -> datetime:
     assert LAST_ACTIVITY_RE.match(value), f"last_activity {value!r} is not YYYY-MM-DDTHH:MM:SS.mmmZ"
     return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
-
-
-def describe(r: requests.Response) -> str:
-    chain = " -> ".join(f"{h.status_code} {h.url}" for h in [*r.history, r])
-    return f"{r.request.method} {chain}; headers={dict(r.headers)}; body={r.text[:500]!r}"
 
 
 @pytest.mark.timeout(300)
@@ -202,57 +179,9 @@ def test_user_journey(deployment_factory, proxy, mode, username):
         timeout=KERNEL_TIMEOUT,
     )
     try:
-        msg_id = uuid.uuid4().hex
-        ws.send(
-            json.dumps(
-                {
-                    "header": {
-                        "msg_id": msg_id,
-                        "msg_type": "execute_request",
-                        "username": username,
-                        "session": session_id,
-                        "date": datetime.now(timezone.utc).isoformat(),
-                        "version": "5.3",
-                    },
-                    "parent_header": {},
-                    "metadata": {},
-                    "content": {
-                        "code": "print(6*7)",
-                        "silent": False,
-                        "store_history": True,
-                        "user_expressions": {},
-                        "allow_stdin": False,
-                        "stop_on_error": True,
-                    },
-                    "channel": "shell",
-                    "buffers": [],
-                }
-            )
-        )
-        # The reply (shell channel) and the output (iopub) travel on different kernel
-        # sockets, so their order is not fixed: read until both the execute_reply and
-        # iopub's status "idle" (sent after all the request's output) have arrived.
-        stdout, reply, idle, seen = "", None, False, []
-        deadline = time.monotonic() + KERNEL_TIMEOUT
-        while (reply is None or not idle) and time.monotonic() < deadline:
-            frame = ws.recv()
-            if isinstance(frame, bytes):
-                continue  # binary frames carry buffers; not expected for this code
-            msg = json.loads(frame)
-            seen.append((msg.get("channel"), msg.get("msg_type")))
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
-                stdout += msg["content"]["text"]
-            elif msg["msg_type"] == "execute_reply":
-                reply = msg
-            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                idle = True
+        stdout, seen = execute(ws, "print(6*7)", username, session_id, KERNEL_TIMEOUT)
     finally:
         ws.close()
-    assert reply is not None, f"no execute_reply within {KERNEL_TIMEOUT}s; saw {seen}"
-    assert idle, f"no iopub status idle within {KERNEL_TIMEOUT}s; saw {seen}"
-    assert reply["content"]["status"] == "ok", reply["content"]
     assert stdout == "42\n", (stdout, seen)
 
     # ---- last_activity moved with the traffic above
