@@ -60,67 +60,10 @@ OUT="${OUT:-$ROOT/benches/results/latest.md}"
 KEEP_WORK="${KEEP_WORK:-0}"
 TOKEN="bench-$$"
 
-log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "ERROR: $*"
-    exit 1
-}
-
-# ------------------------------------------------------------------ process bookkeeping
-
-WORK="$(mktemp -d -t hubgate-compare.XXXXXX)"
-declare -a PIDS=()
-
-stop_pid() { # stop_pid PID [signal]: TERM (or the given signal), then KILL after 3 s
-    local pid="$1" sig="${2:-TERM}" i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -"$sig" "$pid" 2>/dev/null || true
-    for i in $(seq 30); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$? i
-    trap - EXIT INT TERM
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        stop_pid "${PIDS[$i]}"
-    done
-    # anything else still attached to this shell
-    for pid in $(jobs -p); do stop_pid "$pid" KILL; done
-    if [[ "$KEEP_WORK" == 1 || $rc -ne 0 ]]; then
-        log "raw results and logs kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit $rc
-}
-trap cleanup EXIT
-trap 'log interrupted; exit 130' INT
-trap 'log terminated; exit 143' TERM
-
-# start_bg NAME CPU CMD...: start CMD pinned to CPU in the background, output to $WORK/NAME.log;
-# sets BG_PID.
-start_bg() {
-    local name="$1" cpu="$2"
-    shift 2
-    taskset -c "$cpu" "$@" >"$WORK/$name.log" 2>&1 &
-    BG_PID=$!
-    PIDS+=("$BG_PID")
-}
-
-forget_pid() { # drop a stopped pid from PIDS
-    local p="$1" i
-    for i in "${!PIDS[@]}"; do [[ "${PIDS[$i]}" == "$p" ]] && unset 'PIDS[i]'; done
-    PIDS=("${PIDS[@]}")
-}
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
+# log, die, process bookkeeping and exit traps, free_port, wait_quiet, rss_kib, record
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
+bench_init compare
 
 # ------------------------------------------------------------------ prerequisites
 
@@ -145,89 +88,6 @@ if [[ ! -x "$HUBGATE" || ! -x "$LOAD" ]]; then
 fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 [[ "$(ulimit -n)" -ge $((2 * WS_HOLD_N + 200)) ]] || die "open files limit $(ulimit -n) is too low for WS_HOLD_N=$WS_HOLD_N"
-
-# ------------------------------------------------------------------ quietness
-
-QUIET_SPENT=0
-COMPILERS='^(rustc|clippy-driver|rustdoc|cc1|cc1plus|cargo-clippy|ld|ld.lld|lld|collect2)$'
-
-compilers_running() { pgrep -c "$COMPILERS" 2>/dev/null || true; }
-
-busy_pct_1s() { # machine busy % over one second (all CPUs)
-    python3 - <<'EOF'
-import time
-def t():
-    v=[int(x) for x in open('/proc/stat').readline().split()[1:]]
-    busy=v[0]+v[1]+v[2]+v[5]+v[6]+v[7]
-    return busy, busy+v[3]+v[4]
-b0,t0=t(); time.sleep(1); b1,t1=t()
-print(int(100*(b1-b0)/max(1,t1-t0)))
-EOF
-}
-
-# wait_quiet: sets WAITED (s) and COMPILERS_AT_START (count when the measure starts)
-wait_quiet() {
-    local start=$SECONDS n busy limit
-    limit=$QUIET_WAIT
-    ((QUIET_TOTAL - QUIET_SPENT < limit)) && limit=$((QUIET_TOTAL - QUIET_SPENT))
-    ((limit < 0)) && limit=0
-    local said=0
-    while :; do
-        n=$(compilers_running)
-        busy=$(busy_pct_1s)
-        if [[ "$n" == 0 && "$busy" -le "$QUIET_BUSY" ]]; then break; fi
-        if ((SECONDS - start >= limit)); then
-            log "machine still busy (compilers: $n, busy ${busy}%) after $((SECONDS - start)) s; measuring anyway"
-            break
-        fi
-        if [[ $said == 0 ]]; then
-            log "waiting for a quiet machine (compilers: $n, busy ${busy}%; up to ${limit} s)"
-            said=1
-        fi
-        sleep 2
-    done
-    WAITED=$((SECONDS - start))
-    QUIET_SPENT=$((QUIET_SPENT + WAITED))
-    COMPILERS_AT_START=$(compilers_running)
-}
-
-# ------------------------------------------------------------------ /proc helpers
-
-tree_pids() { # PID and its descendants
-    local p="$1" c
-    echo "$p"
-    # shellcheck disable=SC2013 # the children files are space-separated pids
-    for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do tree_pids "$c"; done
-}
-
-rss_kib() { # summed VmRSS of the tree
-    local sum=0 p v
-    for p in $(tree_pids "$1"); do
-        v=$(awk '/^VmRSS:/ {print $2}' /proc/"$p"/status 2>/dev/null || true)
-        sum=$((sum + ${v:-0}))
-    done
-    echo "$sum"
-}
-
-RECORDS="$WORK/records.jsonl"
-: >"$RECORDS"
-
-record() { # record REP TARGET MEASURE key=value... (values: numbers or plain strings)
-    local rep="$1" target="$2" measure="$3"
-    shift 3
-    python3 - "$rep" "$target" "$measure" "$@" >>"$RECORDS" <<'EOF'
-import json, sys
-rep, target, measure = sys.argv[1:4]
-d = {"rep": int(rep), "target": target, "measure": measure}
-for kv in sys.argv[4:]:
-    k, v = kv.split("=", 1)
-    try:
-        d[k] = json.loads(v)
-    except ValueError:
-        d[k] = v
-print(json.dumps(d))
-EOF
-}
 
 # ------------------------------------------------------------------ backend, TLS material
 
@@ -431,11 +291,6 @@ print(f"    {sys.argv[2]:<8} {sys.argv[3]:<8} opened {e['opened']} failed {e['fa
       f" in {e['open_time_s']} s; rss {idle/1024:.1f} -> {w/1024:.1f} MiB"
       f" = {(w-idle)/max(1,e['opened']):.1f} KiB/ws")
 EOF
-}
-
-pin_tree() { # pin_tree PID CPU: move every thread of the process tree to CPU
-    local p
-    for p in $(tree_pids "$1"); do taskset -a -p -c "$2" "$p" >/dev/null 2>&1 || true; done
 }
 
 measure_http_ws() { # REP TARGET BASEURL (http://host:port)

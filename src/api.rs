@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 
 use crate::canonical;
 use crate::metrics::Metrics;
-use crate::routes::{trim_prefix, RouteStore};
+use crate::routes::{trim_prefix, RouteStore, RouteTable};
 use crate::timefmt;
 
 /// The API service: the route store, the token, the metrics.
@@ -281,24 +281,7 @@ impl RoutesApi {
                 }
             },
         };
-        let mut routes = table.all();
-        routes.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        let mut out = String::with_capacity(64 + routes.len() * 160);
-        out.push('{');
-        let mut first = true;
-        for route in routes {
-            if since_ms.is_some_and(|s| route.last_activity_ms() >= s) {
-                continue;
-            }
-            if !first {
-                out.push(',');
-            }
-            first = false;
-            push_json_string(&mut out, &route.key);
-            out.push(':');
-            route.write_json(&mut out);
-        }
-        out.push('}');
+        let out = render_routes(table, since_ms);
         self.metrics.api_route_get.inc();
         Answer::json(out)
     }
@@ -357,8 +340,41 @@ impl RoutesApi {
     }
 }
 
+/// The body of `GET /api/routes`: every route (or, with `inactive_since_ms`, those whose last
+/// activity is older) as one JSON object keyed by route, in key order.
+///
+/// Public so that `benches/api_json.rs` can time the rendering of a large table on its own.
+pub fn render_routes(table: &RouteTable, inactive_since_ms: Option<i64>) -> String {
+    // ~150 bytes per JupyterHub route: one allocation for the whole body
+    let mut out = String::with_capacity(64 + table.len() * 160);
+    out.push('{');
+    let mut first = true;
+    table.for_each_sorted(|route| {
+        if inactive_since_ms.is_some_and(|s| route.last_activity_ms() >= s) {
+            return;
+        }
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        push_json_string(&mut out, &route.key);
+        out.push(':');
+        route.write_json(&mut out);
+    });
+    out.push('}');
+    out
+}
+
 /// Appends `s` as a JSON string literal.
 fn push_json_string(out: &mut String, s: &str) {
+    // Route keys almost never need escaping: copy those as they are (this runs once per route
+    // in GET /api/routes).
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     // serde_json's escaping, without an intermediate Value.
     match serde_json::to_string(s) {
         Ok(quoted) => out.push_str(&quoted),
@@ -398,6 +414,15 @@ impl ServeHttp for RoutesApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_strings_as_serde_writes_them() {
+        for k in ["/user/alice", "/user/a\"b", "/x\\y", "/t\tab", "/ü/☃", ""] {
+            let mut out = String::new();
+            push_json_string(&mut out, k);
+            assert_eq!(out, serde_json::to_string(k).unwrap());
+        }
+    }
 
     #[test]
     fn token_regex_quirks() {

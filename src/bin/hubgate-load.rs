@@ -6,12 +6,16 @@
 //! hubgate-load ws-echo URL [-c 64] [-s 128] [--rate 10] [-d 10s]     websocket round trips
 //! hubgate-load ws-hold URL [-c 5000] [--in-flight 256] [--hold 60s]  many idle websockets
 //! hubgate-load echo-server [--listen 127.0.0.1:9100]                 HTTP + websocket echo backend
+//! hubgate-load api-fill URL -n 10000 --token T [--prefix /user/bench-]  route POSTs, one connection
+//! hubgate-load api-churn URL --rate 1000 -d 10s --token T              route adds/deletes at a rate
 //! ```
 //!
 //! Progress goes to stderr once a second; the summary is a table on stdout and, with
 //! `--json FILE`, a JSON document. `--watch NAME=PID` samples that process tree's CPU time and
 //! RSS from /proc during the measured window (e.g. the proxy under test).
 
+#[path = "hubgate_load/api.rs"]
+mod api;
 #[path = "hubgate_load/conn.rs"]
 mod conn;
 #[path = "hubgate_load/hist.rs"]
@@ -55,6 +59,15 @@ enum Cmd {
     /// HTTP + websocket echo backend: 100-byte body, 64 KiB for paths ending in /64k, websocket
     /// echo on Upgrade. Runs until SIGINT/SIGTERM (or --max-seconds).
     EchoServer(EchoServerArgs),
+    /// Add N routes through the proxy's REST API (CHP's `POST /api/routes/<path>`, JupyterHub's
+    /// body and `Authorization: token T`), one after the other over ONE keep-alive connection;
+    /// reports the total time and the latency of each POST. URL is the API's base
+    /// (http://127.0.0.1:8001).
+    ApiFill(ApiFillArgs),
+    /// Route writes at a fixed rate through the REST API: each connection adds a route and
+    /// deletes it again, alternately; latency from each write's intended send time. Reports the
+    /// achieved rate, errors, and POST/DELETE latency.
+    ApiChurn(ApiChurnArgs),
 }
 
 #[derive(Args, Clone)]
@@ -64,7 +77,8 @@ struct Common {
     /// Extra request header "Name: value" (repeatable)
     #[arg(short = 'H', long = "header")]
     header: Vec<String>,
-    /// Send "Authorization: Bearer TOKEN"
+    /// Send "Authorization: Bearer TOKEN" ("Authorization: token TOKEN" in the api-* modes,
+    /// as JupyterHub sends it to the proxy's API)
     #[arg(long)]
     token: Option<String>,
     /// Connect / request / handshake timeout
@@ -176,6 +190,64 @@ struct EchoServerArgs {
     max_seconds: Option<u64>,
 }
 
+#[derive(Args)]
+struct ApiArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Route keys are PREFIX followed by a name (a number for api-fill)
+    #[arg(long, default_value = "/user/bench-")]
+    prefix: String,
+    /// The target of every route added (a backend URL; the API does not check it)
+    #[arg(long, default_value = "http://127.0.0.1:9100")]
+    target: String,
+}
+
+#[derive(Args)]
+struct ApiFillArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Routes to add (or delete)
+    #[arg(short = 'n', long, default_value_t = 10_000)]
+    routes: u64,
+    /// Number of the first route (PREFIX{first} .. PREFIX{first+n-1})
+    #[arg(long, default_value_t = 0)]
+    first: u64,
+    /// DELETE the routes instead of adding them
+    #[arg(long)]
+    delete: bool,
+    /// Stop after this long even if not all routes are done
+    #[arg(short, long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+}
+
+#[derive(Args)]
+struct ApiChurnArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Route writes per second, all connections together (half adds, half deletes)
+    #[arg(short, long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Run time
+    #[arg(short, long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Connections (each keeps one write in flight)
+    #[arg(short, long, default_value_t = 2)]
+    connections: u64,
+}
+
+impl ApiArgs {
+    fn common(&self) -> Result<api::ApiCommon, String> {
+        let c = api::ApiCommon {
+            prefix: self.prefix.clone(),
+            target: self.target.clone(),
+            token: self.common.token.clone(),
+            headers: self.common.header.clone(),
+        };
+        api::check_common(&c)?;
+        Ok(c)
+    }
+}
+
 /// What every load mode needs besides its own options.
 pub struct RunOpts {
     pub progress: bool,
@@ -257,6 +329,8 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::WsEcho(a) => a.common.threads,
         Cmd::WsHold(a) => a.common.threads,
         Cmd::EchoServer(a) => a.threads,
+        Cmd::ApiFill(a) => a.api.common.threads,
+        Cmd::ApiChurn(a) => a.api.common.threads,
     };
     let rt = runtime(threads).map_err(|e| e.to_string())?;
     let res = rt.block_on(async move {
@@ -328,6 +402,35 @@ fn run(cli: Cli) -> Result<(), String> {
                     },
                 };
                 (ws::run_hold(c, o, &ro).await?, a.common.json)
+            }
+            Cmd::ApiFill(a) => {
+                let common = a.api.common()?;
+                let (c, ro) = prepare(&a.api.common, ("http", "https")).await?;
+                let o = api::FillOpts {
+                    routes: a.routes,
+                    first: a.first,
+                    delete: a.delete,
+                    max_time: a.duration,
+                    common,
+                };
+                (api::run_fill(c, o, &ro).await?, a.api.common.json)
+            }
+            Cmd::ApiChurn(a) => {
+                let common = a.api.common()?;
+                let (c, ro) = prepare(&a.api.common, ("http", "https")).await?;
+                if a.connections == 0 {
+                    return Err("--connections must be at least 1".into());
+                }
+                if !(a.rate.is_finite() && a.rate > 0.0) {
+                    return Err("--rate must be positive".into());
+                }
+                let o = api::ChurnOpts {
+                    rate: a.rate,
+                    duration: a.duration,
+                    connections: a.connections,
+                    common,
+                };
+                (api::run_churn(c, o, &ro).await?, a.api.common.json)
             }
         };
         summary.emit(json.as_deref())

@@ -1,18 +1,103 @@
 //! The in-memory route table every request is matched against.
 //!
 //! Readers load an immutable snapshot through `ArcSwap` (no lock a writer can hold);
-//! writers serialise on a mutex and publish a new snapshot. The snapshot is a persistent
-//! hash map, so a write copies O(log n) nodes, not the table.
+//! writers serialise on a mutex and publish a new snapshot.
+//!
+//! Memory per route matters (a hub may hold 100,000 routes; issue 5 asks ≤ 0.5 KiB each). The
+//! snapshot is [`SHARDS`] hash tables of route pointers, each shared between snapshots until a
+//! write changes it: a write copies one shard (≈ n/256 pointers) and the shard list, not the
+//! table. A table holds only the pointer to each route (8 bytes and a control byte, hashed by
+//! the route's own key: no copy of the key); a persistent HAMT (`imbl`) took 60–100 bytes per
+//! route at 10,000–100,000 routes (BENCHMARKS.md, "Route table"). The target string as posted
+//! is a slice of the stored JSON rather than a second copy, and `Route` is kept within 208
+//! bytes (see `route_fits_its_size_class`).
 
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use hashbrown::HashTable;
 
 use super::target::{Target, TargetError};
 
-type Map = imbl::HashMap<Arc<str>, Arc<Route>>;
+/// Shards of a snapshot. A write copies the shard list and one shard, so it costs about
+/// `SHARDS + n / SHARDS` pointer copies: 256 keeps both small from 10,000 to 1,000,000 routes.
+const SHARDS: usize = 256;
+
+/// One shard: routes hashed by their segment form (see [`segment_form`]).
+type Shard = HashTable<Arc<Route>>;
+
+/// An immutable state of the table.
+#[derive(Clone, Debug)]
+struct Snapshot {
+    /// Keyed (SipHash) so that route keys chosen to collide cannot slow lookups down.
+    hasher: std::collections::hash_map::RandomState,
+    shards: Box<[Arc<Shard>]>,
+    len: usize,
+}
+
+impl Snapshot {
+    fn empty(hasher: std::collections::hash_map::RandomState) -> Snapshot {
+        // every shard starts as the same empty table; the first write to one copies it
+        let empty = Arc::new(Shard::new());
+        Snapshot {
+            hasher,
+            shards: (0..SHARDS).map(|_| empty.clone()).collect(),
+            len: 0,
+        }
+    }
+
+    fn hash(&self, form: &str) -> u64 {
+        self.hasher.hash_one(form)
+    }
+
+    /// The shard of a hash: bits 32–39, which hashbrown uses for neither the bucket index
+    /// (the low bits) nor the control byte (the top 7), so the shards' tables stay well spread.
+    fn shard_of(hash: u64) -> usize {
+        (hash >> 32) as usize % SHARDS
+    }
+
+    fn get(&self, form: &str) -> Option<&Arc<Route>> {
+        let h = self.hash(form);
+        self.shards[Self::shard_of(h)].find(h, |r| segment_form(&r.key) == form)
+    }
+
+    /// Inserts or replaces (whatever the exact key: same segment form, same route slot).
+    fn insert(&mut self, route: Arc<Route>) {
+        let Snapshot {
+            hasher,
+            shards,
+            len,
+        } = self;
+        let form = segment_form(&route.key);
+        let h = hasher.hash_one(form);
+        let shard = Arc::make_mut(&mut shards[Self::shard_of(h)]);
+        match shard.find_mut(h, |r| segment_form(&r.key) == form) {
+            Some(slot) => *slot = route,
+            None => {
+                shard.insert_unique(h, route, |r| hasher.hash_one(segment_form(&r.key)));
+                *len += 1;
+            }
+        }
+    }
+
+    fn remove(&mut self, form: &str) -> Option<Arc<Route>> {
+        let h = self.hash(form);
+        let shard = Arc::make_mut(&mut self.shards[Self::shard_of(h)]);
+        let (route, _) = shard
+            .find_entry(h, |r| segment_form(&r.key) == form)
+            .ok()?
+            .remove();
+        self.len -= 1;
+        Some(route)
+    }
+
+    fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+}
 
 /// What a route serves, from the data JupyterHub posts with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,10 +135,16 @@ pub struct Route {
     /// The decoded key as the API shows it (`/user/alice`).
     pub key: Arc<str>,
     /// The POSTed object serialised without its closing `}` (and without `last_activity`),
-    /// so listing the table appends the activity and closes it without re-serialising.
+    /// so listing the table appends the activity and closes it without re-serialising; then,
+    /// only when the target needed escaping in the JSON, the target as posted.
     data_json: Box<str>,
-    /// The target string exactly as POSTed (JupyterHub compares it by string equality).
-    target_str: Box<str>,
+    /// Where the target string exactly as POSTed is in `data_json` (JupyterHub compares it by
+    /// string equality): inside the JSON when it needed no escaping there, else after it.
+    target_at: u32,
+    /// The target's length inside the JSON, or [`TARGET_AFTER_JSON`]: then the JSON ends at
+    /// `target_at` and the target runs to the end of `data_json`. (Two bytes rather than a
+    /// second offset keep `Route` in its allocator size class.)
+    target_len: u16,
     /// The parsed target, or why it cannot be used (a 500 at request time, as in CHP).
     pub target: Result<Target, TargetError>,
     /// The JupyterHub user this route belongs to (`"user"` in the POSTed data).
@@ -72,7 +163,20 @@ impl Route {
             .and_then(|t| t.as_str())
             .unwrap_or_default();
         let target = Target::parse(target_str);
-        let target_str = target_str.to_string().into_boxed_str();
+        let (mut json, found) = object_json(&data);
+        let (target_at, target_len) = match found {
+            Some(at) if target_str.len() < usize::from(TARGET_AFTER_JSON) => {
+                (at, target_str.len() as u16)
+            }
+            _ => {
+                let at = json.len();
+                json.push_str(target_str);
+                (at, TARGET_AFTER_JSON)
+            }
+        };
+        // An API body is limited to api.max-body-bytes (10 MiB by default), far below 4 GiB;
+        // past that, `target_str` and `write_json` would give "" rather than panic.
+        let target_at = u32::try_from(target_at).unwrap_or(u32::MAX);
         let user = data
             .get("user")
             .and_then(|u| u.as_str())
@@ -86,12 +190,11 @@ impl Route {
         } else {
             RouteKind::Other
         };
-        let mut json = serde_json::Value::Object(data).to_string();
-        json.pop(); // the closing brace; `write_json` re-adds it after `last_activity`
         Route {
             key,
             data_json: json.into_boxed_str(),
-            target_str,
+            target_at,
+            target_len,
             target,
             user,
             kind,
@@ -115,7 +218,24 @@ impl Route {
 
     /// The target string as POSTed.
     pub fn target_str(&self) -> &str {
-        &self.target_str
+        let at = self.target_at as usize;
+        let target = if self.target_len == TARGET_AFTER_JSON {
+            self.data_json.get(at..)
+        } else {
+            self.data_json.get(at..at + usize::from(self.target_len))
+        };
+        target.unwrap_or_default()
+    }
+
+    /// The stored JSON: the POSTed object without its closing brace.
+    fn json(&self) -> &str {
+        if self.target_len == TARGET_AFTER_JSON {
+            self.data_json
+                .get(..self.target_at as usize)
+                .unwrap_or_default()
+        } else {
+            &self.data_json
+        }
     }
 
     /// Milliseconds since the epoch of the last recorded activity.
@@ -135,14 +255,64 @@ impl Route {
 
     /// Appends this route's JSON object (data plus `last_activity`) to `out`.
     pub fn write_json(&self, out: &mut String) {
-        out.push_str(&self.data_json);
-        if self.data_json.len() > 1 {
+        let json = self.json();
+        out.push_str(json);
+        if json.len() > 1 {
             out.push(',');
         }
         out.push_str("\"last_activity\":\"");
         crate::timefmt::push_iso_ms(out, self.last_activity_ms());
         out.push_str("\"}");
     }
+}
+
+/// `Route::target_len` when the target is stored after the JSON.
+const TARGET_AFTER_JSON: u16 = u16::MAX;
+
+/// `data` as serde_json's compact form writes it, without the closing brace, and where in it
+/// the text of a string `target` is when that needed no escaping. Built entry by entry (in
+/// the map's order, as `Value::to_string` would) to learn that position.
+fn object_json(data: &serde_json::Map<String, serde_json::Value>) -> (String, Option<usize>) {
+    let mut json = String::with_capacity(128);
+    json.push('{');
+    let mut target_at = None;
+    for (i, (k, v)) in data.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        push_json(&mut json, &serde_json::Value::String(k.clone()));
+        json.push(':');
+        match v {
+            serde_json::Value::String(t) if k == "target" && !needs_escape(t) => {
+                json.push('"');
+                target_at = Some(json.len());
+                json.push_str(t);
+                json.push('"');
+            }
+            _ => push_json(&mut json, v),
+        }
+    }
+    (json, target_at)
+}
+
+fn push_json(out: &mut String, v: &serde_json::Value) {
+    use std::fmt::Write;
+    // `Value`'s Display is serde_json's compact serialisation
+    let _ = write!(out, "{v}");
+}
+
+/// Whether serde_json escapes anything in `s` (it escapes `"`, `\` and control characters).
+fn needs_escape(s: &str) -> bool {
+    s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)
+}
+
+/// The first 16 bytes of `s` (zero-padded) as a big-endian integer: ordering these orders the
+/// byte strings, except that equal values need a full comparison.
+fn sort_prefix(s: &[u8]) -> u128 {
+    let mut b = [0u8; 16];
+    let n = s.len().min(16);
+    b[..n].copy_from_slice(&s[..n]);
+    u128::from_be_bytes(b)
 }
 
 /// Milliseconds since the Unix epoch.
@@ -184,14 +354,14 @@ pub struct Match {
 /// The route table: lock-free reads, serialised writes.
 #[derive(Debug)]
 pub struct RouteTable {
-    snapshot: ArcSwap<Map>,
+    snapshot: ArcSwap<Snapshot>,
     writer: Mutex<()>,
 }
 
 impl Default for RouteTable {
     fn default() -> Self {
         RouteTable {
-            snapshot: ArcSwap::from_pointee(Map::new()),
+            snapshot: ArcSwap::from_pointee(Snapshot::empty(Default::default())),
             writer: Mutex::new(()),
         }
     }
@@ -236,9 +406,8 @@ impl RouteTable {
     /// Inserts or replaces a route.
     pub fn insert(&self, route: Arc<Route>) {
         let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = Map::clone(&self.snapshot.load());
-        let form: Arc<str> = Arc::from(segment_form(&route.key));
-        next.insert(form, route);
+        let mut next = Snapshot::clone(&self.snapshot.load());
+        next.insert(route);
         self.snapshot.store(Arc::new(next));
     }
 
@@ -249,7 +418,7 @@ impl RouteTable {
         let form = segment_form(key);
         match current.get(form) {
             Some(r) if &*r.key == key => {
-                let mut next = Map::clone(&current);
+                let mut next = Snapshot::clone(&current);
                 let removed = next.remove(form);
                 self.snapshot.store(Arc::new(next));
                 removed
@@ -261,21 +430,41 @@ impl RouteTable {
     /// Replaces the whole table at once (used by stores that resynchronise).
     pub fn replace_all(&self, routes: impl IntoIterator<Item = Arc<Route>>) {
         let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = Map::new();
+        let mut next = Snapshot::empty(self.snapshot.load().hasher.clone());
         for route in routes {
-            next.insert(Arc::from(segment_form(&route.key)), route);
+            next.insert(route);
         }
         self.snapshot.store(Arc::new(next));
     }
 
+    /// Calls `f` with every route of one snapshot, in key order. Cheaper than sorting
+    /// [`RouteTable::all`]: no reference count is touched per route.
+    pub fn for_each_sorted(&self, mut f: impl FnMut(&Route)) {
+        let snap = self.snapshot.load();
+        // Keys share long prefixes (`/user/`), so comparing them byte by byte is most of a
+        // sort. The 16 bytes after the leading `/` (`user/` and most user names), as one
+        // integer, order nearly all keys; only keys equal there are compared in full. One pass
+        // over the routes: in a large table each route and key is a cache miss.
+        let mut routes: Vec<(u128, &[u8], &Route)> = Vec::with_capacity(snap.len);
+        for r in snap.routes() {
+            let key = r.key.as_bytes();
+            let rest = key.strip_prefix(b"/").unwrap_or(key);
+            routes.push((sort_prefix(rest), rest, r.as_ref()));
+        }
+        routes.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+        for (_, _, route) in routes {
+            f(route);
+        }
+    }
+
     /// All routes, in no particular order.
     pub fn all(&self) -> Vec<Arc<Route>> {
-        self.snapshot.load().values().cloned().collect()
+        self.snapshot.load().routes().cloned().collect()
     }
 
     /// Number of routes.
     pub fn len(&self) -> usize {
-        self.snapshot.load().len()
+        self.snapshot.load().len
     }
 
     /// Whether the table is empty.
@@ -331,6 +520,120 @@ mod tests {
         assert!(t.remove("//double/").is_none());
         assert!(t.remove("//double").is_some());
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn stored_json_is_serde_jsons() {
+        for v in [
+            json!({"target": "http://h:1", "user": "alice", "server_name": "", "jupyterhub": true}),
+            json!({"user": "a\"b", "target": "http://h/\"q\\\n", "x": {"target": "nested"}}),
+            json!({"target": 5, "list": [1, "two", null], "ü": "☃"}),
+            json!({"n": 1.5}),
+            json!({}),
+        ] {
+            let map = v.as_object().cloned().unwrap_or_default();
+            let r = Route::new(Arc::from("/k"), map.clone());
+            let mut want = serde_json::Value::Object(map.clone()).to_string();
+            want.pop();
+            assert_eq!(r.json(), want);
+            let target = map.get("target").and_then(|t| t.as_str()).unwrap_or("");
+            assert_eq!(r.target_str(), target);
+            let mut listed = String::new();
+            r.write_json(&mut listed);
+            let back: serde_json::Value = serde_json::from_str(&listed).unwrap();
+            assert_eq!(
+                back["target"],
+                map.get("target").cloned().unwrap_or_default()
+            );
+        }
+    }
+
+    #[test]
+    fn same_segment_form_replaces() {
+        let t = RouteTable::new();
+        t.insert(route("/user/a", "http://127.0.0.1:1"));
+        t.insert(route("//user/a/", "http://127.0.0.1:2"));
+        assert_eq!(t.len(), 1);
+        assert!(t.get("/user/a").is_none());
+        assert_eq!(
+            t.get("//user/a/").map(|r| r.target_str().to_string()),
+            Some("http://127.0.0.1:2".into())
+        );
+        assert_eq!(
+            t.lookup("/user/a/x").map(|m| m.route.key.to_string()),
+            Some("//user/a/".into())
+        );
+        let mut keys = Vec::new();
+        t.insert(route("/", "http://127.0.0.1:3"));
+        t.for_each_sorted(|r| keys.push(r.key.to_string()));
+        assert_eq!(keys, ["/", "//user/a/"]);
+        assert_eq!(t.all().len(), 2);
+    }
+
+    /// A route is allocated as `Arc<Route>` (16 bytes of counts + the route). At 208 bytes that
+    /// is 224, an exact size class of mimalloc (and jemalloc); one byte more costs 32 bytes per
+    /// route (the 256 class). Grow `Route` or `Target` only knowing that.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn route_fits_its_size_class() {
+        assert!(
+            std::mem::size_of::<Route>() <= 208,
+            "Route is {} bytes",
+            std::mem::size_of::<Route>()
+        );
+    }
+
+    #[test]
+    fn long_and_escaped_targets() {
+        let long = format!("http://h:1/{}", "x".repeat(70_000));
+        for target in [long.as_str(), "http://h:1/\"q\\", ""] {
+            let data = json!({"a": 1, "target": target, "z": "\"end"});
+            let r = Route::new(
+                Arc::from("/k"),
+                data.as_object().cloned().unwrap_or_default(),
+            );
+            assert_eq!(r.target_str(), target);
+            let mut want = data.to_string();
+            want.pop();
+            assert_eq!(r.json(), want);
+        }
+    }
+
+    #[test]
+    fn sorted_like_bytes() {
+        let t = RouteTable::new();
+        let keys = [
+            "/user/a",
+            "/user/a\u{0}",
+            "/user/a\u{0}x",
+            "/user/ab",
+            "/user/abcdefghij1",
+            "/user/abcdefghij0",
+            "/user/b",
+            "/",
+            "/user/Z",
+            "/user/ä",
+            "/user/abcdefgh",
+        ];
+        for k in keys {
+            t.insert(route(k, "http://127.0.0.1:1"));
+        }
+        let mut got = Vec::new();
+        t.for_each_sorted(|r| got.push(r.key.to_string()));
+        let mut want: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        want.sort();
+        assert_eq!(got, want);
+        // all keys sharing a prefix longer than 8 bytes
+        let t = RouteTable::new();
+        for i in [10, 2, 33, 1, 200, 7] {
+            t.insert(route(&format!("/user/someone-{i}"), "http://127.0.0.1:1"));
+        }
+        let mut got = Vec::new();
+        t.for_each_sorted(|r| got.push(r.key.to_string()));
+        let mut want = got.clone();
+        want.sort();
+        assert_eq!(got, want);
+        RouteTable::new().for_each_sorted(|_| panic!("empty table"));
     }
 
     #[test]

@@ -15,15 +15,15 @@ use super::hist::Histogram;
 use super::report::{Counters, Latency, Summary, Watcher};
 use super::RunOpts;
 
-/// A read buffer with a consumed prefix.
-struct Reader {
+/// A read buffer with a consumed prefix (one per connection; kept across keep-alive requests).
+pub struct Reader {
     buf: Vec<u8>,
     start: usize,
     end: usize,
 }
 
 impl Reader {
-    fn new() -> Reader {
+    pub fn new() -> Reader {
         Reader {
             buf: vec![0; 64 * 1024],
             start: 0,
@@ -95,7 +95,7 @@ pub struct Response {
 }
 
 /// Read one response (head + body) from `s`. Adds received bytes to `read`.
-async fn read_response(
+pub async fn read_response(
     s: &mut Conn,
     r: &mut Reader,
     head_only: bool,
@@ -177,6 +177,24 @@ async fn read_response(
         close = true;
     }
     Ok(Response { status, close })
+}
+
+/// Send one request on `s` and read its response, both within `timeout`. Adds received bytes
+/// to `read`. Any error leaves the connection in an unknown state: drop it.
+pub async fn exchange(
+    s: &mut Conn,
+    reader: &mut Reader,
+    req: &[u8],
+    head_only: bool,
+    timeout: Duration,
+    read: &mut u64,
+) -> io::Result<Response> {
+    tokio::time::timeout(timeout, async {
+        s.write_all(req).await?;
+        read_response(s, reader, head_only, read).await
+    })
+    .await
+    .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "request timed out")))
 }
 
 #[derive(Clone, Copy)]
@@ -302,14 +320,7 @@ pub async fn run(conn: Connector, o: HttpOpts, run: &RunOpts) -> Result<Summary,
                 }
                 let s = c.as_mut().unwrap();
                 let mut read = 0u64;
-                let r = tokio::time::timeout(timeout, async {
-                    s.write_all(&req).await?;
-                    read_response(s, &mut reader, head_only, &mut read).await
-                })
-                .await
-                .unwrap_or_else(|_| {
-                    Err(io::Error::new(io::ErrorKind::TimedOut, "request timed out"))
-                });
+                let r = exchange(s, &mut reader, &req, head_only, timeout, &mut read).await;
                 Counters::add(&counters.bytes_written, req.len() as u64);
                 Counters::add(&counters.bytes_read, read);
                 match r {
