@@ -24,8 +24,8 @@ for r in records:
     if "json" in r:
         r["data"] = json.load(open(r["json"]))
 
-TARGETS = ["direct", "hubgate", "nginx", "chp"]
-NAMES = {"direct": "direct", "hubgate": "hubgate", "nginx": "nginx", "chp": "CHP"}
+TARGETS = ["direct", "hubgate", "hubgate-auth", "nginx", "chp"]
+NAMES = {"direct": "direct", "hubgate": "hubgate", "hubgate-auth": "hubgate auth on", "nginx": "nginx", "chp": "CHP"}
 present = [t for t in TARGETS if any(r["target"] == t for r in records)]
 reps = sorted({r["rep"] for r in records})
 
@@ -145,6 +145,13 @@ def ratio(metric, a, b):
     return f"{x / y:.2f}×"
 
 
+# Ratio columns: hubgate against the others, and auth on against off (same binary, same run).
+RATIOS = [(a, b) for a, b in (("hubgate", "nginx"), ("hubgate", "chp"), ("hubgate-auth", "hubgate"))
+          if a in present and b in present]
+RATIO_NAMES = {("hubgate", "nginx"): "hubgate/nginx", ("hubgate", "chp"): "hubgate/CHP",
+               ("hubgate-auth", "hubgate"): "auth on/off"}
+
+
 ws_n = env.get("ws_hold_n", "5000")
 tls_n = env.get("ws_tls_n", "1000")
 rows = [
@@ -195,13 +202,7 @@ if bg_all:
         f"{env.get('quiet_wait_s', '0')} s spent waiting for quiet; run took {env.get('elapsed_s')} s."
     )
 lines.append("")
-hdr = "| metric | " + " | ".join(NAMES[t] for t in present)
-has_ratios = "hubgate" in present
-if has_ratios:
-    if "nginx" in present:
-        hdr += " | hubgate/nginx"
-    if "chp" in present:
-        hdr += " | hubgate/CHP"
+hdr = "| metric | " + " | ".join([NAMES[t] for t in present] + [RATIO_NAMES[r] for r in RATIOS])
 lines.append(hdr + " |")
 lines.append("|---|" + "---:|" * (hdr.count("|") - 1))
 for label, metric, kind in rows:
@@ -210,20 +211,12 @@ for label, metric, kind in rows:
         for t in present:
             a, b = (cell(m, t, kind) for m in metric)
             cols.append("-" if a == "-" else f"{fmt(med(metric[0], t), kind)} / {fmt(med(metric[1], t), kind)}")
-        rat = []
-        if has_ratios:
-            for o in ("nginx", "chp"):
-                if o in present:
-                    rat.append(ratio(metric[0], "hubgate", o))
+        rat = [ratio(metric[0], a, b) for a, b in RATIOS]
     else:
         if all(cell(metric, t, kind) == "-" for t in present):
             continue
         cols = [cell(metric, t, kind) for t in present]
-        rat = []
-        if has_ratios:
-            for o in ("nginx", "chp"):
-                if o in present:
-                    rat.append(ratio(metric, "hubgate", o))
+        rat = [ratio(metric, a, b) for a, b in RATIOS]
     lines.append(f"| {label} | " + " | ".join(cols + rat) + " |")
 
 # targets
@@ -258,6 +251,26 @@ target_row("RSS idle", "", "rss_idle", limit=20, unit=" MiB")
 target_row("RSS under load", "", "rss_load", limit=40, unit=" MiB")
 target_row(f"RSS per idle websocket, plain ({ws_n})", "", "hold_per_ws", limit=6, unit=" KiB")
 target_row(f"RSS per idle websocket, TLS ({tls_n})", "", "hold_tls_per_ws", limit=16, unit=" KiB")
+
+
+def auth_row(name, metric, limit, unit):
+    """hubgate-auth against hubgate (auth off) of the same run: ratio of the medians, and the
+    spread of the per-rep ratios (the two run back to back in each rep)."""
+    on, off = med(metric, "hubgate-auth"), med(metric, "hubgate")
+    if on is None or off is None or off == 0:
+        return
+    r = on / off
+    per_rep = values.get((metric, "hubgate-auth"), {})
+    base = values.get((metric, "hubgate"), {})
+    reps_r = [per_rep[k] / base[k] for k in per_rep if base.get(k)]
+    spread = f"; per rep {min(reps_r):.2f}–{max(reps_r):.2f}×" if len(reps_r) > 1 else ""
+    lines.append(
+        f"| {name} | ≤ {limit:g}× auth off ({off:.1f}{unit}) | auth on {on:.1f}{unit} ({r:.2f}×{spread}) "
+        f"| {'yes' if r <= limit else '**no**'} |"
+    )
+
+
+auth_row("auth on (cached token) vs auth off, CPU per small request", "small_cpu", 1.2, " µs")
 
 # background per target
 lines.append("")

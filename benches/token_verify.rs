@@ -1,5 +1,7 @@
 //! Token verification cost: cold (signature and claims, per algorithm) and cached (the
-//! steady state of a logged-in user: one SHA-256 and a map probe).
+//! steady state of a logged-in user: one SHA-256 and a map probe); and the whole per-request
+//! check with a cached token (credential extraction, cache, owner policy), what every
+//! authenticated request through the proxy pays.
 //!
 //! `cargo bench --bench token_verify`. Keys are generated with the openssl CLI at start.
 
@@ -12,7 +14,7 @@ use hubgate::auth::{Auth, CredentialKind};
 use hubgate::config::auth::AuthSection;
 use hubgate::http_client::HttpClient;
 use hubgate::metrics::Metrics;
-use hubgate::routes::RouteTable;
+use hubgate::routes::{Route, RouteTable};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
@@ -101,6 +103,35 @@ fn bench(c: &mut Criterion) {
         });
         group.bench_function(format!("cached/{kid}"), |b| {
             b.iter(|| rt.block_on(auth.verify_credential(CredentialKind::Bearer, black_box(&t))))
+        });
+        // A request as a browser-less client sends it, to alice's own server.
+        let mut req = pingora::http::RequestHeader::build("GET", b"/user/alice/api/contents", None)
+            .expect("request header");
+        for (name, value) in [
+            ("host", "hub.example.org".to_string()),
+            ("user-agent", "python-requests/2.32.3".to_string()),
+            ("accept", "*/*".to_string()),
+            ("authorization", format!("Bearer {t}")),
+        ] {
+            req.append_header(name, value).expect("header");
+        }
+        let mut data = serde_json::Map::new();
+        data.insert("target".into(), "http://127.0.0.1:9999".into());
+        data.insert("user".into(), "alice".into());
+        let route = Route::new(Arc::from("/user/alice"), data);
+        assert!(matches!(
+            rt.block_on(auth.check(&req, "/user/alice/api/contents", Some(&route), false)),
+            hubgate::auth::Outcome::Allow(_)
+        ));
+        group.bench_function(format!("check-cached/{kid}"), |b| {
+            b.iter(|| {
+                rt.block_on(auth.check(
+                    black_box(&req),
+                    "/user/alice/api/contents",
+                    Some(&route),
+                    false,
+                ))
+            })
         });
     }
     group.finish();

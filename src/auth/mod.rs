@@ -12,6 +12,7 @@ pub mod login;
 mod session;
 mod verify;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -340,24 +341,27 @@ impl Auth {
         &Access::Authenticated
     }
 
-    /// Extracts the request's one credential.
-    fn credential(
+    /// Extracts the request's one credential (borrowed from the request where it can be: this
+    /// runs on every request, and a token is about a kilobyte).
+    fn credential<'r>(
         &self,
-        req: &RequestHeader,
+        req: &'r RequestHeader,
         websocket: bool,
-    ) -> Result<Option<(CredentialKind, String)>, Reason> {
-        let mut found: Vec<(CredentialKind, String)> = Vec::new();
+    ) -> Result<Option<(CredentialKind, Cow<'r, str>)>, Reason> {
+        let mut found: Option<(CredentialKind, Cow<'r, str>)> = None;
+        // The same value sent twice (e.g. Bearer and the query parameter) is one credential;
+        // two different ones are refused.
+        let mut add = |kind, value: Cow<'r, str>| match &found {
+            Some((_, first)) if *first != value => Err(Reason::MultipleCredentials),
+            Some(_) => Ok(()),
+            None => {
+                found = Some((kind, value));
+                Ok(())
+            }
+        };
         for value in req.headers.get_all(http::header::AUTHORIZATION) {
-            let Ok(v) = value.to_str() else {
-                return Err(Reason::Malformed);
-            };
-            let v = v.trim();
-            if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-                let token = v[7..].trim();
-                if token.contains([',', ' ']) {
-                    return Err(Reason::MultipleCredentials);
-                }
-                found.push((CredentialKind::Bearer, token.to_string()));
+            if let Some(token) = bearer_token(value.as_bytes())? {
+                add(CredentialKind::Bearer, Cow::Borrowed(token))?;
             }
         }
         let cookies = req
@@ -366,21 +370,16 @@ impl Auth {
             .iter()
             .filter_map(|v| v.to_str().ok());
         for v in session::cookie_value(cookies, SESSION_COOKIE) {
-            found.push((CredentialKind::Session, v.to_string()));
+            add(CredentialKind::Session, Cow::Borrowed(v))?;
         }
         if websocket {
             if let Some(param) = &self.config.query_param {
                 if let Some(v) = query_value(req.raw_path(), param) {
-                    found.push((CredentialKind::Query, v));
+                    add(CredentialKind::Query, Cow::Owned(v))?;
                 }
             }
         }
-        found.dedup_by(|a, b| a.1 == b.1);
-        match found.len() {
-            0 => Ok(None),
-            1 => Ok(found.pop()),
-            _ => Err(Reason::MultipleCredentials),
-        }
+        Ok(found)
     }
 
     /// Verifies an identity-provider token (Bearer or query parameter).
@@ -401,9 +400,10 @@ impl Auth {
             Err(keys::NoKeySet) => return Err(Reason::KeysUnavailable),
             Ok(Some(k)) => k,
             Ok(None) => {
-                issuer
-                    .refetch_for_unknown_kid(&self.client, &self.resolver)
-                    .await;
+                // Boxed: this rare path's future (a key-set fetch) is ~11 KiB, and unboxed it
+                // made every request's future that large, with authentication off as well
+                // (the proxy's request filter holds `check`'s future): an 11 KiB copy per request.
+                Box::pin(issuer.refetch_for_unknown_kid(&self.client, &self.resolver)).await;
                 self.cache.purge_kids(&issuer.removed.load());
                 match issuer.get(&head.kid) {
                     Ok(Some(k)) => k,
@@ -599,6 +599,36 @@ impl Auth {
     }
 }
 
+/// The token of one `Authorization` value: `Ok(None)` for another scheme (e.g. JupyterHub's
+/// `token …`, which goes through to the hub), `Malformed` for a value that is not visible
+/// ASCII (what `HeaderValue::to_str` accepts), `MultipleCredentials` for a Bearer value that
+/// holds more than one token.
+fn bearer_token(value: &[u8]) -> Result<Option<&str>, Reason> {
+    // Tokens are about a kilobyte and this runs on every request: each check is one pass
+    // without early exit, which the compiler vectorises (`to_str` and `str::contains` with
+    // a char pattern were byte and char loops, ~0.9 µs per request together).
+    let visible = value.iter().fold(true, |ok, &b| {
+        ok & ((0x20..0x7f).contains(&b) | (b == b'\t'))
+    });
+    if !visible {
+        return Err(Reason::Malformed);
+    }
+    let v = std::str::from_utf8(value)
+        .map_err(|_| Reason::Malformed)?
+        .trim();
+    if v.len() <= 7 || !v.as_bytes()[..7].eq_ignore_ascii_case(b"bearer ") {
+        return Ok(None);
+    }
+    let token = v[7..].trim();
+    let separators = token
+        .bytes()
+        .fold(0u8, |n, b| n | u8::from(b == b',') | u8::from(b == b' '));
+    if separators != 0 {
+        return Err(Reason::MultipleCredentials);
+    }
+    Ok(Some(token))
+}
+
 /// A query parameter's value (form-decoded), from a raw request target.
 fn query_value(raw: &[u8], name: &str) -> Option<String> {
     let raw = std::str::from_utf8(raw).ok()?;
@@ -715,6 +745,64 @@ mod tests {
             "x=1&y=2"
         );
         assert_eq!(strip_query_param("hubgate_token=abc", "hubgate_token"), "");
+    }
+
+    #[test]
+    fn bearer_values() {
+        assert_eq!(bearer_token(b"Bearer abc.def.ghi"), Ok(Some("abc.def.ghi")));
+        assert_eq!(bearer_token(b"  bEaReR \t abc  "), Ok(Some("abc")));
+        // Other schemes are not hubgate's credential (JupyterHub API tokens, Basic).
+        assert_eq!(bearer_token(b"token abc"), Ok(None));
+        assert_eq!(bearer_token(b"Basic YTpi"), Ok(None));
+        assert_eq!(bearer_token(b"Bearer"), Ok(None));
+        assert_eq!(bearer_token(b"Bearer "), Ok(None));
+        assert_eq!(
+            bearer_token(b"Bearer a, Bearer b"),
+            Err(Reason::MultipleCredentials)
+        );
+        assert_eq!(
+            bearer_token(b"Bearer a b"),
+            Err(Reason::MultipleCredentials)
+        );
+        // Not visible ASCII: refused whatever the scheme, as `HeaderValue::to_str` would.
+        assert_eq!(bearer_token(b"Bearer a\x7fb"), Err(Reason::Malformed));
+        assert_eq!(
+            bearer_token("token \u{e9}".as_bytes()),
+            Err(Reason::Malformed)
+        );
+        assert_eq!(bearer_token(b"Bearer a\x01"), Err(Reason::Malformed));
+        // A long token (the vectorised passes run over whole chunks and a tail).
+        let long = format!("Bearer {}", "x".repeat(1000));
+        assert_eq!(bearer_token(long.as_bytes()), Ok(Some(&long[7..])));
+        let sep = format!("Bearer {},y", "x".repeat(1000));
+        assert_eq!(
+            bearer_token(sep.as_bytes()),
+            Err(Reason::MultipleCredentials)
+        );
+    }
+
+    #[test]
+    fn per_request_future_is_small() {
+        // The proxy's request filter holds `check`'s future on every request, authentication
+        // on or off: a rare path's large future inlined here (the key-set refetch, 11 KiB)
+        // once cost an 11 KiB copy per request.
+        let dir = std::env::temp_dir().join(format!("hubgate-auth-future-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let jwks = dir.join("jwks.json");
+        std::fs::write(&jwks, r#"{"keys": []}"#).expect("jwks written");
+        let section: crate::config::auth::AuthSection = toml::from_str(&format!(
+            "[[issuers]]\nissuer = \"https://idp\"\naudiences = [\"jupyterhub\"]\njwks-file = {:?}\n",
+            jwks.display().to_string()
+        ))
+        .expect("auth section");
+        let config = section.validate().expect("valid auth config");
+        let _ = std::fs::remove_dir_all(&dir);
+        let metrics = Metrics::new(Arc::new(crate::routes::RouteTable::new())).expect("metrics");
+        let client = Arc::new(HttpClient::new(Arc::new(Default::default()), false));
+        let auth = Auth::new(config, client, &metrics);
+        let req = RequestHeader::build("GET", b"/user/a/", None).expect("request");
+        let size = std::mem::size_of_val(&auth.check(&req, "/user/a/", None, false));
+        assert!(size <= 2048, "Auth::check's future is {size} bytes");
     }
 
     #[test]

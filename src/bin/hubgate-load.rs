@@ -78,8 +78,10 @@ struct Common {
     #[arg(short = 'H', long = "header")]
     header: Vec<String>,
     /// Send "Authorization: Bearer TOKEN" ("Authorization: token TOKEN" in the api-* modes,
-    /// as JupyterHub sends it to the proxy's API)
-    #[arg(long)]
+    /// as JupyterHub sends it to the proxy's API). Also read from HUBGATE_LOAD_TOKEN, which
+    /// keeps the token out of the process list (command lines are world-readable; the
+    /// environment is not)
+    #[arg(long, env = "HUBGATE_LOAD_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Connect / request / handshake timeout
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
