@@ -33,7 +33,8 @@
 #   REPS [3]  DURATION [10] (c64 runs, s)  C1_DURATION [5]  WS_DURATION [5]  WARMUP [1]
 #   C1_SAME_CORE [1] (also measure c1 with the proxy moved onto the load core)
 #   WS_HOLD_N [5000] (plain idle websockets)  WS_TLS_N [1000] (wss)  HOLD_IN_FLIGHT [256]
-#   PROXIES ["hubgate hubgate-auth nginx chp"]
+#   PROXIES ["hubgate-auth hubgate nginx chp"] (hubgate-auth first: with the rotation, never
+#     right after hubgate's 5,000-websocket measures, so auth on/off are measured alike)
 #   TLS_PROXIES ["hubgate nginx chp"] (idle wss measures; empty: none)
 #   HUBGATE [target/release/hubgate]  LOAD [target/release/hubgate-load]  HUBGATE_LABEL
 #   CHP [.tools/node_modules/.bin/configurable-http-proxy]  NGINX [nginx]
@@ -56,7 +57,7 @@ C1_SAME_CORE="${C1_SAME_CORE:-1}"
 WS_HOLD_N="${WS_HOLD_N:-5000}"
 WS_TLS_N="${WS_TLS_N:-1000}"
 HOLD_IN_FLIGHT="${HOLD_IN_FLIGHT:-256}"
-PROXIES="${PROXIES:-hubgate hubgate-auth nginx chp}"
+PROXIES="${PROXIES:-hubgate-auth hubgate nginx chp}"
 TLS_PROXIES="${TLS_PROXIES-hubgate nginx chp}" # set but empty: no wss measures
 HUBGATE="${HUBGATE:-$ROOT/target/release/hubgate}"
 LOAD="${LOAD:-$ROOT/target/release/hubgate-load}"
