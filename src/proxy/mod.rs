@@ -287,11 +287,14 @@ impl HubProxy {
         let Some(auth) = self.shared.auth.load_full() else {
             return Vec::new();
         };
+        // Only the identity headers the client actually sent: removing an absent name still
+        // hashes it in two maps (~7,000 instructions per request for all eleven).
         let mut remove: Vec<http::HeaderName> = IDENTITY_HEADERS
             .iter()
+            .filter(|h| req.headers.contains_key(**h))
             .map(|h| http::HeaderName::from_static(h))
             .collect();
-        set.retain(|(k, _)| !remove.contains(k));
+        set.retain(|(k, _)| !IDENTITY_HEADERS.contains(&k.as_str()));
         if let Some(allowed) = &ctx.allowed {
             if allowed.kind == crate::auth::CredentialKind::Bearer
                 && !auth.config.forward_authorization
