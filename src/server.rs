@@ -326,11 +326,10 @@ impl Hubgate {
         });
         let mut checks = vec![config.proxy_listen.clone(), config.api_listen.clone()];
 
-        // Public listener: no L4 read buffer, so idle websockets hold no buffer at all. With
-        // TLS, no L4 write buffer either: a wss connection keeps pingora's stream (and so that
-        // buffer) for its whole life — 5 KiB more per idle wss in RSS — while it saves one
-        // send per HTTPS response (2 instead of 3). Plain connections keep the buffer: their
-        // websockets are unwrapped from pingora's stream, and plain requests are the hot path.
+        // Public listener: no L4 read buffer, so idle websockets hold no buffer at all. The
+        // write buffer stays (also with TLS): it puts a response's head and body into one
+        // send; dropping it on a TLS listener cost a third send per HTTPS response and saved
+        // nothing measurable per idle wss (BENCHMARKS.md).
         let mut proxy = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,
             HubProxy::new(shared.clone()),
@@ -338,7 +337,7 @@ impl Hubgate {
         );
         let public_buffers = L4BufferSettings {
             read: Some(0),
-            write: config.proxy_tls.as_ref().map(|_| 0),
+            write: None,
         };
         let mut public = listener(&config.proxy_listen, Some(public_buffers))?;
         let mut certs = Vec::new();
