@@ -94,28 +94,36 @@ for t in present:
         r = get(t, "fixed_rate", rep)
         if r:
             put("fixed_rate", t, rep, r["value"])
-        for m in ("closed", "closed_churn", "fixed", "fixed_churn"):
-            r = get(t, m, rep)
-            if r:
-                d = r["data"]
-                put(f"{m}_rps", t, rep, d["rps"])
-                put(f"{m}_p50", t, rep, d["latency_us"]["p50"])
-                put(f"{m}_p99", t, rep, d["latency_us"]["p99"])
-                put(f"{m}_cpu", t, rep, proxy_cpu_per_op(d))
-        for m in ("closed", "fixed"):
-            a, b = get(t, m, rep), get(t, f"{m}_churn", rep)
+        # the closed loop once per rep; the fixed rate in PAIRS pairs per rep (values keyed
+        # "rep.pair", so medians and spreads are over every pair of every rep)
+        runs = [("closed", "closed", rep)] + [
+            ("fixed", f"fixed_p{p}", f"{rep}.{p}") for p in range(1, int(env.get("pairs", "1")) + 1)
+        ]
+        for m, measure, key in runs:
+            a, b = get(t, measure, rep), get(t, f"{measure}_churn", rep)
+            for name, r in ((m, a), (f"{m}_churn", b)):
+                if r:
+                    d = r["data"]
+                    put(f"{name}_rps", t, key, d["rps"])
+                    put(f"{name}_p50", t, key, d["latency_us"]["p50"])
+                    put(f"{name}_p99", t, key, d["latency_us"]["p99"])
+                    put(f"{name}_cpu", t, key, proxy_cpu_per_op(d))
+                    put(f"{name}_bg", t, key, d["machine"]["background_busy_pct"])
+                    lag = d.get("extra", {}).get("send_lag_us")
+                    if lag:
+                        put(f"{name}_lag_p99", t, key, lag["p99"])
             if a and b:
-                # paired in the same rep on the same process: the ratio cancels slow drift
-                put(f"{m}_p99_ratio", t, rep, b["data"]["latency_us"]["p99"] / max(1e-9, a["data"]["latency_us"]["p99"]))
-                put(f"{m}_p50_ratio", t, rep, b["data"]["latency_us"]["p50"] / max(1e-9, a["data"]["latency_us"]["p50"]))
-                put(f"{m}_rps_ratio", t, rep, b["data"]["rps"] / max(1e-9, a["data"]["rps"]))
-            c = get(t, f"churn_{m}", rep)
+                # paired on the same process, one right after the other: the ratio cancels drift
+                put(f"{m}_p99_ratio", t, key, b["data"]["latency_us"]["p99"] / max(1e-9, a["data"]["latency_us"]["p99"]))
+                put(f"{m}_p50_ratio", t, key, b["data"]["latency_us"]["p50"] / max(1e-9, a["data"]["latency_us"]["p50"]))
+                put(f"{m}_rps_ratio", t, key, b["data"]["rps"] / max(1e-9, a["data"]["rps"]))
+            c = get(t, f"churn_{measure}", rep)
             if c:
                 d = c["data"]
-                put(f"churn_{m}_rate", t, rep, d["rps"])
-                put(f"churn_{m}_p50", t, rep, d["latency_us"]["p50"])
-                put(f"churn_{m}_p99", t, rep, d["latency_us"]["p99"])
-                put(f"churn_{m}_cpu", t, rep, proxy_cpu_per_op(d))
+                put(f"churn_{m}_rate", t, key, d["rps"])
+                put(f"churn_{m}_p50", t, key, d["latency_us"]["p50"])
+                put(f"churn_{m}_p99", t, key, d["latency_us"]["p99"])
+                put(f"churn_{m}_cpu", t, key, proxy_cpu_per_op(d))
         for r in records:
             if r["target"] == t and r["rep"] == rep and "data" in r and r["data"]["errors"]:
                 errors.append((t, rep, r["measure"], r["data"]["errors"]))
@@ -176,11 +184,13 @@ rows = [
     ("closed loop + churn p50 / p99 µs", ("closed_churn_p50", "closed_churn_p99"), "int", True),
     ("closed loop: p99 with churn ÷ without (paired per rep)", "closed_p99_ratio", "f2", False),
     ("closed loop: requests/s with churn ÷ without", "closed_rps_ratio", "f2", False),
-    (f"fixed rate ({env.get('rate_fraction', '0.6')} × closed-loop rps) req/s", "fixed_rate", "int", True),
-    ("fixed rate p50 / p99 µs", ("fixed_p50", "fixed_p99"), "int", True),
+    (f"fixed rate ({env.get('rate_fraction', '0.4')} × closed-loop rps, ≤ {env.get('rate_cap', '-')}) req/s", "fixed_rate", "int", True),
+    ("fixed rate p50 / p99 µs (from intended send time)", ("fixed_p50", "fixed_p99"), "int", True),
     ("fixed rate + churn p50 / p99 µs", ("fixed_churn_p50", "fixed_churn_p99"), "int", True),
-    ("**fixed rate: p99 with churn ÷ without** (paired per rep)", "fixed_p99_ratio", "f2", False),
+    (f"**fixed rate: p99 with churn ÷ without** ({env.get('pairs', '1')} pairs per rep)", "fixed_p99_ratio", "f2", False),
     ("fixed rate: p50 with churn ÷ without", "fixed_p50_ratio", "f2", False),
+    ("fixed rate: load tool's send lag p99 µs, without / with churn", ("fixed_lag_p99", "fixed_churn_lag_p99"), "int", False),
+    ("fixed rate: background CPU %, without / with churn", ("fixed_bg", "fixed_churn_bg"), "f1", False),
     (f"churn achieved writes/s (asked {env.get('churn_rate', '1000')}), during fixed rate", "churn_fixed_rate", "int", True),
     ("churn write p50 / p99 µs (from intended send), during fixed rate", ("churn_fixed_p50", "churn_fixed_p99"), "int", True),
     ("churn write p50 / p99 µs, during closed loop", ("churn_closed_p50", "churn_closed_p99"), "int", True),

@@ -117,7 +117,14 @@ impl Target {
         let host_header = if port == default_port {
             host_lc.clone()
         } else {
-            format!("{host_lc}:{port}")
+            // Sized exactly: a route keeps this string for its whole life, and `format!`'s
+            // growth would leave it in the next larger allocation (8 bytes more per route).
+            let port = port.to_string();
+            let mut h = String::with_capacity(host_lc.len() + 1 + port.len());
+            h.push_str(&host_lc);
+            h.push(':');
+            h.push_str(&port);
+            h
         };
         Ok(Target {
             tls,
