@@ -75,5 +75,25 @@ fn canonical(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lookup, canonical);
+/// A route write (what the API does per POST and DELETE): insert a route, then remove it.
+/// It copies part of the table (the readers keep the snapshot they loaded), so it may grow
+/// with the table a little; route_table.sh's churn measures its effect on requests.
+fn write(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_write");
+    for n in [10usize, 10_000, 100_000] {
+        let t = table(n);
+        let mut data = serde_json::Map::new();
+        data.insert("target".into(), "http://127.0.0.1:8081".into());
+        let route = Arc::new(Route::new(Arc::from("/user/churn"), data));
+        group.bench_function(BenchmarkId::new("insert_remove", n), |b| {
+            b.iter(|| {
+                t.insert(route.clone());
+                t.remove(black_box("/user/churn"))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, lookup, write, canonical);
 criterion_main!(benches);

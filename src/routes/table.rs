@@ -4,9 +4,9 @@
 //! writers serialise on a mutex and publish a new snapshot.
 //!
 //! Memory per route matters (a hub may hold 100,000 routes; issue 5 asks ≤ 0.5 KiB each). The
-//! snapshot is [`SHARDS`] hash tables of route pointers, each shared between snapshots until a
-//! write changes it: a write copies one shard (≈ n/256 pointers) and the shard list, not the
-//! table. A table holds only the pointer to each route (8 bytes and a control byte, hashed by
+//! snapshot is 256 hash tables (shards) of route pointers in 16 groups of 16, each shared
+//! between snapshots until a write changes it: a write copies one shard (≈ n/256 pointers),
+//! its group and the group list (16 pointers each), not the table. A table holds only the pointer to each route (8 bytes and a control byte, hashed by
 //! the route's own key: no copy of the key); a persistent HAMT (`imbl`) took 60–100 bytes per
 //! route at 10,000–100,000 routes (BENCHMARKS.md, "Route table"). The target string as posted
 //! is a slice of the stored JSON rather than a second copy, and `Route` is kept within 208
@@ -22,29 +22,34 @@ use hashbrown::HashTable;
 
 use super::target::{Target, TargetError};
 
-/// Shards of a snapshot. A write copies the shard list and one shard, so it costs about
-/// `SHARDS + n / SHARDS` pointer copies: 256 keeps both small from 10,000 to 1,000,000 routes.
-const SHARDS: usize = 256;
+/// Shards per group and groups per snapshot (256 shards). A write copies one shard, its group
+/// and the group list: about `2 × 16 + n / 256` reference counts touched, where one flat list
+/// of 256 shards cost `256 + n / 256` (a tenth of a POST's CPU at 10,000 routes).
+const FANOUT: usize = 16;
 
 /// One shard: routes hashed by their segment form (see [`segment_form`]).
 type Shard = HashTable<Arc<Route>>;
+
+type Group = [Arc<Shard>; FANOUT];
 
 /// An immutable state of the table.
 #[derive(Clone, Debug)]
 struct Snapshot {
     /// Keyed (SipHash) so that route keys chosen to collide cannot slow lookups down.
     hasher: std::collections::hash_map::RandomState,
-    shards: Box<[Arc<Shard>]>,
+    groups: [Arc<Group>; FANOUT],
     len: usize,
 }
 
 impl Snapshot {
     fn empty(hasher: std::collections::hash_map::RandomState) -> Snapshot {
-        // every shard starts as the same empty table; the first write to one copies it
+        // every shard starts as the same empty table, in the same group; the first write to
+        // one copies the group and the table
         let empty = Arc::new(Shard::new());
+        let group = Arc::new(std::array::from_fn(|_| empty.clone()));
         Snapshot {
             hasher,
-            shards: (0..SHARDS).map(|_| empty.clone()).collect(),
+            groups: std::array::from_fn(|_| Arc::clone(&group)),
             len: 0,
         }
     }
@@ -53,27 +58,39 @@ impl Snapshot {
         self.hasher.hash_one(form)
     }
 
-    /// The shard of a hash: bits 32–39, which hashbrown uses for neither the bucket index
-    /// (the low bits) nor the control byte (the top 7), so the shards' tables stay well spread.
-    fn shard_of(hash: u64) -> usize {
-        (hash >> 32) as usize % SHARDS
+    /// The group and shard of a hash: bits 32–39, which hashbrown uses for neither the bucket
+    /// index (the low bits) nor the control byte (the top 7), so the shards' tables stay well
+    /// spread.
+    fn place(hash: u64) -> (usize, usize) {
+        let bits = (hash >> 32) as usize;
+        ((bits / FANOUT) % FANOUT, bits % FANOUT)
+    }
+
+    fn shard(&self, hash: u64) -> &Shard {
+        let (g, s) = Self::place(hash);
+        &self.groups[g][s]
+    }
+
+    fn shard_mut(groups: &mut [Arc<Group>; FANOUT], hash: u64) -> &mut Shard {
+        let (g, s) = Self::place(hash);
+        Arc::make_mut(&mut Arc::make_mut(&mut groups[g])[s])
     }
 
     fn get(&self, form: &str) -> Option<&Arc<Route>> {
         let h = self.hash(form);
-        self.shards[Self::shard_of(h)].find(h, |r| segment_form(&r.key) == form)
+        self.shard(h).find(h, |r| segment_form(&r.key) == form)
     }
 
     /// Inserts or replaces (whatever the exact key: same segment form, same route slot).
     fn insert(&mut self, route: Arc<Route>) {
         let Snapshot {
             hasher,
-            shards,
+            groups,
             len,
         } = self;
         let form = segment_form(&route.key);
         let h = hasher.hash_one(form);
-        let shard = Arc::make_mut(&mut shards[Self::shard_of(h)]);
+        let shard = Self::shard_mut(groups, h);
         match shard.find_mut(h, |r| segment_form(&r.key) == form) {
             Some(slot) => *slot = route,
             None => {
@@ -85,7 +102,7 @@ impl Snapshot {
 
     fn remove(&mut self, form: &str) -> Option<Arc<Route>> {
         let h = self.hash(form);
-        let shard = Arc::make_mut(&mut self.shards[Self::shard_of(h)]);
+        let shard = Self::shard_mut(&mut self.groups, h);
         let (route, _) = shard
             .find_entry(h, |r| segment_form(&r.key) == form)
             .ok()?
@@ -95,7 +112,10 @@ impl Snapshot {
     }
 
     fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.shards.iter().flat_map(|s| s.iter())
+        self.groups
+            .iter()
+            .flat_map(|g| g.iter())
+            .flat_map(|s| s.iter())
     }
 }
 
@@ -637,6 +657,42 @@ mod tests {
         want.sort();
         assert_eq!(got, want);
         RouteTable::new().for_each_sorted(|_| panic!("empty table"));
+    }
+
+    #[test]
+    fn many_writes_match_a_model() {
+        // enough keys to fill every shard of every group, with replacements and removals
+        let t = RouteTable::new();
+        let mut model = std::collections::BTreeMap::new();
+        for i in 0..3000 {
+            let key = format!("/user/u{i}");
+            let target = format!("http://127.0.0.1:{}", 1000 + i);
+            t.insert(route(&key, &target));
+            model.insert(key, target);
+        }
+        for i in (0..3000).step_by(3) {
+            let key = format!("/user/u{i}");
+            assert!(t.remove(&key).is_some());
+            model.remove(&key);
+        }
+        for i in (1..3000).step_by(7) {
+            let key = format!("/user/u{i}");
+            t.insert(route(&key, "http://127.0.0.1:9"));
+            model.insert(key, "http://127.0.0.1:9".into());
+        }
+        assert_eq!(t.len(), model.len());
+        for i in 0..3000 {
+            let key = format!("/user/u{i}");
+            assert_eq!(
+                t.lookup(&format!("{key}/lab"))
+                    .map(|m| m.route.target_str().to_string()),
+                model.get(&key).cloned(),
+                "{key}"
+            );
+        }
+        let mut listed = Vec::new();
+        t.for_each_sorted(|r| listed.push((r.key.to_string(), r.target_str().to_string())));
+        assert_eq!(listed, model.into_iter().collect::<Vec<_>>());
     }
 
     #[test]
