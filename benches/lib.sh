@@ -175,3 +175,17 @@ for kv in sys.argv[4:]:
 print(json.dumps(d))
 EOF
 }
+
+# start_backend: the `hubgate-load echo-server` backend on LOAD_CPU, ready before it returns;
+# sets BACKEND_PORT, BACKEND_PID and BACKEND (its URL).
+start_backend() {
+    BACKEND_PORT=$(free_port)
+    start_bg backend "$LOAD_CPU" "$LOAD" echo-server --listen "127.0.0.1:$BACKEND_PORT" --max-seconds 7200
+    BACKEND_PID=$BG_PID
+    for _ in $(seq 50); do
+        curl -s -o /dev/null "http://127.0.0.1:$BACKEND_PORT/" && break
+        sleep 0.1
+    done
+    curl -s -o /dev/null "http://127.0.0.1:$BACKEND_PORT/" || die "echo backend did not start (see $WORK/backend.log)"
+    BACKEND="http://127.0.0.1:$BACKEND_PORT"
+}
