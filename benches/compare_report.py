@@ -221,7 +221,7 @@ for label, metric, kind in rows:
 
 # targets
 lines.append("")
-lines.append("Targets (issue 5; medians of this run):")
+lines.append('Targets (docs/performance.md, "Targets"; medians of this run):')
 lines.append("")
 lines.append("| target | goal | hubgate | met? |")
 lines.append("|---|---|---:|:---:|")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Route table and REST API, side by side: hubgate vs configurable-http-proxy (CHP), both in front
-# of the same `hubgate-load echo-server` backend on 127.0.0.1 (issue 5's route-table targets).
+# of the same `hubgate-load echo-server` backend on 127.0.0.1 (targets: docs/performance.md, "Targets").
 #
 # Per proxy and rep, on a fresh proxy process (same flags for both: --ip/--port, --api-ip/
 # --api-port, --default-target, --log-level warn; token in CONFIGPROXY_AUTH_TOKEN):

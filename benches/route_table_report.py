@@ -254,7 +254,7 @@ if two:
 
 # targets
 lines.append("")
-lines.append("Targets (issue 5; medians of this run):")
+lines.append('Targets (docs/performance.md, "Targets"; medians of this run):')
 lines.append("")
 lines.append("| target | goal | hubgate | CHP | met? |")
 lines.append("|---|---|---:|---:|:---:|")

@@ -427,7 +427,7 @@ def assert_same(chp_val, hg_val, what: str, flags=()):
 
 
 def chp_check(cond: bool, msg: str):
-    """Sanity check of CHP itself against the reference document."""
+    """Sanity check of CHP itself against docs/chp-compatibility.md."""
     assert cond, f"REFERENCE CONTRADICTION (CHP itself): {msg}"
 
 

@@ -1,4 +1,4 @@
-"""§2.8 last_activity semantics: CHP vs hubgate.
+"""[Activity tracking] last_activity semantics: CHP vs hubgate.
 
 Pattern: read last_activity, wait a little (the timestamps have millisecond
 resolution), do one thing, read again, compare "did it move" on both proxies.
@@ -76,7 +76,7 @@ ACTIONS = [
 
 @pytest.mark.parametrize("name,key,action,expect", ACTIONS, ids=[a[0] for a in ACTIONS])
 def test_activity(pf, be, name, key, action, expect):
-    """§2.8 GET 2xx updates last_activity; 3xx/4xx/5xx and proxy errors don't; a request body
+    """[Activity tracking] GET 2xx updates last_activity; 3xx/4xx/5xx and proxy errors don't; a request body
     chunk does (even to a 404)."""
     pair = pf.get()
     seed(pair, be)
@@ -89,7 +89,7 @@ def test_activity(pf, be, name, key, action, expect):
 
 
 def test_activity_only_matched_route(pf, be):
-    """§2.8 only the matched (longest-prefix) route is updated, not its parent or siblings."""
+    """[Activity tracking] only the matched (longest-prefix) route is updated, not its parent or siblings."""
     pair = pf.get()
     seed(pair, be)
     pair.add_route("/user/alice/lab", be.b.url)
@@ -101,7 +101,7 @@ def test_activity_only_matched_route(pf, be):
 
 
 def test_activity_escaped_request(pf, be):
-    """§2.8 an escaped request path updates the decoded route key."""
+    """[Activity tracking] an escaped request path updates the decoded route key."""
     pair = pf.get()
     seed(pair, be)
     v = pair.same(lambda p: moved(p, ["/user/alice"], status_of("GET", "/user/%61lice/x")),
@@ -110,7 +110,7 @@ def test_activity_escaped_request(pf, be):
 
 
 def test_activity_root_route(pf, be):
-    """§2.8 the '/' route gets activity like any other."""
+    """[Activity tracking] the '/' route gets activity like any other."""
     pair = pf.get()
     pair.add_route("/", be.root.url)
     v = pair.same(lambda p: moved(p, ["/"], status_of("GET", "/hub/home")), "GET via /")
@@ -118,7 +118,7 @@ def test_activity_root_route(pf, be):
 
 
 def test_activity_websocket(pf, be):
-    """§2.8 websocket: the upgrade and server->client frames do not update last_activity;
+    """[Activity tracking] websocket: the upgrade and server->client frames do not update last_activity;
     a client->server frame does."""
     pair = pf.get()
     seed(pair, be)

@@ -1,4 +1,4 @@
-"""§2.2 REST API (/api/routes): CHP vs hubgate side by side."""
+"""[REST API] /api/routes: CHP vs hubgate side by side."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def seed(pair, be):
 
 @pytest.mark.parametrize("path", ["/api/routes", "/api/routes/", "/api/routes?x=1"])
 def test_get_all_routes(pair, be, path):
-    """§2.2 GET /api/routes (and trailing slash): whole table incl. '/', extra keys, 200 JSON."""
+    """[REST API] GET /api/routes (and trailing slash): whole table incl. '/', extra keys, 200 JSON."""
     seed(pair, be)
     v = pair.same(lambda p: api_view(p, "GET", path, kind="json"), f"GET {path}")
     chp_check(v["status"] == 200 and set(v["body"]) == {"/user/alice", "/user/bob", "/"},
@@ -40,7 +40,7 @@ def test_get_all_routes(pair, be, path):
                                   "/api/routes/user/alice?x=1", "/api/routes/user/%61lice",
                                   "/api/routes/user%2Falice"])
 def test_get_one_route(pair, be, path):
-    """§2.2 GET /api/routes/<path>: with and without trailing slash, escaped forms."""
+    """[REST API] GET /api/routes/<path>: with and without trailing slash, escaped forms."""
     seed(pair, be)
     v = pair.same(lambda p: api_view(p, "GET", path, kind="json"), f"GET {path}")
     chp_check(v["status"] == 200, f"GET {path}: {v}")
@@ -50,14 +50,14 @@ def test_get_one_route(pair, be, path):
                                   "/api/routes/user", "/api/routes/user/alice/x",
                                   "/api/routes//user/alice"])
 def test_get_one_missing(pair, be, path):
-    """§2.2 GET one missing (and case-sensitive keys, no prefix match) -> 404 empty body."""
+    """[REST API] GET one missing (and case-sensitive keys, no prefix match) -> 404 empty body."""
     seed(pair, be)
     v = pair.same(lambda p: api_view(p, "GET", path), f"GET {path}")
     chp_check(v["status"] == 404 and v["body"] == "", f"GET {path}: {v}")
 
 
 def test_post_creates_201_empty(pair, be):
-    """§2.2 POST -> 201 with an empty body, then GET shows the route."""
+    """[REST API] POST -> 201 with an empty body, then GET shows the route."""
     v = pair.same(lambda p: api_view(p, "POST", "/api/routes/user/carol",
                                      {"target": be.a.url}), "POST new route")
     chp_check(v["status"] == 201 and v["body"] == "", f"POST: {v}")
@@ -65,7 +65,7 @@ def test_post_creates_201_empty(pair, be):
 
 
 def test_post_replaces_and_drops_old_keys(pair, be):
-    """§2.2 POST replaces a route wholesale: old extra keys are dropped."""
+    """[REST API] POST replaces a route wholesale: old extra keys are dropped."""
     pair.add_route("/user/alice", be.a.url, user="alice", old="x", server_name="")
     pair.add_route("/user/alice/", be.b.url, new=1)
     v = pair.same(lambda p: api_view(p, "GET", "/api/routes/user/alice", kind="json"),
@@ -74,7 +74,7 @@ def test_post_replaces_and_drops_old_keys(pair, be):
 
 
 def test_extra_keys_echoed(pair, be):
-    """§2.2 arbitrary extra JSON keys are stored and echoed; a posted last_activity is overwritten."""
+    """[REST API] arbitrary extra JSON keys are stored and echoed; a posted last_activity is overwritten."""
     data = {"user": "zoë", "server_name": "", "jupyterhub": True, "n": 1.5, "i": 7,
             "none": None, "list": [1, "two", {"3": False}], "nested": {"a": {"b": []}},
             "last_activity": "1999-01-01T00:00:00.000Z", "host": "not-host-routing"}
@@ -106,7 +106,7 @@ BAD_BODIES = [
 
 @pytest.mark.parametrize("name,body", BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
 def test_post_bad_body(pair, name, body):
-    """§2.2 invalid bodies -> 400 with CHP's exact body text; nothing stored."""
+    """[REST API] invalid bodies -> 400 with CHP's exact body text; nothing stored."""
     v = pair.same(lambda p: api_view(p, "POST", "/api/routes/user/x", body), f"POST body {body!r}")
     chp_check(v["status"] == 400, str(v))
     pair.same(lambda p: api_view(p, "GET", "/api/routes", kind="json"), "table after bad POST")
@@ -115,7 +115,7 @@ def test_post_bad_body(pair, name, body):
 @pytest.mark.parametrize("body", ["{bad", "", '{"target": 5}', '{"target": "http://x"}'])
 @pytest.mark.parametrize("token", [None, "wrong"])
 def test_post_json_checked_before_auth(pair, body, token):
-    """§2.2 order of checks: invalid JSON -> 400 even without/with a wrong token; else 403."""
+    """[REST API] order of checks: invalid JSON -> 400 even without/with a wrong token; else 403."""
     v = pair.same(lambda p: api_view(p, "POST", "/api/routes/user/x", body, token=token),
                   f"POST {body!r} token={token}")
     chp_check(v["status"] == (400 if body in ("{bad", "") else 403), str(v))
@@ -123,7 +123,7 @@ def test_post_json_checked_before_auth(pair, body, token):
 
 @pytest.mark.parametrize("path", ["/api/routes", "/api/routes/"])
 def test_post_without_path_creates_root(pair, be, path):
-    """§2.2 POST /api/routes (no path) creates or replaces the root route '/'."""
+    """[REST API] POST /api/routes (no path) creates or replaces the root route '/'."""
     v = pair.same(lambda p: api_view(p, "POST", path, {"target": be.root.url}), f"POST {path}")
     chp_check(v["status"] == 201, str(v))
     v = pair.same(lambda p: api_view(p, "GET", "/api/routes", kind="json"), "GET all")
@@ -132,7 +132,7 @@ def test_post_without_path_creates_root(pair, be, path):
 
 @pytest.mark.parametrize("path", ["/api/routes/user/alice", "/api/routes/user/alice/"])
 def test_delete_existing_then_missing(pair, be, path):
-    """§2.2 DELETE -> 204 (removed), then 404, both empty bodies; trailing slash normalised."""
+    """[REST API] DELETE -> 204 (removed), then 404, both empty bodies; trailing slash normalised."""
     seed(pair, be)
     v = pair.same(lambda p: api_view(p, "DELETE", path), f"DELETE {path}")
     chp_check(v["status"] == 204 and v["body"] == "", str(v))
@@ -142,7 +142,7 @@ def test_delete_existing_then_missing(pair, be, path):
 
 
 def test_delete_root_with_trailing_slash(pair, be):
-    """§2.2 DELETE /api/routes/ deletes the '/' route (204)."""
+    """[REST API] DELETE /api/routes/ deletes the '/' route (204)."""
     seed(pair, be)
     v = pair.same(lambda p: api_view(p, "DELETE", "/api/routes/"), "DELETE /api/routes/")
     chp_check(v["status"] == 204, str(v))
@@ -151,7 +151,7 @@ def test_delete_root_with_trailing_slash(pair, be):
 
 
 def test_delete_without_path_answers(pair, be):
-    """§2.2 DELETE /api/routes (no path): CHP hangs (bug); hubgate must answer 4xx within 2 s.
+    """[REST API] DELETE /api/routes (no path): CHP hangs (bug); hubgate must answer 4xx within 2 s.
     Documented deliberate difference."""
     chp = pair.chp.api("DELETE", "/api/routes", timeout=1.0)
     chp_check(chp is None, f"CHP answered DELETE /api/routes: {chp}")
@@ -192,7 +192,7 @@ ESCAPES = [
 
 @pytest.mark.parametrize("post,key,others", ESCAPES, ids=[e[0] for e in ESCAPES])
 def test_escaped_keys(pair, be, post, key, others):
-    """§2.2 keys are stored decoded; escaped GET/DELETE forms find them."""
+    """[REST API] keys are stored decoded; escaped GET/DELETE forms find them."""
     path = "/api/routes" + ("" if post.startswith("/") else "/") + post
     v = pair.same(lambda p: api_view(p, "POST", path, {"target": be.a.url}), f"POST {path}")
     v = pair.same(lambda p: api_view(p, "GET", "/api/routes", kind="json"), "GET all")
@@ -245,7 +245,7 @@ AUTH = [
 ], ids=["get-all", "get-one", "post", "delete"])
 @pytest.mark.parametrize("name,header", AUTH, ids=[a[0] for a in AUTH])
 def test_auth(pair, be, method, path, body, name, header):
-    """§2.2 auth: regex /token\\s+(\\S+)/ unanchored, case-sensitive; failure = 403 empty body."""
+    """[REST API] auth: regex /token\\s+(\\S+)/ unanchored, case-sensitive; failure = 403 empty body."""
     seed(pair, be)
     headers = {} if header is None else {"Authorization": header.format(t=pair.chp.token)}
     v = pair.same(lambda p: api_view(p, method, path, body, token=None, headers=headers),
@@ -263,7 +263,7 @@ def test_auth(pair, be, method, path, body, name, header):
 @pytest.mark.parametrize("method", ["PUT", "PATCH", "HEAD", "OPTIONS"])
 @pytest.mark.parametrize("authed", [False, True])
 def test_unsupported_methods_405(pair, be, method, path, authed):
-    """§2.2 PUT/PATCH/HEAD/OPTIONS -> 405 'Method not supported', even without auth."""
+    """[REST API] PUT/PATCH/HEAD/OPTIONS -> 405 'Method not supported', even without auth."""
     seed(pair, be)
     body = '{"target": "http://127.0.0.1:9"}' if method in ("PUT", "PATCH") else None
     v = pair.same(lambda p: api_view(p, method, path, body, token="default" if authed else None),
@@ -278,7 +278,7 @@ def test_unsupported_methods_405(pair, be, method, path, authed):
 @pytest.mark.parametrize("method", ["GET", "POST", "DELETE", "PUT"])
 @pytest.mark.parametrize("authed", [False, True])
 def test_api_not_found(pair, method, path, authed):
-    """§2.2 paths outside ^/api/routes(/.*)?$ -> 404 'Not Found' (before method/auth checks)."""
+    """[REST API] paths outside ^/api/routes(/.*)?$ -> 404 'Not Found' (before method/auth checks)."""
     body = "{bad" if method == "POST" else None
     v = pair.same(lambda p: api_view(p, method, path, body, token="default" if authed else None),
                   f"{method} {path}")
@@ -286,7 +286,7 @@ def test_api_not_found(pair, method, path, authed):
 
 
 def test_last_activity_format(pair, be):
-    """§2.2 last_activity is an ISO string YYYY-MM-DDTHH:MM:SS.mmmZ set at POST time."""
+    """[REST API] last_activity is an ISO string YYYY-MM-DDTHH:MM:SS.mmmZ set at POST time."""
     before = time.time()
     seed(pair, be)
     for p in pair:
@@ -318,7 +318,7 @@ INACTIVE = [
 @pytest.mark.parametrize("param", ["inactive_since", "inactiveSince"])
 @pytest.mark.parametrize("name,value", INACTIVE, ids=[i[0] for i in INACTIVE])
 def test_inactive_since(pair, be, param, name, value):
-    """§2.2 ?inactive_since / ?inactiveSince filtering; invalid -> 400 exact body."""
+    """[REST API] ?inactive_since / ?inactiveSince filtering; invalid -> 400 exact body."""
     seed(pair, be)
     path = f"/api/routes?{param}={value}"
     v = pair.same(lambda p: api_view(p, "GET", path), f"GET {path}")
@@ -332,7 +332,7 @@ def test_inactive_since(pair, be, param, name, value):
 
 
 def test_inactive_since_between(pair, be):
-    """§2.2 inactive_since = the newer route's stamp returns only the older route (strict <)."""
+    """[REST API] inactive_since = the newer route's stamp returns only the older route (strict <)."""
     pair.add_route("/user/old", be.a.url)
     time.sleep(0.05)
     pair.add_route("/user/new", be.a.url)
@@ -346,7 +346,7 @@ def test_inactive_since_between(pair, be):
 
 
 def test_api_without_token_configured(pf, be):
-    """§1.2 CONFIGPROXY_AUTH_TOKEN unset -> API unauthenticated."""
+    """[Command line] CONFIGPROXY_AUTH_TOKEN unset -> API unauthenticated."""
     pair = pf.get(token=None)
     v = pair.same(lambda p: api_view(p, "POST", "/api/routes/user/x", {"target": be.a.url},
                                      token=None), "POST without token")

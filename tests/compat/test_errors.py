@@ -1,4 +1,4 @@
-"""§2.10 proxy errors (404/503/500) with --error-target, --error-path and the defaults."""
+"""[Errors] proxy errors (404/503/500) with --error-target, --error-path and the defaults."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ KINDS = ["error-target", "error-target-slash", "error-path", "error-path-503-onl
 @pytest.mark.parametrize("name,method,target,code", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("kind", KINDS)
 def test_error_responses(pf, be, error_dirs, kind, name, method, target, code):
-    """§2.10 status kept; error target called as GET /{code}?url=<escaped url>, only
+    """[Errors] status kept; error target called as GET /{code}?url=<escaped url>, only
     content-type/-encoding copied; error-path {code}.html then error.html (text/html);
     error target down -> plain status text. Bundled default pages: status + type only."""
     pair = pf.get(*flags_for(kind, be, error_dirs))
@@ -79,14 +79,14 @@ def test_error_responses(pf, be, error_dirs, kind, name, method, target, code):
 
 
 def test_error_target_request_shape(pf, be, error_dirs):
-    """§2.10 reference example: /nothing/here?q=1 -> GET /hub/error/404?url=%2Fnothing%2Fhere%3Fq%3D1."""
+    """[Errors] the example of docs/chp-compatibility.md: /nothing/here?q=1 -> GET /hub/error/404?url=%2Fnothing%2Fhere%3Fq%3D1."""
     pair = pf.get(*flags_for("error-target", be, error_dirs))
     v = pair.same(lambda p: resp_view(p.get("/nothing/here?q=1"), "json", RESP_HDRS), "404")
     chp_check(v["body"]["path"] == "/hub/error/404?url=%2Fnothing%2Fhere%3Fq%3D1", str(v))
 
 
 def test_upstream_error_status_not_rewritten(pf, be, error_dirs):
-    """§2.10 an upstream 404/500 is relayed as is; the error target is only for proxy errors."""
+    """[Errors] an upstream 404/500 is relayed as is; the error target is only for proxy errors."""
     pair = pf.get(*flags_for("error-target", be, error_dirs))
     seed(pair, be)
     for st in (404, 500, 503):
@@ -97,7 +97,7 @@ def test_upstream_error_status_not_rewritten(pf, be, error_dirs):
 
 @pytest.mark.parametrize("kind", ["default", "error-target"])
 def test_proxy_timeout(pf, be, error_dirs, kind):
-    """§1.1 --proxy-timeout: a backend slower than the timeout -> 503 after ~timeout."""
+    """[Command line] --proxy-timeout: a backend slower than the timeout -> 503 after ~timeout."""
     import time
 
     pair = pf.get("--proxy-timeout", "300", *flags_for(kind, be, error_dirs))

@@ -1,4 +1,4 @@
-"""§2.5 forwarded URL (prefix handling) and §2.6 request headers: CHP vs hubgate."""
+"""[Forwarded URL] prefix handling and [Request headers]: CHP vs hubgate."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ REQS = [
 @pytest.mark.parametrize("tkind", list(TARGETS))
 @pytest.mark.parametrize("fkind", list(PREFIX_FLAGS))
 def test_forwarded_url(pf, be, fkind, tkind, req):
-    """§2.5 upstream path = urlJoin(target path+query, req.url) with include-prefix /
+    """[Forwarded URL] upstream path = urlJoin(target path+query, req.url) with include-prefix /
     prepend-path semantics; URI encoding preserved."""
     pair = pf.get(*PREFIX_FLAGS[fkind])
     pair.add_route("/user/alice", be.a.url + TARGETS[tkind])
@@ -53,7 +53,7 @@ def test_forwarded_url(pf, be, fkind, tkind, req):
 
 @pytest.mark.parametrize("fkind", list(PREFIX_FLAGS))
 def test_forwarded_url_root_route(pf, be, fkind):
-    """§2.5 prefix handling for the '/' route."""
+    """[Forwarded URL] prefix handling for the '/' route."""
     pair = pf.get(*PREFIX_FLAGS[fkind])
     pair.add_route("/", be.root.url + "/hub")
     for req in ["/", "/x/y?z=1", "/hub/home"]:
@@ -61,7 +61,7 @@ def test_forwarded_url_root_route(pf, be, fkind):
 
 
 def test_reference_prefix_examples(pf, be):
-    """§2.5 the reference's examples: /bar -> http://h/foo forwards /bar/rest?x=1 as /foo/bar/rest?x=1."""
+    """[Forwarded URL] the example of docs/chp-compatibility.md: /bar -> http://h/foo forwards /bar/rest?x=1 as /foo/bar/rest?x=1."""
     pair = pf.get()
     pair.add_route("/bar", be.a.url + "/foo")
     v = pair.same(lambda p: echo_view(p.get("/bar/rest?x=1")), "GET /bar/rest?x=1")
@@ -81,7 +81,7 @@ def test_no_include_prefix_decoded_prefix(pf, be):
 
 
 def test_host_routing_no_include_prefix(pf, be):
-    """§2.5 bug: --host-routing + --no-include-prefix cuts too much in CHP
+    """[Forwarded URL] bug: --host-routing + --no-include-prefix cuts too much in CHP
     (/user/alice/lab?x=1 -> /tgt); hubgate strips only the path part. Documented difference."""
     pair = pf.get("--host-routing", "--no-include-prefix")
     pair.add_route("/alice.hub.example.org/user/alice", be.a.url + "/tgt")
@@ -94,7 +94,7 @@ def test_host_routing_no_include_prefix(pf, be):
 
 
 def test_host_routing_include_prefix_forwarding(pf, be):
-    """§2.4/§2.5 host routing with default prefix flags forwards the raw URL (no host in path)."""
+    """[Host routing; Forwarded URL] host routing with default prefix flags forwards the raw URL (no host in path)."""
     pair = pf.get("--host-routing")
     pair.add_route("/alice.hub.example.org/user/alice", be.a.url + "/tgt")
     v = pair.same(lambda p: echo_view(p.get("/user/alice/lab?x=1", host="alice.hub.example.org")),
@@ -102,7 +102,7 @@ def test_host_routing_include_prefix_forwarding(pf, be):
     chp_check(v["seen"]["path"] == "/tgt/user/alice/lab?x=1", str(v))
 
 
-# ----------------------------------------------------------------- headers (§2.6)
+# ----------------------------------------------------------------- headers ([Request headers])
 
 HEADER_CASES = {
     "plain": {},
@@ -150,7 +150,7 @@ HOP_BY_HOP_CASES = {
 
 @pytest.mark.parametrize("case", list(HOP_BY_HOP_CASES))
 def test_hop_by_hop_headers_not_forwarded(pf, be, case):
-    """§2.6 documented difference: hop-by-hop request fields stay at the proxy."""
+    """[Request headers] documented difference: hop-by-hop request fields stay at the proxy."""
     documented_difference("hop-by-hop fields are not forwarded")
     pair = pf.get()
     pair.add_route("/user/alice", be.a.url + "/pfx")
@@ -162,7 +162,7 @@ def test_hop_by_hop_headers_not_forwarded(pf, be, case):
 
 
 def test_ipv6_host_forwarded_port(pf, be):
-    """§2.6 documented difference: X-Forwarded-Port of Host "[::1]:9999" is 9999."""
+    """[Request headers] documented difference: X-Forwarded-Port of Host "[::1]:9999" is 9999."""
     documented_difference("X-Forwarded-Port from an IPv6 Host")
     pair = pf.get()
     pair.add_route("/user/alice", be.a.url)
@@ -173,7 +173,7 @@ def test_ipv6_host_forwarded_port(pf, be):
 @pytest.mark.parametrize("case", list(HEADER_CASES))
 @pytest.mark.parametrize("fkind", list(HEADER_FLAGS))
 def test_request_headers(pf, be, fkind, case):
-    """§2.6 headers seen upstream: X-Forwarded-* (appended, no space), Host passthrough,
+    """[Request headers] headers seen upstream: X-Forwarded-* (appended, no space), Host passthrough,
     --no-x-forward, --custom-header overrides, --change-origin."""
     pair = pf.get(*HEADER_FLAGS[fkind])
     pair.add_route("/user/alice", be.a.url + "/pfx")
@@ -194,7 +194,7 @@ def test_request_headers(pf, be, fkind, case):
 
 
 def test_connection_header_upstream(pf, be):
-    """§2.6 'Connection: keep-alive' is sent upstream (compares the hop-by-hop headers too)."""
+    """[Request headers] 'Connection: keep-alive' is sent upstream (compares the hop-by-hop headers too)."""
     pair = pf.get()
     pair.add_route("/", be.root.url)
     for case in ({}, {"Connection": "close"}, {"Connection": "keep-alive"}):
@@ -205,7 +205,7 @@ def test_connection_header_upstream(pf, be):
 
 
 def test_repeated_request_headers(pf, be):
-    """§2.6 repeated request headers reach the backend (node joins some, keeps others)."""
+    """[Request headers] repeated request headers reach the backend (node joins some, keeps others)."""
     pair = pf.get()
     pair.add_route("/", be.root.url)
 
@@ -236,7 +236,7 @@ def test_repeated_request_headers(pf, be):
 
 
 def test_response_headers_passthrough(pf, be):
-    """§2.7 backend response headers reach the client (checked: content-type, x-echo-backend,
+    """[Responses and keep-alive] backend response headers reach the client (checked: content-type, x-echo-backend,
     content-length); 'connection' added."""
     pair = pf.get()
     pair.add_route("/", be.root.url)

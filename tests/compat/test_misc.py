@@ -1,4 +1,4 @@
-"""§2.12 health check, --default-target, §2.13 metrics, §1 CLI and process behaviour."""
+"""[Health check], --default-target, [Metrics], [Command line]: CLI and process behaviour."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from .conftest import (CHP_BIN, HUBGATE_BIN, Proxy, assert_same, chp_check,
                        documented_difference, echo_view, free_port, http_request, port_open,
                        resp_view, run_cli)
 
-# ----------------------------------------------------------------- health (§2.12)
+# ----------------------------------------------------------------- health ([Health check])
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "POST"])
 @pytest.mark.parametrize("with_root", [False, True])
 def test_healthz(pf, be, method, with_root):
-    """§2.12 GET /_chp_healthz -> 200 {"status":"OK"} application/json, even with no routes
+    """[Health check] GET /_chp_healthz -> 200 {"status":"OK"} application/json, even with no routes
     (and even with a '/' or '/_chp_healthz' route)."""
     pair = pf.get()
     if with_root:
@@ -36,7 +36,7 @@ def test_healthz(pf, be, method, with_root):
                                     "/_CHP_HEALTHZ", "/%5Fchp_healthz", "//_chp_healthz"])
 @pytest.mark.parametrize("with_root", [False, True])
 def test_healthz_exact_match_only(pf, be, target, with_root):
-    """§2.12 the health match is exact on req.url; anything else is proxied (or 404)."""
+    """[Health check] the health match is exact on req.url; anything else is proxied (or 404)."""
     pair = pf.get()
     if with_root:
         pair.add_route("/", be.root.url)
@@ -50,7 +50,7 @@ def test_healthz_exact_match_only(pf, be, target, with_root):
 
 
 def test_default_target(pf, be):
-    """§1.1 --default-target adds an ordinary '/' route: visible in GET /api/routes, used for
+    """[Command line] --default-target adds an ordinary '/' route: visible in GET /api/routes, used for
     unmatched paths, deletable."""
     pair = pf.get("--default-target", be.root.url, reset=False)
     v = pair.same(lambda p: resp_view(p.api("GET", "/api/routes")), "GET /api/routes")
@@ -64,12 +64,12 @@ def test_default_target(pf, be):
 
 
 def test_default_target_with_path(pf, be):
-    """§1.1/§2.5 --default-target with a path prefix."""
+    """[Command line; Forwarded URL] --default-target with a path prefix."""
     pair = pf.get("--default-target", be.root.url + "/hub", reset=False)
     pair.same(lambda p: echo_view(p.get("/x/y?z=1")), "GET /x/y?z=1")
 
 
-# ----------------------------------------------------------------- metrics (§2.13)
+# ----------------------------------------------------------------- metrics ([Metrics])
 
 CHP_METRICS = {
     "api_route_get": "counter", "api_route_add": "counter", "api_route_delete": "counter",
@@ -107,7 +107,7 @@ METRICS_FLAGS = ("--metrics-ip", "127.0.0.1", "--metrics-port", "{metrics_port}"
 
 
 def test_metrics_names_and_types(pf, be):
-    """§2.13 /metrics: prom text format, CHP's metric names and types."""
+    """[Metrics] /metrics: prom text format, CHP's metric names and types."""
     pair = pf.get(*METRICS_FLAGS)
 
     def go(p):
@@ -120,7 +120,7 @@ def test_metrics_names_and_types(pf, be):
 
 
 def test_metrics_counters(pf, be):
-    """§2.13 counter values after identical traffic (API, web, ws, proxy errors)."""
+    """[Metrics] counter values after identical traffic (API, web, ws, proxy errors)."""
     pair = pf.get(*METRICS_FLAGS)
     pair.add_route("/user/alice", be.a.url)
     pair.add_route("/user/dead", be.dead_url)
@@ -146,7 +146,7 @@ def test_metrics_counters(pf, be):
 
 
 def test_metrics_other_path_404(pf, be):
-    """§2.13 any other path on the metrics port -> 404."""
+    """[Metrics] any other path on the metrics port -> 404."""
     pair = pf.get(*METRICS_FLAGS)
     pair.same(lambda p: resp_view(_metrics(p, "/other")), "GET /other on metrics port")
 
@@ -172,7 +172,7 @@ LOOPBACK = {"0100007F", "00000000000000000000000001000000",
 
 
 def test_metrics_bind_default(pf, be):
-    """§2.13 metrics listener without --metrics-ip: CHP binds all interfaces; hubgate binds
+    """[Metrics] metrics listener without --metrics-ip: CHP binds all interfaces; hubgate binds
     loopback (documented deliberate difference). Checked from /proc, no traffic."""
     pair = pf.get("--metrics-port", "{metrics_port}")
     for p in pair:
@@ -184,7 +184,7 @@ def test_metrics_bind_default(pf, be):
     assert hg and hg <= LOOPBACK, f"hubgate metrics listener bound to {hg} (expected loopback)"
 
 
-# ----------------------------------------------------------------- CLI (§1)
+# ----------------------------------------------------------------- CLI ([Command line])
 
 
 def _base_args():
@@ -200,7 +200,7 @@ def _both(args, timeout=10.0, env=None):
 
 @pytest.mark.parametrize("value", ["nocolon", ":value", "   "])
 def test_custom_header_without_colon(bins, value):
-    """§1.1 --custom-header without a colon (or at position 0): exit non-zero,
+    """[Command line] --custom-header without a colon (or at position 0): exit non-zero,
     'colon was expected' on stderr."""
     (rc1, o1, e1), (rc2, o2, e2) = _both(_base_args() + ["--custom-header", value])
     chp_check(rc1 not in (0, None) and "colon was expected" in e1, f"CHP rc={rc1} err={e1!r}")
@@ -209,7 +209,7 @@ def test_custom_header_without_colon(bins, value):
 
 
 def test_error_target_and_error_path_conflict(bins, tmp_path):
-    """§1.1 --error-target and --error-path together: exit 1."""
+    """[Command line] --error-target and --error-path together: exit 1."""
     args = _base_args() + ["--error-target", "http://127.0.0.1:9/x", "--error-path",
                            str(tmp_path)]
     (rc1, _, _), (rc2, o2, e2) = _both(args)
@@ -218,7 +218,7 @@ def test_error_target_and_error_path_conflict(bins, tmp_path):
 
 
 def test_redirect_port_without_ssl(bins):
-    """§1.1 --redirect-port requires --ssl-*: exit 1."""
+    """[Command line] --redirect-port requires --ssl-*: exit 1."""
     (rc1, _, _), (rc2, o2, e2) = _both(_base_args() + ["--redirect-port", str(free_port())])
     chp_check(rc1 == 1, f"CHP rc={rc1}")
     assert_same(rc1, rc2, f"exit code of --redirect-port without ssl\n{o2}\n{e2}")
@@ -226,7 +226,7 @@ def test_redirect_port_without_ssl(bins):
 
 @pytest.mark.parametrize("flag", ["--version", "-V"])
 def test_version(bins, flag):
-    """§1.1 --version prints a version and exits 0."""
+    """[Command line] --version prints a version and exits 0."""
     (rc1, o1, _), (rc2, o2, e2) = _both([flag])
     chp_check(rc1 == 0 and o1.strip() == "5.3.0", f"CHP: {rc1} {o1!r}")
     assert rc2 == 0, f"hubgate {flag}: rc={rc2} out={o2!r} err={e2!r}"
@@ -234,7 +234,7 @@ def test_version(bins, flag):
 
 
 def test_help(bins):
-    """§1.1 -h/--help exits 0 and mentions the CHP flags."""
+    """[Command line] -h/--help exits 0 and mentions the CHP flags."""
     (rc1, o1, _), (rc2, o2, e2) = _both(["--help"])
     chp_check(rc1 == 0, f"CHP rc={rc1}")
     assert rc2 == 0, f"hubgate --help rc={rc2} {e2!r}"
@@ -244,7 +244,7 @@ def test_help(bins):
 
 
 def test_client_ssl_noop_flags_accepted(pf, be):
-    """§4.2 flags JupyterHub passes must be accepted: --log-level, --client-ssl-request-cert,
+    """[What JupyterHub expects] flags JupyterHub passes must be accepted: --log-level, --client-ssl-request-cert,
     --client-ssl-reject-unauthorized, --api-ssl-request-cert/-reject-unauthorized (no certs),
     --timeout, --keep-alive-timeout, --insecure."""
     pair = pf.get("--log-level", "debug", "--client-ssl-request-cert",
@@ -256,7 +256,7 @@ def test_client_ssl_noop_flags_accepted(pf, be):
 
 @pytest.mark.parametrize("level", ["debug", "info", "warn", "error"])
 def test_log_levels_accepted(pf, be, level):
-    """§1.1 --log-level debug/info/warn/error accepted."""
+    """[Command line] --log-level debug/info/warn/error accepted."""
     pair = pf.get("--log-level", level)
     pair.add_route("/", be.root.url)
     pair.same(lambda p: echo_view(p.get("/x")), f"GET with --log-level {level}")
@@ -288,7 +288,7 @@ def _api_on_port_plus_one(binary: str) -> str | None:
 
 
 def test_api_port_defaults_to_port_plus_one(bins):
-    """§1.1 --api-port defaults to --port + 1 (retried on a fresh port: P+1 may be taken)."""
+    """[Command line] --api-port defaults to --port + 1 (retried on a fresh port: P+1 may be taken)."""
     for binary in (CHP_BIN, HUBGATE_BIN):
         errors = []
         for _ in range(3):
@@ -301,7 +301,7 @@ def test_api_port_defaults_to_port_plus_one(bins):
 
 
 def test_pid_file_and_sigterm(bins, tmp_path):
-    """§1.1/§1.3 --pid-file written after listening, removed on exit; SIGTERM exits promptly."""
+    """[Command line] --pid-file written after listening, removed on exit; SIGTERM exits promptly."""
     results = {}
     for name, binary in (("chp", CHP_BIN), ("hubgate", HUBGATE_BIN)):
         pidf = tmp_path / f"{name}.pid"
@@ -329,7 +329,7 @@ def test_pid_file_and_sigterm(bins, tmp_path):
 
 
 def test_storage_backend_missing_module_fails(bins):
-    """§2.14 --storage-backend with a module that does not exist: CHP fails; hubgate must
+    """[Command line] --storage-backend with a module that does not exist: CHP fails; hubgate must
     at least fail clearly (non-zero exit, not listening)."""
     args = _base_args() + ["--storage-backend", "/nonexistent/compat-store.js"]
     (rc1, o1, e1), (rc2, o2, e2) = _both(args, timeout=10)

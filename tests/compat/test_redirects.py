@@ -1,4 +1,4 @@
-"""§2.11 redirect Location rewriting: CHP vs hubgate."""
+"""[Redirect rewriting] redirect Location rewriting: CHP vs hubgate."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ HOSTS = ["127.0.0.1:{port}", "other.example.org:8443", "other.example.org"]
 @pytest.mark.parametrize("code", [201, 301, 302, 303, 307, 308])
 @pytest.mark.parametrize("fkind", list(FLAGS))
 def test_redirect_location(pf, be, fkind, code, host, other):
-    """§2.11 Location untouched by default; --auto-rewrite sets host to the request Host;
+    """[Redirect rewriting] Location untouched by default; --auto-rewrite sets host to the request Host;
     --protocol-rewrite sets the scheme; only for 201/301/302/307/308 and target-host Locations."""
     pair = pf.get(*FLAGS[fkind])
     pair.add_route("/user/alice", be.redirect.url)

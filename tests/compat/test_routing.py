@@ -1,4 +1,4 @@
-"""§2.3 route matching and §2.4 host routing: CHP vs hubgate side by side.
+"""[Routing] route matching and [Host routing]: CHP vs hubgate side by side.
 
 Each route points at a different echo backend (root / a / b), so the answer
 shows which route matched and what path went upstream.
@@ -23,7 +23,7 @@ def seed(pair, be, root=True):
 
 
 PATHS = [
-    # (request target, expected backend in CHP per the reference)
+    # (request target, expected backend in CHP per docs/chp-compatibility.md)
     ("/user/alice", "a"),
     ("/user/alice/", "a"),
     ("/user/alice/x/y", "a"),
@@ -79,7 +79,7 @@ DIFFERENT_PATHS = [
 
 @pytest.mark.parametrize("target,expect,forwarded", DIFFERENT_PATHS, ids=[p[0] for p in DIFFERENT_PATHS])
 def test_match_documented_differences(pf, be, target, expect, forwarded):
-    """§2.3 paths where hubgate deliberately differs: one canonical path decides and is sent."""
+    """[Routing] paths where hubgate deliberately differs: one canonical path decides and is sent."""
     documented_difference("hubgate routes the path it forwards")
     pair = pf.get()
     seed(pair, be)
@@ -90,7 +90,7 @@ def test_match_documented_differences(pf, be, target, expect, forwarded):
 
 @pytest.mark.parametrize("target,expect", PATHS, ids=[p[0] for p in PATHS])
 def test_match(pf, be, target, expect):
-    """§2.3 longest whole-segment prefix on the decoded, dot-resolved path; raw URL forwarded."""
+    """[Routing] longest whole-segment prefix on the decoded, dot-resolved path; raw URL forwarded."""
     pair = pf.get()
     seed(pair, be)
     v = pair.same(lambda p: echo_view(p.get(target)), f"GET {target}")
@@ -100,7 +100,7 @@ def test_match(pf, be, target, expect):
 
 @pytest.mark.parametrize("target", ["/", "/nothing", "/user/alicex", "/user", "/_chp_healthzx"])
 def test_no_route_404(pf, be, target):
-    """§2.3 no match and no '/' route -> 404."""
+    """[Routing] no match and no '/' route -> 404."""
     pair = pf.get()
     seed(pair, be, root=False)
     v = pair.same(lambda p: resp_view(p.get(target), "none"), f"GET {target}")
@@ -108,7 +108,7 @@ def test_no_route_404(pf, be, target):
 
 
 def test_route_removed_stops_matching(pf, be):
-    """§2.2/§2.3 after DELETE the prefix falls back to the parent route."""
+    """[REST API; Routing] after DELETE the prefix falls back to the parent route."""
     pair = pf.get()
     seed(pair, be)
     for p in pair:
@@ -122,7 +122,7 @@ def test_route_removed_stops_matching(pf, be):
 
 
 def test_double_slash_key_routing(pf, be):
-    """Corrections/§2.3: a route stored as //double; which requests does it serve?"""
+    """[Routing]: a route stored as //double; which requests does it serve?"""
     pair = pf.get()
     pair.add_route("/", be.root.url)
     pair.add_route("//double//", be.a.url)
@@ -135,7 +135,7 @@ def test_double_slash_key_routing(pf, be):
 
 
 def test_replaced_route_target_used(pf, be):
-    """§2.2 a replacing POST changes the target used by the data plane."""
+    """[REST API] a replacing POST changes the target used by the data plane."""
     pair = pf.get()
     pair.add_route("/user/alice", be.a.url)
     pair.add_route("/user/alice", be.b.url)
@@ -145,7 +145,7 @@ def test_replaced_route_target_used(pf, be):
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
 def test_methods_and_body_forwarded(pf, be, method):
-    """§2.6 all methods proxied; request body forwarded (body_len)."""
+    """[Request headers] all methods proxied; request body forwarded (body_len)."""
     pair = pf.get()
     seed(pair, be)
     body = b"x" * 1000 if method in ("POST", "PUT", "PATCH") else None
@@ -161,7 +161,7 @@ def test_methods_and_body_forwarded(pf, be, method):
 
 
 def test_chunked_request_body(pf, be):
-    """§2.6 a chunked request body reaches the backend whole."""
+    """[Request headers] a chunked request body reaches the backend whole."""
     pair = pf.get()
     seed(pair, be)
     body = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
@@ -172,7 +172,7 @@ def test_chunked_request_body(pf, be):
 
 
 def test_upstream_status_and_headers_passed_through(pf, be):
-    """§2.7 upstream status and headers are copied to the client."""
+    """[Responses and keep-alive] upstream status and headers are copied to the client."""
     pair = pf.get()
     seed(pair, be)
     for st in (200, 201, 204, 404, 418, 500, 503):
@@ -181,7 +181,7 @@ def test_upstream_status_and_headers_passed_through(pf, be):
                   f"upstream status {st}")
 
 
-# ----------------------------------------------------------------- host routing (§2.4)
+# ----------------------------------------------------------------- host routing ([Host routing])
 
 HOST_FLAGS = ("--host-routing",)
 
@@ -210,7 +210,7 @@ HOSTS = [
 
 @pytest.mark.parametrize("host,target,expect", HOSTS, ids=[f"{h[0]}{h[1]}" for h in HOSTS])
 def test_host_routing(pf, be, host, target, expect):
-    """§2.4 --host-routing: key = '/' + Host up to ':' + path; not lower-cased."""
+    """[Host routing] --host-routing: key = '/' + Host up to ':' + path; not lower-cased."""
     pair = pf.get(*HOST_FLAGS)
     seed_hosts(pair, be)
     v = pair.same(lambda p: echo_view(p.get(target, host=host.format(port=p.port))),
@@ -220,7 +220,7 @@ def test_host_routing(pf, be, host, target, expect):
 
 
 def test_host_routing_api_adds_host_field(pf, be):
-    """§2.2/§2.4 in host-routing mode a 'host' field is added to non-root routes."""
+    """[REST API; Host routing] in host-routing mode a 'host' field is added to non-root routes."""
     pair = pf.get(*HOST_FLAGS)
     seed_hosts(pair, be)
     v = pair.same(lambda p: resp_view(p.api("GET", "/api/routes")), "GET /api/routes")
@@ -244,7 +244,7 @@ def _no_host_view(p, target):
 
 
 def test_host_routing_missing_host(pf, be):
-    """§2.4 no Host header (HTTP/1.0 request) -> key /undefined/... -> falls to '/'."""
+    """[Host routing] no Host header (HTTP/1.0 request) -> key /undefined/... -> falls to '/'."""
     pair = pf.get(*HOST_FLAGS)
     seed_hosts(pair, be)
     pair.add_route("/undefined/user/x", be.b.url)  # CHP quirk: literal 'undefined' host
@@ -266,7 +266,7 @@ def test_missing_host_http11_rejected(pf, be):
 
 
 def test_no_host_default_mode(pf, be):
-    """§2.6 HTTP/1.0 request without Host in path mode is routed normally."""
+    """[Request headers] HTTP/1.0 request without Host in path mode is routed normally."""
     pair = pf.get()
     seed(pair, be)
     v = pair.same(lambda p: _no_host_view(p, "/user/alice/x"), "HTTP/1.0 without Host")
@@ -274,7 +274,7 @@ def test_no_host_default_mode(pf, be):
 
 
 def test_host_routing_ipv6_host(pf, be):
-    """§2.4 Host "[::1]:8000": CHP's X-Forwarded-Port regex takes "1" from "[::1]";
+    """[Host routing] Host "[::1]:8000": CHP's X-Forwarded-Port regex takes "1" from "[::1]";
     hubgate sends the real port (documented difference); routing itself matches CHP."""
     pair = pf.get(*HOST_FLAGS)
     seed_hosts(pair, be)

@@ -1,4 +1,4 @@
-"""§2.9 websockets (+ §2.6 websocket X-Forwarded-*, §2.10 websocket errors): CHP vs hubgate."""
+"""[Websockets] (+ [Request headers] websocket X-Forwarded-*, [Errors] websocket errors): CHP vs hubgate."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ WS_HEADERS = {
 @pytest.mark.parametrize("hkind", list(WS_HEADERS))
 @pytest.mark.parametrize("fkind", list(WS_FLAGS))
 def test_websocket_forwarding(pf, be, fkind, hkind):
-    """§2.9/§2.6 websocket upgrade forwarded: path, x-forwarded-proto ws, no x-forwarded-host,
+    """[Websockets; Request headers] websocket upgrade forwarded: path, x-forwarded-proto ws, no x-forwarded-host,
     custom headers; frames relayed both ways."""
     pair = pf.get(*WS_FLAGS[fkind])
     pair.add_route("/user/alice", be.ws.url + "/prefix")
@@ -68,7 +68,7 @@ def test_websocket_forwarding(pf, be, fkind, hkind):
 
 
 def test_websocket_host_routing(pf, be):
-    """§2.4/§2.9 websocket routed by Host."""
+    """[Host routing; Websockets] websocket routed by Host."""
     pair = pf.get("--host-routing")
     pair.add_route("/alice.hub.example.org/user/alice", be.ws.url)
     pair.add_route("/", be.root.url)
@@ -96,7 +96,7 @@ ERR_FLAGS = {
 @pytest.mark.parametrize("ekind", list(ERR_FLAGS))
 @pytest.mark.parametrize("case", ["no-route", "dead-route", "bad-escape"])
 def test_websocket_errors(pf, be, ekind, case):
-    """§2.9/§2.10 websocket errors: bare 'HTTP/1.1 <code>' + Content-Length: 0, no error target."""
+    """[Websockets; Errors] websocket errors: bare 'HTTP/1.1 <code>' + Content-Length: 0, no error target."""
     pair = pf.get(*ERR_FLAGS[ekind](be))
     pair.add_route("/user/dead", be.dead_url)
     path = {"no-route": "/nothing/here?q=1", "dead-route": "/user/dead/ws",
@@ -109,7 +109,7 @@ def test_websocket_errors(pf, be, ekind, case):
 
 
 def test_websocket_to_plain_http_backend(pf, be):
-    """§2.9 upstream answers the upgrade with a normal HTTP response -> relayed to the client."""
+    """[Websockets] upstream answers the upgrade with a normal HTTP response -> relayed to the client."""
     pair = pf.get()
     pair.add_route("/", be.root.url)
 
@@ -130,7 +130,7 @@ def test_websocket_to_plain_http_backend(pf, be):
 
 
 def test_websocket_non_get_upgrade(pf, be):
-    """§2.9 only GET + Upgrade: websocket is proxied as a websocket."""
+    """[Websockets] only GET + Upgrade: websocket is proxied as a websocket."""
     pair = pf.get()
     pair.add_route("/", be.ws.url)
 

@@ -1,4 +1,4 @@
-"""End to end with two hubgate replicas sharing one route table in Redis (issue 6).
+"""End to end with two hubgate replicas sharing one route table in Redis (README, "Replicas"; docs/design.md, "Control plane").
 
 JupyterHub runs in external mode and talks to replica A's API only; the "browser" goes
 through replica B, which learns every route from Redis. A user logs in, spawns, opens
