@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq;
 use crate::canonical;
 use crate::metrics::Metrics;
 use crate::routes::{trim_prefix, RouteStore, RouteTable};
-use crate::timefmt;
+use crate::time;
 
 /// The API service: the route store, the token, the metrics.
 pub struct RoutesApi {
@@ -271,7 +271,7 @@ impl RoutesApi {
             .filter(|v| !v.is_empty());
         let since_ms = match since {
             None => None,
-            Some(v) => match timefmt::parse_date_ms(&v) {
+            Some(v) => match time::parse_date_ms(&v) {
                 Some(ms) => Some(ms),
                 None => {
                     return Answer::fail(
