@@ -1,7 +1,7 @@
 //! The CHP-compatible REST API: `GET/POST/DELETE /api/routes[/<path>]`.
 //!
 //! Status codes, bodies and the order of checks follow configurable-http-proxy 5.3
-//! (reference `chp-and-jupyterhub.md` §2.2), except where CHP never answers
+//! (`docs/chp-compatibility.md`, "REST API"), except where CHP never answers
 //! (`DELETE /api/routes`, a bad escape in the path): hubgate answers 400 there.
 
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Each trusted issuer's signing keys: discovered, fetched, refreshed, kept while stale.
 //!
-//! Rules (reference `auth-and-mfa.md` §4 rows 6–8, §6 step 5): keys are scoped per issuer;
+//! Rules (`docs/security.md`, "Key sets"): keys are scoped per issuer;
 //! only RSA (≥ 2048 bits), EC (P-256/P-384) and Ed25519 signing keys are loaded, `oct`
 //! (symmetric) keys never; an empty or unusable set never replaces a good one; a key set
 //! older than `max-stale` is not used (requests then fail closed); an unknown `kid` triggers

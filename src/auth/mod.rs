@@ -24,7 +24,7 @@ use pingora::http::RequestHeader;
 use prometheus::IntCounter;
 
 pub use credential::{bearer_token, CredentialKind, Extractor};
-pub use keys::{parse_key_set, IssuerKeys};
+pub use keys::{parse_key_set, IssuerKeys, KeyError};
 pub use reason::Reason;
 pub use session::{strip_own_cookies, CookieKey, LOGIN_COOKIE, SESSION_COOKIE};
 pub use upstream::{drop_own_set_cookies, IDENTITY_HEADERS};
@@ -36,6 +36,15 @@ use crate::net::HttpClient;
 use crate::routes::Route;
 use crate::time::now_secs;
 use crate::web::Reply;
+
+/// An issuer whose keys could not be loaded (a reloaded `[auth]` is then not used).
+#[derive(Debug, thiserror::Error)]
+#[error("{issuer}: {source}")]
+pub struct LoadError {
+    pub issuer: String,
+    #[source]
+    pub source: KeyError,
+}
 
 /// An allowed request's identity and how long its credential lasts.
 #[derive(Debug, Clone)]
@@ -187,12 +196,15 @@ impl Auth {
 
     /// Loads every issuer's keys once (for a reload: a new configuration is used only when
     /// all its issuers have keys).
-    pub async fn load_all(&self) -> Result<(), String> {
+    pub async fn load_all(&self) -> Result<(), LoadError> {
         for issuer in &self.issuers {
             issuer
                 .load(&self.client)
                 .await
-                .map_err(|e| format!("{}: {e}", issuer.config.issuer))?;
+                .map_err(|source| LoadError {
+                    issuer: issuer.config.issuer.clone(),
+                    source,
+                })?;
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
 use crate::config::ErrorPages;
-use crate::net::{Fetch, HttpClient};
+use crate::net::{Fetch, FetchError, HttpClient};
 use crate::web::{self, form_encode};
 
 /// The error-target server fetch may take this long before the plain fallback is used.
@@ -87,14 +87,13 @@ impl ErrorRenderer {
         ErrorRenderer { mode, client }
     }
 
-    async fn fetch(&self, code: u16, raw_url: &[u8]) -> Result<Page, String> {
-        let Mode::Target {
-            url_prefix,
-            other_query,
-        } = &self.mode
-        else {
-            return Err("no error target".into());
-        };
+    async fn fetch(
+        &self,
+        url_prefix: &str,
+        other_query: &str,
+        code: u16,
+        raw_url: &[u8],
+    ) -> Result<Page, FetchError> {
         let mut url = format!("{url_prefix}{code}?");
         if !other_query.is_empty() {
             url.push_str(other_query);
@@ -106,8 +105,7 @@ impl ErrorRenderer {
         let fetched = self
             .client
             .request(Fetch::get(&url, ERROR_TARGET_TIMEOUT, MAX_ERROR_BODY))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let get = |name: &str| {
             fetched
                 .headers
@@ -123,8 +121,12 @@ impl ErrorRenderer {
 
     async fn page(&self, code: u16, raw_url: &[u8]) -> Option<Page> {
         match &self.mode {
-            Mode::Target { .. } => {
-                match tokio::time::timeout(ERROR_TARGET_TIMEOUT, self.fetch(code, raw_url)).await {
+            Mode::Target {
+                url_prefix,
+                other_query,
+            } => {
+                let fetch = self.fetch(url_prefix, other_query, code, raw_url);
+                match tokio::time::timeout(ERROR_TARGET_TIMEOUT, fetch).await {
                     Ok(Ok(page)) => Some(page),
                     Ok(Err(e)) => {
                         error!("Failed to get custom error page: {e}");

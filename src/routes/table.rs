@@ -3,7 +3,7 @@
 //! Readers load an immutable snapshot through `ArcSwap` (no lock a writer can hold);
 //! writers serialise on a mutex and publish a new snapshot.
 //!
-//! Memory per route matters (a hub may hold 100,000 routes; issue 5 asks ≤ 0.5 KiB each). The
+//! Memory per route matters (a hub may hold 100,000 routes; the target is ≤ 0.5 KiB each, `docs/performance.md`). The
 //! snapshot is 256 hash tables (shards) of route pointers in 16 groups of 16, each shared
 //! between snapshots until a write changes it: a write copies one shard (≈ n/256 pointers),
 //! its group and the group list (16 pointers each), not the table. A table holds only the pointer to each route (8 bytes and a control byte, hashed by
