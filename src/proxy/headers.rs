@@ -40,6 +40,16 @@ pub struct Inputs<'a> {
     /// Authentication, when on, and what it allowed (none on public paths).
     pub auth: Option<&'a Auth>,
     pub allowed: Option<&'a Allowed>,
+    /// Whether the client asked to close (`Connection: close`). Read from the client's own
+    /// request: pingora's upstream copy has its hop-by-hop headers removed already.
+    pub client_close: bool,
+}
+
+/// Whether a request's `Connection` header is `close`.
+pub fn wants_close(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
 }
 
 /// The edits to the client's headers for the upstream request.
@@ -75,12 +85,13 @@ pub fn build(method: &Method, headers: &HeaderMap, i: &Inputs<'_>) -> UpstreamHe
     }
     remove.push(TRAILER);
     // As node's client does: the client's `close` is passed on, otherwise keep-alive.
-    let close = headers
-        .get(CONNECTION)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     set.push((
         CONNECTION,
-        HeaderValue::from_static(if close { "close" } else { "keep-alive" }),
+        HeaderValue::from_static(if i.client_close {
+            "close"
+        } else {
+            "keep-alive"
+        }),
     ));
     if (method == Method::DELETE || method == Method::OPTIONS)
         && !headers.contains_key(CONTENT_LENGTH)
@@ -169,6 +180,7 @@ mod tests {
             forwarding: f,
             auth: None,
             allowed: None,
+            client_close: wants_close(&HeaderMap::new()),
         }
     }
 
@@ -184,7 +196,11 @@ mod tests {
             "GET",
             &[("Host", "hub"), ("Trailer", "x"), ("Connection", "close")],
         );
-        let h = build(&r.method, &r.headers, &inputs(&t, &f, false));
+        let i = Inputs {
+            client_close: wants_close(&r.headers),
+            ..inputs(&t, &f, false)
+        };
+        let h = build(&r.method, &r.headers, &i);
         assert!(h.remove.contains(&TRAILER));
         assert_eq!(
             h.set.iter().find(|(k, _)| k == CONNECTION).map(|(_, v)| v),

@@ -236,6 +236,7 @@ impl ProxyHttp for HubProxy {
                 forwarding: &self.shared.forwarding,
                 auth: auth.as_deref(),
                 allowed: ctx.allowed.as_ref(),
+                client_close: headers::wants_close(&session.req_header().headers),
             },
         );
         edits.apply(upstream)

@@ -230,6 +230,7 @@ impl HubProxy {
                 forwarding: &sh.forwarding,
                 auth,
                 allowed: ctx.allowed.as_ref(),
+                client_close: false,
             },
         );
         let close_at = match (&ctx.allowed, auth) {
