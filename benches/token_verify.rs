@@ -12,8 +12,8 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use hubgate::auth::{Auth, CredentialKind};
 use hubgate::config::auth::AuthSection;
-use hubgate::http_client::HttpClient;
 use hubgate::metrics::Metrics;
+use hubgate::net::{Connector, HttpClient};
 use hubgate::routes::{Route, RouteTable};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -34,7 +34,7 @@ fn openssl_key(dir: &std::path::Path, name: &str, args: &[&str]) -> Vec<u8> {
 }
 
 fn token(key: &EncodingKey, alg: Algorithm, kid: &str) -> String {
-    let now = hubgate::auth::now_secs();
+    let now = hubgate::time::now_secs();
     let claims = serde_json::json!({
         "iss": ISSUER, "aud": "jupyterhub", "sub": "u1", "exp": now + 3600, "iat": now,
         "auth_time": now, "amr": ["pwd", "otp"], "preferred_username": "alice",
@@ -83,7 +83,11 @@ fn bench(c: &mut Criterion) {
     let section: AuthSection = toml::from_str(&toml_text).expect("auth section");
     let config = section.validate().expect("valid auth config");
     let metrics = Metrics::new(Arc::new(RouteTable::new())).expect("metrics");
-    let client = Arc::new(HttpClient::new(Arc::new(Default::default()), false));
+    let client = Arc::new(HttpClient::new(Connector::new(
+        Arc::default(),
+        Arc::default(),
+        false,
+    )));
     let auth = Arc::new(Auth::new(config, client, &metrics));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

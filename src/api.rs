@@ -1,7 +1,7 @@
 //! The CHP-compatible REST API: `GET/POST/DELETE /api/routes[/<path>]`.
 //!
 //! Status codes, bodies and the order of checks follow configurable-http-proxy 5.3
-//! (reference `chp-and-jupyterhub.md` §2.2), except where CHP never answers
+//! (`docs/chp-compatibility.md`, "REST API"), except where CHP never answers
 //! (`DELETE /api/routes`, a bad escape in the path): hubgate answers 400 there.
 
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq;
 use crate::canonical;
 use crate::metrics::Metrics;
 use crate::routes::{trim_prefix, RouteStore, RouteTable};
-use crate::timefmt;
+use crate::time;
 
 /// The API service: the route store, the token, the metrics.
 pub struct RoutesApi {
@@ -271,7 +271,7 @@ impl RoutesApi {
             .filter(|v| !v.is_empty());
         let since_ms = match since {
             None => None,
-            Some(v) => match timefmt::parse_date_ms(&v) {
+            Some(v) => match time::parse_date_ms(&v) {
                 Some(ms) => Some(ms),
                 None => {
                     return Answer::fail(

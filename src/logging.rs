@@ -60,7 +60,7 @@ impl Log for Logger {
             log::Level::Debug => "debug",
             log::Level::Trace => "trace",
         };
-        let now = crate::timefmt::iso_ms(crate::routes::now_ms());
+        let now = crate::time::iso_ms(crate::time::now_ms());
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{now} [hubgate] {level}: {}", record.args());
     }

@@ -15,6 +15,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::net::FailureKind;
 use crate::routes::RouteTable;
 
 /// Status codes get a cached counter each; anything outside 100..=599 shares label "other".
@@ -68,8 +69,8 @@ pub struct Metrics {
     requests_api: StatusCounters,
     /// Websockets open right now.
     pub websockets_open: IntGauge,
-    /// Upstream connect and response failures.
-    pub upstream_errors: IntCounterVec,
+    /// Upstream connect and response failures, one series per [`FailureKind`] (in its order).
+    upstream_errors: Vec<IntCounter>,
     /// Authentication decisions by result and reason.
     pub auth_decisions: IntCounterVec,
     /// Request duration by route kind and status class, resolved once: `[kind][class]`.
@@ -125,9 +126,10 @@ impl Metrics {
             &["kind"],
         )?;
         registry.register(Box::new(upstream_errors.clone()))?;
-        for kind in ["refused", "timeout", "reset", "tls", "dns", "other"] {
-            upstream_errors.with_label_values(&[kind]);
-        }
+        let upstream_errors = FailureKind::ALL
+            .iter()
+            .map(|k| upstream_errors.with_label_values(&[k.label()]))
+            .collect();
         let auth_decisions = IntCounterVec::new(
             Opts::new(
                 "hubgate_auth_decisions_total",
@@ -245,6 +247,15 @@ impl Metrics {
     /// Registers another collector (e.g. authentication's key-set gauges).
     pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
         self.registry.register(c)
+    }
+
+    /// `hubgate_upstream_errors_total{kind}`.
+    pub fn upstream_error(&self, kind: FailureKind) -> &IntCounter {
+        let i = FailureKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(0);
+        &self.upstream_errors[i]
     }
 
     /// `requests_proxy{status}`.

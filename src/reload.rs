@@ -14,8 +14,8 @@ use pingora::services::background::BackgroundService;
 
 use crate::auth::Auth;
 use crate::config::{self, Cli, Config, Env, FileConfig, ServerTls};
-use crate::http_client::HttpClient;
 use crate::metrics::Metrics;
+use crate::net::HttpClient;
 use crate::proxy::Shared;
 use crate::tls::ReloadableCert;
 

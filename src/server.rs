@@ -21,12 +21,13 @@ use thiserror::Error;
 use crate::api::RoutesApi;
 use crate::auth::Auth;
 use crate::config::{Config, Listen, Storage};
-use crate::http_client::HttpClient;
 use crate::metrics::{Metrics, MetricsApp};
-use crate::proxy::{ErrorRenderer, HubProxy, Resolver, Shared};
+use crate::net::Connector;
+use crate::net::HttpClient;
+use crate::proxy::{ErrorRenderer, HubProxy, Shared};
 use crate::reload::{CertSlot, ConfigSource, Reloader};
 use crate::routes::{MemoryStore, RedisStore, RouteStore};
-use crate::tls::{self, ClientTlsMaterial, TlsError};
+use crate::tls::{self, TlsError};
 
 /// Why the server could not be built.
 #[derive(Debug, Error)]
@@ -262,12 +263,14 @@ impl Hubgate {
             server.add_service(background_service("route store", sync));
         }
 
-        let client_tls = Arc::new(ClientTlsMaterial::load(&config.client_tls)?);
-        let http_client = Arc::new(HttpClient::new(
-            client_tls.clone(),
+        // One DNS cache and one client TLS setup for everything hubgate connects to.
+        let connector = Connector::new(
+            Arc::default(),
+            Arc::new(tls::client_material(&config.client_tls)?),
             config.client_tls.insecure,
-        ));
-        let idp_client = Arc::new(HttpClient::new(client_tls.clone(), false));
+        );
+        let http_client = Arc::new(HttpClient::new(connector.clone()));
+        let idp_client = Arc::new(HttpClient::new(connector.verifying()));
         let auth = config
             .auth
             .clone()
@@ -280,9 +283,8 @@ impl Hubgate {
             timeouts: config.timeouts.clone(),
             metrics: metrics.clone(),
             errors: ErrorRenderer::new(&config.error_pages, http_client.clone()),
-            client_tls,
-            insecure: config.client_tls.insecure,
-            resolver: Resolver::default(),
+            connector,
+            peer_timeouts: crate::proxy::upstream_limits(&config.timeouts),
             ws_activity_on_server_frames: config.ws_activity_on_server_frames,
             listener_tls: config.proxy_tls.is_some(),
             in_flight: Default::default(),

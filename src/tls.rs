@@ -15,6 +15,7 @@ use rustls::RootCertStore;
 use thiserror::Error;
 
 use crate::config::ServerTls;
+use crate::net::ClientTlsMaterial;
 
 /// TLS material that cannot be loaded; names the file and what is wrong.
 #[derive(Debug, Error)]
@@ -163,48 +164,25 @@ pub fn listener_settings(tls: &ServerTls) -> Result<(TlsSettings, Arc<Reloadable
     Ok((settings, resolver))
 }
 
-/// Client-side TLS toward https targets: a client certificate and a CA list, both optional.
-#[derive(Default)]
-pub struct ClientTlsMaterial {
-    /// Client certificate and key (DER), for pingora peers.
-    pub cert_key: Option<Arc<pingora::utils::tls::CertKey>>,
-    /// CA certificates to verify targets with.
-    pub ca: Option<Arc<pingora::protocols::tls::CaType>>,
-}
-
-impl fmt::Debug for ClientTlsMaterial {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientTlsMaterial")
-            .field("cert_key", &self.cert_key.is_some())
-            .field("ca", &self.ca.is_some())
-            .finish()
+/// Loads the client certificate, key and CA toward https targets given in the configuration.
+pub fn client_material(cfg: &crate::config::ClientTls) -> Result<ClientTlsMaterial, TlsError> {
+    let mut out = ClientTlsMaterial::default();
+    if let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) {
+        let certs: Vec<Vec<u8>> = load_certs(cert)?.into_iter().map(|c| c.to_vec()).collect();
+        let key = load_key(key, None)?;
+        out.cert_key = Some(Arc::new(pingora::utils::tls::CertKey::new(
+            certs,
+            key.secret_der().to_vec(),
+        )));
     }
-}
-
-impl ClientTlsMaterial {
-    /// Loads the client certificate, key and CA given in the configuration.
-    pub fn load(cfg: &crate::config::ClientTls) -> Result<ClientTlsMaterial, TlsError> {
-        let mut out = ClientTlsMaterial::default();
-        if let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) {
-            let certs: Vec<Vec<u8>> = load_certs(cert)?.into_iter().map(|c| c.to_vec()).collect();
-            let key = load_key(key, None)?;
-            out.cert_key = Some(Arc::new(pingora::utils::tls::CertKey::new(
-                certs,
-                key.secret_der().to_vec(),
-            )));
-        }
-        if let Some(ca) = &cfg.ca {
-            let list: Vec<pingora::utils::tls::WrappedX509> = load_certs(ca)?
-                .into_iter()
-                .map(|c| {
-                    pingora::utils::tls::WrappedX509::new(
-                        c.to_vec(),
-                        pingora::utils::tls::parse_x509,
-                    )
-                })
-                .collect();
-            out.ca = Some(Arc::from(list.into_boxed_slice()));
-        }
-        Ok(out)
+    if let Some(ca) = &cfg.ca {
+        let list: Vec<pingora::utils::tls::WrappedX509> = load_certs(ca)?
+            .into_iter()
+            .map(|c| {
+                pingora::utils::tls::WrappedX509::new(c.to_vec(), pingora::utils::tls::parse_x509)
+            })
+            .collect();
+        out.ca = Some(Arc::from(list.into_boxed_slice()));
     }
+    Ok(out)
 }

@@ -1,6 +1,6 @@
 //! Each trusted issuer's signing keys: discovered, fetched, refreshed, kept while stale.
 //!
-//! Rules (reference `auth-and-mfa.md` §4 rows 6–8, §6 step 5): keys are scoped per issuer;
+//! Rules (`docs/security.md`, "Key sets"): keys are scoped per issuer;
 //! only RSA (≥ 2048 bits), EC (P-256/P-384) and Ed25519 signing keys are loaded, `oct`
 //! (symmetric) keys never; an empty or unusable set never replaces a good one; a key set
 //! older than `max-stale` is not used (requests then fail closed); an unknown `kid` triggers
@@ -17,8 +17,7 @@ use log::{info, warn};
 use serde::Deserialize;
 
 use crate::config::auth::{IssuerConfig, KeySource};
-use crate::http_client::{Fetch, HttpClient};
-use crate::proxy::Resolver;
+use crate::net::{Fetch, HttpClient};
 
 /// Largest key set or discovery document accepted.
 const MAX_DOC: usize = 1024 * 1024;
@@ -206,15 +205,9 @@ impl IssuerKeys {
         self.endpoints.load_full()
     }
 
-    async fn fetch(
-        &self,
-        client: &HttpClient,
-        resolver: &Resolver,
-        url: &str,
-    ) -> Result<bytes::Bytes, KeyError> {
+    async fn fetch(&self, client: &HttpClient, url: &str) -> Result<bytes::Bytes, KeyError> {
         let r = client
             .request(
-                resolver,
                 Fetch::get(url, FETCH_TIMEOUT, MAX_DOC)
                     .with_headers(&[("Accept", "application/json")]),
             )
@@ -228,7 +221,7 @@ impl IssuerKeys {
 
     /// Fetches the discovery document (if configured) and the key set; replaces the current set
     /// only with a non-empty one.
-    pub async fn load(&self, client: &HttpClient, resolver: &Resolver) -> Result<usize, KeyError> {
+    pub async fn load(&self, client: &HttpClient) -> Result<usize, KeyError> {
         let cfg = &self.config;
         let doc = match &cfg.keys {
             KeySource::File(path) => tokio::fs::read(path)
@@ -237,17 +230,17 @@ impl IssuerKeys {
                 .into(),
             KeySource::Url(url) => {
                 if cfg.client_id.is_some() && self.endpoints.load().is_none() {
-                    self.discover(client, resolver).await?;
+                    self.discover(client).await?;
                 }
-                self.fetch(client, resolver, url).await?
+                self.fetch(client, url).await?
             }
             KeySource::Discovery => {
-                let endpoints = self.discover(client, resolver).await?;
+                let endpoints = self.discover(client).await?;
                 let jwks = endpoints
                     .jwks_uri
                     .clone()
                     .ok_or_else(|| KeyError::Other("discovery document has no jwks_uri".into()))?;
-                self.fetch(client, resolver, &jwks).await?
+                self.fetch(client, &jwks).await?
             }
         };
         let source = match &cfg.keys {
@@ -287,7 +280,7 @@ impl IssuerKeys {
         })));
         self.removed.store(Arc::new(removed));
         self.last_success.store(
-            crate::routes::now_ms() / 1000,
+            crate::time::now_secs(),
             std::sync::atomic::Ordering::Relaxed,
         );
         if changed {
@@ -299,16 +292,12 @@ impl IssuerKeys {
         Ok(count)
     }
 
-    async fn discover(
-        &self,
-        client: &HttpClient,
-        resolver: &Resolver,
-    ) -> Result<Arc<Endpoints>, KeyError> {
+    async fn discover(&self, client: &HttpClient) -> Result<Arc<Endpoints>, KeyError> {
         let url = format!(
             "{}/.well-known/openid-configuration",
             self.config.issuer.trim_end_matches('/')
         );
-        let body = self.fetch(client, resolver, &url).await?;
+        let body = self.fetch(client, &url).await?;
         let endpoints: Endpoints = serde_json::from_slice(&body)
             .map_err(|e| KeyError::Parse(url.clone(), e.to_string()))?;
         if endpoints.issuer != self.config.issuer {
@@ -324,13 +313,13 @@ impl IssuerKeys {
 
     /// Refetches for an unknown `kid`, at most once per `min-refetch` (concurrent callers wait
     /// for the same fetch instead of starting their own).
-    pub async fn refetch_for_unknown_kid(&self, client: &HttpClient, resolver: &Resolver) {
+    pub async fn refetch_for_unknown_kid(&self, client: &HttpClient) {
         let mut last = self.last_attempt.lock().await;
         if last.is_some_and(|t| t.elapsed() < self.config.min_refetch) {
             return;
         }
         *last = Some(Instant::now());
-        if let Err(e) = self.load(client, resolver).await {
+        if let Err(e) = self.load(client).await {
             self.failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             warn!("{}: key set refetch failed: {e}", self.config.issuer);
@@ -338,13 +327,13 @@ impl IssuerKeys {
     }
 
     /// Background refresh loop: load now, then every `refresh`; retry sooner while failing.
-    pub async fn run_refresh(self: Arc<Self>, client: Arc<HttpClient>, resolver: Arc<Resolver>) {
+    pub async fn run_refresh(self: Arc<Self>, client: Arc<HttpClient>) {
         let mut backoff = Duration::from_millis(250);
         loop {
             let ok = {
                 let mut last = self.last_attempt.lock().await;
                 *last = Some(Instant::now());
-                match self.load(&client, &resolver).await {
+                match self.load(&client).await {
                     Ok(_) => true,
                     Err(e) => {
                         self.failures

@@ -14,41 +14,19 @@ use pingora::http::RequestHeader;
 use sha2::{Digest, Sha256};
 
 use super::session::{set_cookie, LoginClaims, SessionClaims, LOGIN_COOKIE, SESSION_COOKIE};
-use super::{now_secs, Auth, Reason};
-use crate::http_client::Fetch;
+use super::{Auth, Reason};
+use crate::net::Fetch;
+use crate::time::now_secs;
+use crate::web::{form_encode, query_value, Reply};
 
 /// The path prefix of hubgate's own endpoints.
 pub const PREFIX: &str = "/_hubgate/";
 const LOGIN_LIFETIME: i64 = 600;
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A response from one of hubgate's own endpoints.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: String,
-}
-
-impl Reply {
-    fn redirect(location: String) -> Reply {
-        Reply {
-            status: 302,
-            headers: vec![("Location", location), ("Cache-Control", "no-store".into())],
-            body: String::new(),
-        }
-    }
-
-    fn page(status: u16, text: &str) -> Reply {
-        Reply {
-            status,
-            headers: vec![
-                ("Content-Type", "text/html; charset=utf-8".into()),
-                ("Cache-Control", "no-store".into()),
-            ],
-            body: super::super::proxy::auth_page(status, text),
-        }
-    }
+/// A page from one of hubgate's own endpoints (the same page as a denial's).
+fn page(status: u16, text: &str) -> Reply {
+    Reply::html(status, super::denial::page(status, text))
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -62,11 +40,11 @@ fn random(n: usize) -> Option<String> {
 }
 
 fn enc(s: &str) -> String {
-    crate::proxy::form_encode(s.as_bytes())
+    form_encode(s.as_bytes())
 }
 
 fn query_param(raw: &[u8], name: &str) -> Option<String> {
-    super::query_value(raw, name)
+    query_value(raw, name)
 }
 
 /// `next` if it is a same-origin path, else the hub's base URL (no open redirects).
@@ -153,7 +131,7 @@ impl Auth {
                     .push(("Set-Cookie", set_cookie(SESSION_COOKIE, "", 0)));
                 r
             }
-            _ => Reply::page(404, "Not found."),
+            _ => page(404, "Not found."),
         }
     }
 
@@ -161,18 +139,18 @@ impl Auth {
         let raw = req.raw_path();
         let next = safe_next(query_param(raw, "next").as_deref(), &self.config.base_url);
         let Some(idp) = self.login_issuer(query_param(raw, "idp").as_deref()) else {
-            return Reply::page(404, "Login is not configured here.");
+            return page(404, "Login is not configured here.");
         };
         let issuer = &self.issuers[idp];
         let Some(endpoint) = issuer
             .endpoints()
             .and_then(|e| e.authorization_endpoint.clone())
         else {
-            return Reply::page(503, Reason::KeysUnavailable.message());
+            return page(503, Reason::KeysUnavailable.message());
         };
         let (Some(state), Some(nonce), Some(verifier)) = (random(16), random(16), random(32))
         else {
-            return Reply::page(500, "Cannot start a login right now.");
+            return page(500, "Cannot start a login right now.");
         };
         let challenge = b64(&Sha256::digest(verifier.as_bytes()));
         let claims = LoginClaims {
@@ -186,7 +164,7 @@ impl Auth {
             idp,
         };
         let Some(login_cookie) = self.cookie_key.sign_login(claims) else {
-            return Reply::page(500, "Cannot start a login right now.");
+            return page(500, "Cannot start a login right now.");
         };
         let cfg = &issuer.config;
         let sep = if endpoint.contains('?') { '&' } else { '?' };
@@ -209,7 +187,7 @@ impl Auth {
         let restart = |why: &str| {
             warn!("login callback refused: {why}");
             self.count_denial(Reason::BadSession);
-            let mut r = Reply::page(
+            let mut r = page(
                 400,
                 "This login attempt has expired or is invalid. Please start again.",
             );
@@ -235,13 +213,13 @@ impl Auth {
         }
         if let Some(err) = query_param(raw, "error") {
             warn!("identity provider refused the login: {err}");
-            return Reply::page(403, "The identity provider did not complete the login.");
+            return page(403, "The identity provider did not complete the login.");
         }
         let Some(code) = query_param(raw, "code") else {
             return restart("no code");
         };
         let Some(token_endpoint) = issuer.endpoints().and_then(|e| e.token_endpoint.clone()) else {
-            return Reply::page(503, Reason::KeysUnavailable.message());
+            return page(503, Reason::KeysUnavailable.message());
         };
         let client_id = cfg.client_id.clone().unwrap_or_default();
         let form = format!(
@@ -270,7 +248,6 @@ impl Auth {
         let resp = self
             .client
             .request(
-                &self.resolver,
                 Fetch::post(&token_endpoint, Bytes::from(form), TOKEN_TIMEOUT, 1 << 20)
                     .with_headers(&headers),
             )
@@ -279,11 +256,11 @@ impl Auth {
             Ok(r) if r.status == 200 => r.body,
             Ok(r) => {
                 warn!("token endpoint answered {}", r.status);
-                return Reply::page(502, "The identity provider did not accept the login.");
+                return page(502, "The identity provider did not accept the login.");
             }
             Err(e) => {
                 warn!("token endpoint: {e}");
-                return Reply::page(502, "The identity provider could not be reached.");
+                return page(502, "The identity provider could not be reached.");
             }
         };
         let id_token = serde_json::from_slice::<serde_json::Value>(&body)
@@ -306,7 +283,7 @@ impl Auth {
                 warn!("login refused: ID token {}", reason.label());
                 self.count_denial(reason);
                 let status = reason.status();
-                return Reply::page(status, reason.message());
+                return page(status, reason.message());
             }
         };
         let now = now_secs();
@@ -328,7 +305,7 @@ impl Auth {
             auth_time,
         };
         let Some(value) = self.cookie_key.sign_session(session) else {
-            return Reply::page(500, "Cannot finish the login right now.");
+            return page(500, "Cannot finish the login right now.");
         };
         info!("login: user={} via {}", identity.user, cfg.issuer);
         let mut r = Reply::redirect(login.next);

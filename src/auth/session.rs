@@ -145,9 +145,9 @@ mod tests {
             email: None,
             groups: vec!["physics".into()],
             idp: 0,
-            iat: crate::routes::now_ms() / 1000,
-            exp: crate::routes::now_ms() / 1000 + 60,
-            auth_time: crate::routes::now_ms() / 1000,
+            iat: crate::time::now_secs(),
+            exp: crate::time::now_secs() + 60,
+            auth_time: crate::time::now_secs(),
         }
     }
 
@@ -178,7 +178,7 @@ mod tests {
             .sign_login(LoginClaims {
                 iss: String::new(),
                 aud: String::new(),
-                exp: crate::routes::now_ms() / 1000 + 60,
+                exp: crate::time::now_secs() + 60,
                 state: "s".into(),
                 nonce: "n".into(),
                 verifier: "v".into(),

@@ -1,5 +1,5 @@
-//! Verification of an identity provider's token: the check list of reference
-//! `auth-and-mfa.md` §6, steps 2–9. `jsonwebtoken` checks only the signature (with the
+//! Verification of an identity provider's token: the check list in `docs/security.md`,
+//! "Token checks". `jsonwebtoken` checks only the signature (with the
 //! algorithm pinned to the key); every claim is checked here, with explicit leeway, so no
 //! crate default (60 s leeway, unchecked `nbf`, optional `iss`/`aud`) can weaken it.
 

@@ -14,7 +14,7 @@ pub use file::FileConfig;
 use http::{HeaderName, HeaderValue};
 use thiserror::Error;
 
-use crate::routes::Target;
+use crate::net::Target;
 
 /// A configuration that cannot be used; the message names the key and what is allowed.
 #[derive(Debug, Error)]

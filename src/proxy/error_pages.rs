@@ -11,9 +11,9 @@ use log::{debug, error};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
-use super::resolver::Resolver;
 use crate::config::ErrorPages;
-use crate::http_client::{Fetch, HttpClient};
+use crate::net::{Fetch, FetchError, HttpClient};
+use crate::web::{self, form_encode};
 
 /// The error-target server fetch may take this long before the plain fallback is used.
 const ERROR_TARGET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,48 +43,6 @@ struct Page {
     body: Bytes,
 }
 
-/// `application/x-www-form-urlencoded` serialisation of one value (what `URLSearchParams`
-/// produces): alphanumerics and `*-._` stay, space becomes `+`, the rest is `%XX`.
-pub fn form_encode(value: &[u8]) -> String {
-    let mut out = String::with_capacity(value.len() * 3);
-    for &b in value {
-        match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
-                out.push(char::from(b))
-            }
-            b' ' => out.push('+'),
-            _ => {
-                out.push('%');
-                out.push(char::from(b"0123456789ABCDEF"[(b >> 4) as usize]));
-                out.push(char::from(b"0123456789ABCDEF"[(b & 15) as usize]));
-            }
-        }
-    }
-    out
-}
-
-fn reason(code: u16) -> &'static str {
-    http::StatusCode::from_u16(code)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error")
-}
-
-/// The HTML page for an authentication denial or a login problem.
-pub fn auth_page(status: u16, text: &str) -> String {
-    let title = match status {
-        401 => "Login required",
-        403 => "Access denied",
-        503 => "Login unavailable",
-        _ => "Login problem",
-    };
-    format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{status}: {title}</title>\
-<style>body{{font-family:sans-serif;max-width:40em;margin:4em auto;color:#222}}</style></head>\
-<body><h1>{status}: {title}</h1><p>{text}</p><p><a href=\"/_hubgate/login\">Log in</a></p></body></html>\n"
-    )
-}
-
 fn builtin_page(code: u16) -> String {
     let (title, text) = match code {
         404 => (
@@ -100,11 +58,7 @@ fn builtin_page(code: u16) -> String {
             "The proxy could not handle this request. If it keeps happening, tell the people who run this service, with the time it happened.",
         ),
     };
-    format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>\
-<style>body{{font-family:sans-serif;max-width:40em;margin:4em auto;color:#222}}</style></head>\
-<body><h1>{title}</h1><p>{text}</p></body></html>\n"
-    )
+    web::page(title, text, None)
 }
 
 impl ErrorRenderer {
@@ -133,14 +87,13 @@ impl ErrorRenderer {
         ErrorRenderer { mode, client }
     }
 
-    async fn fetch(&self, resolver: &Resolver, code: u16, raw_url: &[u8]) -> Result<Page, String> {
-        let Mode::Target {
-            url_prefix,
-            other_query,
-        } = &self.mode
-        else {
-            return Err("no error target".into());
-        };
+    async fn fetch(
+        &self,
+        url_prefix: &str,
+        other_query: &str,
+        code: u16,
+        raw_url: &[u8],
+    ) -> Result<Page, FetchError> {
         let mut url = format!("{url_prefix}{code}?");
         if !other_query.is_empty() {
             url.push_str(other_query);
@@ -151,12 +104,8 @@ impl ErrorRenderer {
         debug!("Requesting custom error page: {url}");
         let fetched = self
             .client
-            .request(
-                resolver,
-                Fetch::get(&url, ERROR_TARGET_TIMEOUT, MAX_ERROR_BODY),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            .request(Fetch::get(&url, ERROR_TARGET_TIMEOUT, MAX_ERROR_BODY))
+            .await?;
         let get = |name: &str| {
             fetched
                 .headers
@@ -170,15 +119,14 @@ impl ErrorRenderer {
         })
     }
 
-    async fn page(&self, resolver: &Resolver, code: u16, raw_url: &[u8]) -> Option<Page> {
+    async fn page(&self, code: u16, raw_url: &[u8]) -> Option<Page> {
         match &self.mode {
-            Mode::Target { .. } => {
-                match tokio::time::timeout(
-                    ERROR_TARGET_TIMEOUT,
-                    self.fetch(resolver, code, raw_url),
-                )
-                .await
-                {
+            Mode::Target {
+                url_prefix,
+                other_query,
+            } => {
+                let fetch = self.fetch(url_prefix, other_query, code, raw_url);
+                match tokio::time::timeout(ERROR_TARGET_TIMEOUT, fetch).await {
                     Ok(Ok(page)) => Some(page),
                     Ok(Err(e)) => {
                         error!("Failed to get custom error page: {e}");
@@ -220,21 +168,12 @@ impl ErrorRenderer {
     }
 
     /// Writes the error response for `code` (the original request URL is `raw_url`).
-    pub async fn respond(
-        &self,
-        session: &mut Session,
-        resolver: &Resolver,
-        code: u16,
-        raw_url: &[u8],
-    ) {
-        let page = self
-            .page(resolver, code, raw_url)
-            .await
-            .unwrap_or_else(|| Page {
-                content_type: None,
-                content_encoding: None,
-                body: Bytes::from_static(reason(code).as_bytes()),
-            });
+    pub async fn respond(&self, session: &mut Session, code: u16, raw_url: &[u8]) {
+        let page = self.page(code, raw_url).await.unwrap_or_else(|| Page {
+            content_type: None,
+            content_encoding: None,
+            body: Bytes::from_static(web::reason_phrase(code).as_bytes()),
+        });
         let Ok(mut resp) = ResponseHeader::build(code, Some(4)) else {
             return;
         };
@@ -258,15 +197,6 @@ impl ErrorRenderer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn form_encoding_matches_url_search_params() {
-        assert_eq!(
-            form_encode(b"/nothing/here?q=1"),
-            "%2Fnothing%2Fhere%3Fq%3D1"
-        );
-        assert_eq!(form_encode(b"/a b~"), "%2Fa+b%7E");
-    }
 
     #[test]
     fn builtin_pages_name_the_code() {

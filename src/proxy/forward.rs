@@ -9,7 +9,7 @@ use http::header::{HeaderName, HeaderValue, HOST};
 use http::HeaderMap;
 
 use crate::config::Forwarding;
-use crate::routes::Target;
+use crate::net::Target;
 
 /// Strips a matched route prefix from a raw (escaped) path, given the prefix's length in the
 /// decoded path. Escapes are walked so that `/user/%61lice/foo` minus `/user/alice` is `/foo`

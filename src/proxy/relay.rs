@@ -3,8 +3,8 @@
 //! Each poll reads into an uninitialised scratch array on the stack and writes it straight on; only bytes
 //! the writer cannot take yet are copied to the heap, and freed once written. An idle
 //! kernel websocket therefore costs its two sockets and this small struct, not the three
-//! 64 KiB buffers pingora's upgraded-body path keeps (reference
-//! `pingora-websocket-memory.md`).
+//! 64 KiB buffers pingora's upgraded-body path keeps (`docs/performance.md`,
+//! "Websocket memory path").
 
 use std::future::Future;
 use std::io;

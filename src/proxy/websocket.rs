@@ -25,8 +25,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::relay::Relay;
-use super::Shared;
-use crate::routes::{Route, Target, TargetAddr};
+use super::{Refusal, Shared};
+use crate::net::{FailureKind, TargetStream};
+use crate::routes::Route;
 
 /// An inert stream that stands in for the downstream connection once hubgate owns it: reads
 /// yield one canned request head, then nothing; writes vanish.
@@ -133,8 +134,7 @@ pub async fn respond_bare(session: &mut Session, code: u16) {
 /// One side of a relayed websocket: a bare socket, or a client connection still inside
 /// pingora's wrapper (TLS).
 enum Conn {
-    Tcp(TcpStream),
-    Unix(UnixStream),
+    Bare(TargetStream),
     Pingora(Stream),
 }
 
@@ -175,12 +175,10 @@ fn unwrap_client(down: Stream) -> Conn {
     // SAFETY: `dup` was just returned by fcntl and is owned by nothing else.
     let owned = unsafe { OwnedFd::from_raw_fd(dup) };
     let bare = match domain {
-        libc::AF_INET | libc::AF_INET6 => {
-            TcpStream::from_std(std::net::TcpStream::from(owned)).map(Conn::Tcp)
-        }
-        libc::AF_UNIX => {
-            UnixStream::from_std(std::os::unix::net::UnixStream::from(owned)).map(Conn::Unix)
-        }
+        libc::AF_INET | libc::AF_INET6 => TcpStream::from_std(std::net::TcpStream::from(owned))
+            .map(|s| Conn::Bare(TargetStream::Tcp(s))),
+        libc::AF_UNIX => UnixStream::from_std(std::os::unix::net::UnixStream::from(owned))
+            .map(|s| Conn::Bare(TargetStream::Unix(s))),
         _ => return Conn::Pingora(down),
     };
     match bare {
@@ -195,8 +193,8 @@ fn unwrap_client(down: Stream) -> Conn {
 impl fmt::Debug for Conn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Conn::Tcp(_) => "tcp",
-            Conn::Unix(_) => "unix",
+            Conn::Bare(TargetStream::Tcp(_)) => "tcp",
+            Conn::Bare(TargetStream::Unix(_)) => "unix",
             Conn::Pingora(_) => "pingora",
         })
     }
@@ -209,8 +207,7 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Bare(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Pingora(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -223,81 +220,22 @@ impl AsyncWrite for Conn {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Bare(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Pingora(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Conn::Unix(s) => Pin::new(s).poll_flush(cx),
+            Conn::Bare(s) => Pin::new(s).poll_flush(cx),
             Conn::Pingora(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Bare(s) => Pin::new(s).poll_shutdown(cx),
             Conn::Pingora(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
-}
-
-async fn connect(shared: &Shared, target: &Target) -> std::io::Result<Conn> {
-    let timeout = shared.timeouts.connect;
-    let fut = async {
-        match &target.addr {
-            TargetAddr::Ip(addr) => TcpStream::connect(addr).await.map(Conn::Tcp),
-            TargetAddr::Name { host, port } => {
-                let addr = shared.resolver.resolve(host, *port, timeout).await?;
-                TcpStream::connect(addr).await.map(Conn::Tcp)
-            }
-            TargetAddr::Unix(path) => UnixStream::connect(path).await.map(Conn::Unix),
-        }
-    };
-    let up = tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    if let Conn::Tcp(s) = &up {
-        let _ = s.set_nodelay(true);
-        let sock = socket2::SockRef::from(s);
-        let _ = sock
-            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
-    }
-    Ok(up)
-}
-
-/// The upgrade request as it goes to the target.
-fn request_head(
-    session: &Session,
-    upstream_path: &str,
-    extra: &[(http::HeaderName, http::HeaderValue)],
-    removed: &[http::HeaderName],
-) -> Vec<u8> {
-    let req = session.req_header();
-    let mut head = Vec::with_capacity(1024);
-    head.extend_from_slice(req.method.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(upstream_path.as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers.iter() {
-        if extra.iter().any(|(n, _)| n == name) || removed.contains(name) {
-            continue;
-        }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    for (name, value) in extra {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
-    head
 }
 
 /// Reads the upstream's response head (up to 64 KiB); returns it with any bytes after it.
@@ -344,51 +282,55 @@ fn status_of(head: &[u8]) -> Option<u16> {
 }
 
 /// What a websocket upgrade is sent with.
-pub struct Upgrade<'a> {
+pub struct Upgrade {
     pub route: Arc<Route>,
-    pub target: &'a Target,
-    /// Path and query to request from the target.
-    pub upstream_path: &'a str,
-    /// Headers to set (X-Forwarded-*, custom, identity).
-    pub set_headers: &'a [(http::HeaderName, http::HeaderValue)],
-    /// Client headers not to forward.
-    pub removed_headers: &'a [http::HeaderName],
+    /// The request head for the target (`headers::UpstreamHeaders::head`).
+    pub head: Vec<u8>,
     /// When the credential expires (seconds since the epoch): the websocket is closed then.
     pub close_at: Option<i64>,
 }
 
-/// Proxies a websocket upgrade for `route` with hubgate's own relay. Returns `Err(code)` when
-/// the upgrade never reached the target, for the caller to answer and log.
+/// Proxies a websocket upgrade for `route` (a plain target) with hubgate's own relay. Returns
+/// the refusal when the upgrade never reached the target, for the caller to render.
 pub async fn proxy(
     shared: &Arc<Shared>,
     session: &mut Session,
-    up: Upgrade<'_>,
-) -> Result<(), (u16, String)> {
+    upgrade: Upgrade,
+) -> Result<(), Refusal> {
     let Upgrade {
         route,
-        target,
-        upstream_path,
-        set_headers,
-        removed_headers,
+        head,
         close_at,
-    } = up;
-    let head = request_head(session, upstream_path, set_headers, removed_headers);
-    let mut up = match connect(shared, target).await {
-        Ok(up) => up,
-        Err(e) => {
-            shared
-                .metrics
-                .upstream_errors
-                .with_label_values(&[super::io_error_kind(&e)])
-                .inc();
-            return Err((503, e.to_string()));
-        }
+    } = upgrade;
+    let target = route
+        .target
+        .as_ref()
+        .map_err(|e| Refusal::BadTarget(e.clone()))?;
+    let upstream_failed = |e: std::io::Error| Refusal::Upstream {
+        kind: FailureKind::of_io(&e),
+        detail: e.to_string(),
+        counted: false,
     };
+    let mut up = shared
+        .connector
+        .stream(target, shared.timeouts.connect)
+        .await
+        .map_err(upstream_failed)?;
     if let Err(e) = up.write_all(&head).await {
-        return Err((503, e.to_string()));
+        // Counted as before this refactor: only connect failures count for websockets.
+        return Err(Refusal::Upstream {
+            kind: FailureKind::of_io(&e),
+            detail: e.to_string(),
+            counted: true,
+        });
     }
+    drop(head);
+    let mut up = Conn::Bare(up);
     let Some(mut down) = take_downstream(session).await else {
-        return Err((500, "websocket over a non-HTTP/1 connection".into()));
+        return Err(Refusal::Status(
+            500,
+            "websocket over a non-HTTP/1 connection".into(),
+        ));
     };
     let shared = shared.clone();
     tokio::spawn(async move {
@@ -466,7 +408,7 @@ pub async fn proxy(
             }
             Some(at) => {
                 // The credential that opened this websocket expires: close it then.
-                let wait = Duration::from_secs((at - crate::auth::now_secs()).max(0) as u64);
+                let wait = Duration::from_secs((at - crate::time::now_secs()).max(0) as u64);
                 tokio::select! {
                     r = relay => if let Err(e) = r { debug!("websocket closed: {e}") },
                     _ = tokio::time::sleep(wait) => info!("websocket on {} closed: its credential expired", route_key),

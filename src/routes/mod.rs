@@ -3,9 +3,7 @@
 mod redis_store;
 mod store;
 mod table;
-mod target;
 
 pub use redis_store::RedisStore;
 pub use store::{MemoryStore, RouteStore, StoreError, StoreHealth};
-pub use table::{now_ms, trim_prefix, Match, Route, RouteKind, RouteTable};
-pub use target::{Target, TargetAddr, TargetError};
+pub use table::{trim_prefix, Match, Route, RouteKind, RouteTable};

@@ -3,7 +3,7 @@
 //! Readers load an immutable snapshot through `ArcSwap` (no lock a writer can hold);
 //! writers serialise on a mutex and publish a new snapshot.
 //!
-//! Memory per route matters (a hub may hold 100,000 routes; issue 5 asks ≤ 0.5 KiB each). The
+//! Memory per route matters (a hub may hold 100,000 routes; the target is ≤ 0.5 KiB each, `docs/performance.md`). The
 //! snapshot is 256 hash tables (shards) of route pointers in 16 groups of 16, each shared
 //! between snapshots until a write changes it: a write copies one shard (≈ n/256 pointers),
 //! its group and the group list (16 pointers each), not the table. A table holds only the pointer to each route (8 bytes and a control byte, hashed by
@@ -15,12 +15,12 @@
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use hashbrown::HashTable;
 
-use super::target::{Target, TargetError};
+use crate::net::{Target, TargetError};
+pub(crate) use crate::time::now_ms;
 
 /// Shards per group and groups per snapshot (256 shards). A write copies one shard, its group
 /// and the group list: about `2 × 16 + n / 256` reference counts touched, where one flat list
@@ -284,7 +284,7 @@ impl Route {
             out.push(',');
         }
         out.push_str("\"last_activity\":\"");
-        crate::timefmt::push_iso_ms(out, self.last_activity_ms());
+        crate::time::push_iso_ms(out, self.last_activity_ms());
         out.push_str("\"}");
     }
 }
@@ -336,14 +336,6 @@ fn sort_prefix(s: &[u8]) -> u128 {
     let n = s.len().min(16);
     b[..n].copy_from_slice(&s[..n]);
     u128::from_be_bytes(b)
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// CHP's `trim_prefix`: ensure a leading `/`, drop one trailing `/` (except for `/`).

@@ -4,14 +4,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
-use pingora::upstreams::peer::HttpPeer;
 use thiserror::Error;
 
-use crate::proxy::Resolver;
-use crate::routes::{Target, TargetAddr};
-use crate::tls::ClientTlsMaterial;
+use super::{Connector, PeerTimeouts, Target};
 
 /// An outbound request that did not produce a response.
 #[derive(Debug, Error)]
@@ -78,11 +74,10 @@ impl<'a> Fetch<'a> {
     }
 }
 
-/// The client: a pooled connector plus the TLS material for https servers.
+/// The client: pingora's pooled connector, and hubgate's [`Connector`] for resolution and TLS.
 pub struct HttpClient {
+    pool: pingora::connectors::http::Connector,
     connector: Connector,
-    client_tls: std::sync::Arc<ClientTlsMaterial>,
-    insecure: bool,
 }
 
 fn io<E: std::fmt::Display>(e: E) -> FetchError {
@@ -90,28 +85,23 @@ fn io<E: std::fmt::Display>(e: E) -> FetchError {
 }
 
 impl HttpClient {
-    /// A client verifying https servers with `client_tls` (unless `insecure`).
-    pub fn new(client_tls: std::sync::Arc<ClientTlsMaterial>, insecure: bool) -> HttpClient {
+    /// A client connecting through `connector`.
+    pub fn new(connector: Connector) -> HttpClient {
         HttpClient {
-            connector: Connector::new(None),
-            client_tls,
-            insecure,
+            pool: pingora::connectors::http::Connector::new(None),
+            connector,
         }
     }
 
     /// Sends one request and reads the whole response (at most `max_body` bytes) within its
     /// `timeout`.
-    pub async fn request(
-        &self,
-        resolver: &Resolver,
-        fetch: Fetch<'_>,
-    ) -> Result<Fetched, FetchError> {
-        tokio::time::timeout(fetch.timeout, self.exchange(resolver, fetch))
+    pub async fn request(&self, fetch: Fetch<'_>) -> Result<Fetched, FetchError> {
+        tokio::time::timeout(fetch.timeout, self.exchange(fetch))
             .await
             .map_err(|_| FetchError::Timeout)?
     }
 
-    async fn exchange(&self, resolver: &Resolver, fetch: Fetch<'_>) -> Result<Fetched, FetchError> {
+    async fn exchange(&self, fetch: Fetch<'_>) -> Result<Fetched, FetchError> {
         let Fetch {
             method,
             url,
@@ -122,23 +112,15 @@ impl HttpClient {
         } = fetch;
         let target =
             Target::parse(url).map_err(|e| FetchError::Url(url.to_string(), e.to_string()))?;
-        let mut peer = match &target.addr {
-            TargetAddr::Ip(a) => HttpPeer::new(*a, target.tls, target.sni.clone()),
-            TargetAddr::Name { host, port } => {
-                let a = resolver.resolve(host, *port, timeout).await.map_err(io)?;
-                HttpPeer::new(a, target.tls, target.sni.clone())
-            }
-            TargetAddr::Unix(p) => HttpPeer::new_uds(p, false, String::new()).map_err(io)?,
+        let limits = PeerTimeouts {
+            resolve: timeout,
+            connect: timeout.min(Duration::from_secs(5)),
+            total_connect: None,
+            read: Some(timeout),
+            write: Some(timeout),
+            idle: None,
         };
-        peer.options.connection_timeout = Some(timeout.min(Duration::from_secs(5)));
-        peer.options.read_timeout = Some(timeout);
-        peer.options.write_timeout = Some(timeout);
-        if target.tls {
-            peer.options.verify_cert = !self.insecure;
-            peer.options.verify_hostname = !self.insecure;
-            peer.options.ca = self.client_tls.ca.clone();
-            peer.client_cert_key = self.client_tls.cert_key.clone();
-        }
+        let peer = self.connector.peer(&target, &limits).await.map_err(io)?;
         let mut path = target.path.clone();
         if !target.query.is_empty() {
             path.push('?');
@@ -154,7 +136,7 @@ impl HttpClient {
             req.insert_header("Content-Length", b.len().to_string())
                 .map_err(io)?;
         }
-        let (mut session, _) = self.connector.get_http_session(&peer).await.map_err(io)?;
+        let (mut session, _) = self.pool.get_http_session(&peer).await.map_err(io)?;
         session
             .write_request_header(Box::new(req))
             .await
@@ -176,7 +158,7 @@ impl HttpClient {
             }
             out.extend_from_slice(&chunk);
         }
-        self.connector
+        self.pool
             .release_http_session(session, &peer, Some(Duration::from_secs(30)))
             .await;
         Ok(Fetched {

@@ -1,6 +1,22 @@
-//! Timestamps in the forms CHP and JupyterHub exchange.
+//! Clocks and timestamps: the wall clock in the units hubgate uses, and the timestamp forms
+//! CHP and JupyterHub exchange. A leaf: imports no other hubgate module.
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Seconds since the Unix epoch (token claims are in seconds).
+pub fn now_secs() -> i64 {
+    now_ms() / 1000
+}
 
 /// Appends `YYYY-MM-DDTHH:MM:SS.mmmZ` for a time in milliseconds since the epoch.
 ///
