@@ -5,7 +5,7 @@ mod store;
 mod table;
 mod target;
 
-pub use redis_store::RedisStore;
+pub use redis_store::{RedisStorage, RedisStore};
 pub use store::{MemoryStore, RouteStore, StoreError, StoreHealth};
 pub use table::{now_ms, trim_prefix, Match, Route, RouteKind, RouteTable};
 pub use target::{Target, TargetAddr, TargetError};

@@ -11,13 +11,15 @@ use redis::AsyncConnectionConfig;
 
 use super::scripts::{self, FORMAT};
 use super::state::{Change, Snapshot};
-use super::Inner;
+use super::{Backend, Inner};
 use crate::routes::table::now_ms;
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a command may take before the store counts as unreachable.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the sentinels may take to name the master.
+const SENTINEL_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one `XREAD` waits for changes; an idle stream is checked against the revision
 /// this often.
 const BLOCK_MS: u64 = 1_000;
@@ -107,24 +109,70 @@ pub(super) async fn run(inner: Arc<Inner>) {
     }
 }
 
-async fn connect(inner: &Inner, response: Duration) -> Result<MultiplexedConnection, End> {
+/// The server to talk to this session: the configured one, or the master the sentinels
+/// name now (so a reconnection after a failover reaches the promoted replica).
+async fn master_client(inner: &Inner) -> Result<redis::Client, End> {
+    let (client, settings) = match &inner.backend {
+        Backend::Direct(c) => return Ok(c.clone()),
+        Backend::Sentinel { client, settings } => (client, settings),
+    };
+    let found = tokio::time::timeout(SENTINEL_TIMEOUT, async {
+        client.lock().await.async_get_client().await
+    })
+    .await;
+    let c = match found {
+        Err(_) => {
+            return Err(End::Lost(format!(
+                "no sentinel named a master for {:?} within {} s",
+                settings.master_name,
+                SENTINEL_TIMEOUT.as_secs()
+            )))
+        }
+        Ok(Err(e)) => {
+            return Err(End::Lost(format!(
+                "the sentinels named no reachable master for {:?}: {e}",
+                settings.master_name
+            )))
+        }
+        Ok(Ok(c)) => c,
+    };
+    let addr = c.get_connection_info().addr().to_string();
+    let mut last = inner.master_addr.lock().unwrap_or_else(|e| e.into_inner());
+    if last.as_deref() != Some(addr.as_str()) {
+        info!(
+            "route store: Sentinel names {addr} master of {:?}",
+            settings.master_name
+        );
+        *last = Some(addr);
+    }
+    Ok(c)
+}
+
+async fn connect(client: &redis::Client, response: Duration) -> Result<MultiplexedConnection, End> {
     let cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(response));
-    Ok(inner
-        .client
+    Ok(client
         .get_multiplexed_async_connection_with_config(&cfg)
         .await?)
 }
 
 /// One connection's life: load, then follow the stream until something fails.
 async fn session(inner: &Arc<Inner>) -> End {
-    let mut conn = match connect(inner, COMMAND_TIMEOUT).await {
+    let client = match master_client(inner).await {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    inner.reconnect_requested.store(false, Ordering::Relaxed);
+    // Writes may wait for replicas (WAIT) on the command connection.
+    let wait = inner.backend.wait().map_or(Duration::ZERO, |(_, t)| t);
+    let mut conn = match connect(&client, COMMAND_TIMEOUT + wait).await {
         Ok(c) => c,
         Err(e) => return e,
     };
     // XREAD BLOCK holds its connection, so it gets one of its own.
-    let mut reader = match connect(inner, COMMAND_TIMEOUT + Duration::from_millis(BLOCK_MS)).await {
+    let mut reader = match connect(&client, COMMAND_TIMEOUT + Duration::from_millis(BLOCK_MS)).await
+    {
         Ok(c) => c,
         Err(e) => return e,
     };
@@ -190,6 +238,11 @@ async fn follow(
     reader: &mut MultiplexedConnection,
 ) -> End {
     loop {
+        if inner.reconnect_requested.swap(false, Ordering::Relaxed) {
+            return End::Lost(
+                "the server refused a write as a read-only replica (demoted by a failover)".into(),
+            );
+        }
         if inner.resync_requested.swap(false, Ordering::Relaxed) {
             if let Err(e) = resync(inner, conn, "a write found the store reset").await {
                 return e;
@@ -201,6 +254,9 @@ async fn follow(
             Err(e) => return e,
         };
         if entries.is_empty() {
+            if let Err(e) = check_role(inner, conn).await {
+                return e;
+            }
             // Idle: is the revision where the table is? (A stream trimmed past us, or
             // deleted, would otherwise go unnoticed until the next change.)
             let (epoch, rev): (Option<String>, Option<u64>) = match redis::pipe()
@@ -276,6 +332,20 @@ async fn follow(
             }
         }
         inner.current_at.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// With Sentinel, a master that was demoted while the connection stayed up (a partition
+/// healed, a manual failover) must not be followed any further: ask the sentinels again.
+async fn check_role(inner: &Inner, conn: &mut MultiplexedConnection) -> Result<(), End> {
+    if !matches!(inner.backend, Backend::Sentinel { .. }) {
+        return Ok(());
+    }
+    match redis::cmd("ROLE").query_async(conn).await? {
+        redis::Role::Primary { .. } => Ok(()),
+        _ => Err(End::Lost(
+            "the server is no longer the master (demoted by a failover)".into(),
+        )),
     }
 }
 
