@@ -427,3 +427,73 @@ def test_failover_keeps_routing_and_acknowledged_writes(cluster):
     )
     assert r.status_code == 204, r.text
     wait_until(f"{gone} deleted on replica A", lambda: gone not in c.routes(0), 5)
+
+
+def add_route(c: Cluster, i: int, path: str) -> requests.Response:
+    return requests.post(
+        f"http://127.0.0.1:{c.hg_ports[i][1]}/api/routes{path}",
+        json={"target": f"http://127.0.0.1:{c.backend_port}"},
+        headers={"Authorization": f"token {TOKEN}"},
+        timeout=10,
+    )
+
+
+@pytest.mark.timeout(120)
+def test_manual_failover_is_followed(cluster):
+    """`SENTINEL FAILOVER` demotes a live master (Sentinel drops its clients): the replicas
+    move to the new master and writes go there."""
+    c = cluster
+    assert add_route(c, 0, "/user/before").status_code == 201
+    old = c.redis_ports[0]
+    assert redis_cmd(c.sentinel_ports[0], "SENTINEL", "FAILOVER", MASTER) == "OK"
+
+    def new_master():
+        _, port = redis_cmd(c.sentinel_ports[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER)
+        return int(port) if int(port) != old else None
+
+    master = wait_until("the manual failover", new_master, 30, check=c.check_alive)
+    n = 0
+
+    def written_to_new_master():
+        nonlocal n
+        n += 1
+        return all(add_route(c, i, f"/user/after{n}-{i}").status_code == 201 for i in (0, 1))
+
+    wait_until("writes through both replicas after the failover", written_to_new_master, 30)
+    stored = {json.loads(v)["key"] for v in redis_cmd(master, "HVALS", "hubgate:v1:routes")}
+    assert {"/user/before", f"/user/after{n}-0", f"/user/after{n}-1"} <= stored
+    # Writes the demoted master took during the switch but no replica confirmed were
+    # answered 503 and are gone with its data; the replicas' tables are the new master's,
+    # without them.
+    wait_until(
+        "both replicas' tables equal the new master's routes",
+        lambda: all(set(c.routes(i)) == stored for i in (0, 1)),
+        10,
+    )
+    # The old master is a replica now and has the write too.
+    wait_until("the old master replicates the new one",
+               lambda: "role:slave" in redis_cmd(old, "INFO", "replication"), 20)  # fmt: skip
+    for i in (0, 1):
+        r = requests.get(f"http://127.0.0.1:{c.hg_ports[i][0]}/user/before/x", timeout=5)
+        assert (r.status_code, r.text) == (200, "echo /user/before/x")
+
+
+@pytest.mark.timeout(120)
+def test_write_needs_a_replica_to_be_acknowledged(cluster):
+    """With no replica left to confirm it (WAIT), a write answers 503 and says why, instead
+    of being acknowledged on the master alone; routing is unaffected."""
+    c = cluster
+    assert add_route(c, 0, "/user/confirmed").status_code == 201
+    for name in ("redis-1", "redis-2"):
+        c.procs[name].send_signal(signal.SIGKILL)
+        c.procs[name].wait(5)
+    wait_until(
+        "the master to see no replica",
+        lambda: "connected_slaves:0" in redis_cmd(c.redis_ports[0], "INFO", "replication"),
+        15,
+    )
+    r = add_route(c, 0, "/user/unconfirmed")
+    assert r.status_code == 503, r.text
+    assert "replicas required" in r.text and "wait-replicas" in r.text, r.text
+    r = requests.get(f"http://127.0.0.1:{c.hg_ports[1][0]}/user/confirmed/x", timeout=5)
+    assert (r.status_code, r.text) == (200, "echo /user/confirmed/x")

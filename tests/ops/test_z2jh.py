@@ -38,7 +38,6 @@ from pathlib import Path
 
 import pytest
 import requests
-import urllib3
 
 ROOT = Path(__file__).resolve().parents[2]
 HUBGATE_BIN = Path(os.environ.get("HUBGATE_BIN", "target/debug/hubgate"))
@@ -65,9 +64,6 @@ HTTPS = [  # proxy.https.enabled with type manual: the TLS Secret is mounted at 
 ]
 # proxy.chp.extraCommandLineFlags from docs/kubernetes.md, plus debug.enabled's flag.
 METRICS = ["--metrics-ip=0.0.0.0", "--metrics-port=8002", "--log-level=debug"]
-
-urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -138,7 +134,9 @@ def pod(request):
         if any(a.startswith("--ssl-") for a in extra) and not (tls / "tls.crt").exists():
             subprocess.run(
                 ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                 "-subj", "/CN=hub.example.org", "-keyout", str(tls / "tls.key"),
+                 "-subj", "/CN=hub.example.org",
+                 "-addext", "subjectAltName=DNS:hub.example.org,IP:127.0.0.1",
+                 "-keyout", str(tls / "tls.key"),
                  "-out", str(tls / "tls.crt")],
                 check=True, capture_output=True,
             )  # fmt: skip
@@ -188,12 +186,14 @@ def pod(request):
         started.append(p)
         https = "--port=8443" in extra
         public = f"{'https' if https else 'http'}://127.0.0.1:{ports[8443 if https else 8000]}"
+        # The client trusts exactly the certificate made above.
+        ca = str(tls / "tls.crt") if https else True
         deadline = time.monotonic() + 20
         while True:
             if p.poll() is not None:
                 raise AssertionError(f"hubgate exited {p.returncode}:\n{log.read_text()}")
             try:
-                if requests.get(f"{public}/_chp_healthz", timeout=1, verify=False).ok:
+                if requests.get(f"{public}/_chp_healthz", timeout=1, verify=ca).ok:
                     break
             except requests.RequestException:
                 pass
@@ -209,6 +209,7 @@ def pod(request):
             "user_port": user.server_address[1],
             "proc": p,
             "log": log,
+            "verify": ca,
         }
 
     try:
@@ -236,7 +237,7 @@ def pod(request):
 def check_serves(pd: dict):
     """What the hub and the users need from the proxy pod."""
     auth = {"Authorization": f"token {TOKEN}"}
-    r = requests.get(f"{pd['public']}/_chp_healthz", timeout=5, verify=False)
+    r = requests.get(f"{pd['public']}/_chp_healthz", timeout=5, verify=pd["verify"])
     assert r.status_code == 200, r.text
     assert requests.get(f"{pd['api']}/api/routes", timeout=5).status_code == 403
     r = requests.get(f"{pd['api']}/api/routes", headers=auth, timeout=5)
@@ -251,10 +252,10 @@ def check_serves(pd: dict):
         timeout=5,
     )
     assert r.status_code == 201, r.text
-    r = requests.get(f"{pd['public']}/user/alice/lab", timeout=5, verify=False)
+    r = requests.get(f"{pd['public']}/user/alice/lab", timeout=5, verify=pd["verify"])
     assert (r.status_code, r.text) == (200, "user /user/alice/lab")
     # Everything else goes to the hub's Service (by its DNS name where `hub` resolves).
-    r = requests.get(f"{pd['public']}/hub/login", timeout=5, verify=False)
+    r = requests.get(f"{pd['public']}/hub/login", timeout=5, verify=pd["verify"])
     assert (r.status_code, r.text) == (200, "hub /hub/login")
 
 

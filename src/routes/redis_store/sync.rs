@@ -177,7 +177,8 @@ async fn session(inner: &Arc<Inner>) -> End {
         Err(e) => return e,
     };
     let first = !inner.loaded.load(Ordering::Relaxed);
-    if let Err(e) = full_sync(inner, &mut conn).await {
+    // A new connection, perhaps to another server: what it holds is the whole truth.
+    if let Err(e) = full_sync(inner, &mut conn, false).await {
         return e;
     }
     inner.conn.store(Some(Arc::new(conn.clone())));
@@ -244,7 +245,7 @@ async fn follow(
             );
         }
         if inner.resync_requested.swap(false, Ordering::Relaxed) {
-            if let Err(e) = resync(inner, conn, "a write found the store reset").await {
+            if let Err(e) = resync(inner, conn, "a write found the store reset", true).await {
                 return e;
             }
         }
@@ -273,6 +274,9 @@ async fn follow(
                 (st.epoch.clone(), st.applied)
             };
             let rev = rev.unwrap_or(0);
+            // The store behind this table (a failover to a replica that missed changes)
+            // is the truth: no local write is kept over it.
+            let keep_newer = rev >= applied;
             let why = if epoch != my_epoch {
                 Some("the store's epoch changed (Redis lost or replaced its data)".to_string())
             } else if rev < applied {
@@ -294,7 +298,7 @@ async fn follow(
                 None
             };
             if let Some(why) = why {
-                if let Err(e) = resync(inner, conn, &why).await {
+                if let Err(e) = resync(inner, conn, &why, keep_newer).await {
                     return e;
                 }
             }
@@ -327,7 +331,7 @@ async fn follow(
             (Ok(()), None) => None,
         };
         if let Some(why) = why {
-            if let Err(e) = resync(inner, conn, &why).await {
+            if let Err(e) = resync(inner, conn, &why, true).await {
                 return e;
             }
         }
@@ -353,16 +357,22 @@ async fn resync(
     inner: &Arc<Inner>,
     conn: &mut MultiplexedConnection,
     why: &str,
+    keep_newer: bool,
 ) -> Result<(), End> {
     warn!("route store: {why}; reloading the whole table");
-    let n = full_sync(inner, conn).await?;
+    let n = full_sync(inner, conn, keep_newer).await?;
     let rev = inner.state().applied;
     info!("route store: table reloaded, {n} routes (revision {rev})");
     Ok(())
 }
 
-/// Checks the format, initialises or re-seeds the store if needed, then loads the table.
-async fn full_sync(inner: &Arc<Inner>, conn: &mut MultiplexedConnection) -> Result<usize, End> {
+/// Checks the format, initialises or re-seeds the store if needed, then loads the table
+/// (`keep_newer`: see [`SyncState::load`](super::state::SyncState::load)).
+async fn full_sync(
+    inner: &Arc<Inner>,
+    conn: &mut MultiplexedConnection,
+    keep_newer: bool,
+) -> Result<usize, End> {
     init_store(inner, conn).await?;
     let (epoch, rev, routes, activity, last): SnapshotReply = redis::pipe()
         .atomic()
@@ -389,7 +399,7 @@ async fn full_sync(inner: &Arc<Inner>, conn: &mut MultiplexedConnection) -> Resu
         activity: activity.into_iter().map(|(k, v)| (k, v as i64)).collect(),
         last_id: last.into_iter().next().map(|(id, _)| id),
     };
-    let n = inner.state().load(&inner.table, snap);
+    let n = inner.state().load(&inner.table, snap, keep_newer);
     inner.metrics.resyncs.inc();
     Ok(n)
 }
