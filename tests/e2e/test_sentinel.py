@@ -2,7 +2,8 @@
 
 Real peers: three `redis-server`s (a master and two replicas), three `redis-sentinel`s
 watching them, two hubgate replicas that find the master through the sentinels, and a
-small HTTP backend (Python's http.server) that echoes the path it was asked for.
+small HTTP backend (Python's http.server) that echoes the path it was asked for. The Redis
+servers require a password, which hubgate takes from the URL (%-escaped) and never logs.
 
 While route writes go through both replicas' APIs and proxied requests go through both
 replicas, the master is SIGKILLed. Sentinel promotes a replica; the hubgates must follow it.
@@ -37,6 +38,9 @@ from .harness import free_ports, hubgate_bin, tail, wait_until
 
 MASTER = "hubmaster"
 TOKEN = "sentinel-test-token"
+# The Redis servers require a password (with an '@', so the URL must %-escape it); hubgate
+# gives it to whichever master the sentinels name, and never logs it.
+REDIS_PASSWORD = "s3cret@redis"
 FAILOVER_TIMEOUT = 30  # master killed -> both replicas write again
 DOWN_AFTER_MS = 1000  # sentinel down-after-milliseconds
 WRITES_AFTER_FAILOVER = 10  # acknowledged writes required through each replica
@@ -74,15 +78,29 @@ def _read_reply(f):
     raise RuntimeError(f"unexpected reply {line!r}")
 
 
-def redis_cmd(port: int, *args, timeout: float = 2):
-    """One command to 127.0.0.1:port in RESP; returns the decoded reply."""
+def _encode(args) -> bytes:
+    out = f"*{len(args)}\r\n".encode()
+    for a in args:
+        b = str(a).encode()
+        out += f"${len(b)}\r\n".encode() + b + b"\r\n"
+    return out
+
+
+def redis_cmd(port: int, *args, timeout: float = 2, password: str | None = None):
+    """One command to 127.0.0.1:port in RESP (after AUTH with `password`); returns the
+    decoded reply."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        out = f"*{len(args)}\r\n".encode()
-        for a in args:
-            b = str(a).encode()
-            out += f"${len(b)}\r\n".encode() + b + b"\r\n"
-        s.sendall(out)
-        return _read_reply(s.makefile("rb"))
+        f = s.makefile("rb")
+        if password is not None:
+            s.sendall(_encode(["AUTH", password]))
+            assert _read_reply(f) == "OK"
+        s.sendall(_encode(args))
+        return _read_reply(f)
+
+
+def data_cmd(port: int, *args):
+    """A command to one of the Redis servers (they require the password)."""
+    return redis_cmd(port, *args, password=REDIS_PASSWORD)
 
 
 # ---------------------------------------------------------------- the backend
@@ -147,16 +165,17 @@ class Cluster:
                 redis_server,
                 "--port", str(port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+                "--requirepass", REDIS_PASSWORD, "--masterauth", REDIS_PASSWORD,
             ]  # fmt: skip
             if i > 0:
                 cmd += ["--replicaof", "127.0.0.1", str(master)]
             self.spawn(f"redis-{i}", cmd)
         for port in self.redis_ports:
-            wait_until(f"redis on {port}", lambda p=port: redis_cmd(p, "PING") == "PONG", 15)
+            wait_until(f"redis on {port}", lambda p=port: data_cmd(p, "PING") == "PONG", 15)
         for port in self.redis_ports[1:]:
             wait_until(
                 f"replica on {port} in sync",
-                lambda p=port: "master_link_status:up" in redis_cmd(p, "INFO", "replication"),
+                lambda p=port: "master_link_status:up" in data_cmd(p, "INFO", "replication"),
                 15,
             )
         for i, port in enumerate(self.sentinel_ports):
@@ -164,6 +183,7 @@ class Cluster:
             conf.write_text(
                 f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
                 f"sentinel monitor {MASTER} 127.0.0.1 {master} 2\n"
+                f'sentinel auth-pass {MASTER} "{REDIS_PASSWORD}"\n'
                 f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n"
                 f"sentinel failover-timeout {MASTER} 10000\n"
                 f"sentinel parallel-syncs {MASTER} 2\n"
@@ -184,7 +204,8 @@ class Cluster:
         threading.Thread(target=self.backend.serve_forever, daemon=True).start()
 
         hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
-        self.storage = f"redis+sentinel://{hosts}/{MASTER}?wait-timeout-ms=500"
+        escaped = REDIS_PASSWORD.replace("@", "%40")
+        self.storage = f"redis+sentinel://:{escaped}@{hosts}/{MASTER}?wait-timeout-ms=500"
         env = dict(os.environ, CONFIGPROXY_AUTH_TOKEN=TOKEN)
         conf = self.dir / "hubgate.toml"
         conf.write_text("[storage]\nactivity-flush-ms = 500\n")
@@ -407,7 +428,7 @@ def test_failover_keeps_routing_and_acknowledged_writes(cluster):
             missing = sorted(acked - set(c.routes(i)))
             print(f"replica {'ab'[i]} misses {len(missing)}: {missing[:20]}")
         raise
-    stored = {json.loads(v)["key"] for v in redis_cmd(new_master, "HVALS", "hubgate:v1:routes")}
+    stored = {json.loads(v)["key"] for v in data_cmd(new_master, "HVALS", "hubgate:v1:routes")}
     missing = sorted(acked - stored)
     assert not missing, f"acknowledged routes missing from the new master: {missing[:20]}"
 
@@ -417,6 +438,11 @@ def test_failover_keeps_routing_and_acknowledged_writes(cluster):
         assert h.get("store") == "up", h
         log = (c.dir / f"{name}.log").read_text(errors="replace")
         assert f"Sentinel names 127.0.0.1:{new_master} master" in log, tail(c.dir / f"{name}.log", 40)
+
+    for name in ("hubgate-a", "hubgate-b"):
+        log = (c.dir / f"{name}.log").read_text(errors="replace")
+        assert REDIS_PASSWORD not in log and "s3cret%40redis" not in log, f"password in {name}.log"
+        assert "redis+sentinel://:***@" in log
 
     # A delete through B after the failover reaches A.
     gone = sorted(acked)[0]
@@ -460,7 +486,7 @@ def test_manual_failover_is_followed(cluster):
         return all(add_route(c, i, f"/user/after{n}-{i}").status_code == 201 for i in (0, 1))
 
     wait_until("writes through both replicas after the failover", written_to_new_master, 30)
-    stored = {json.loads(v)["key"] for v in redis_cmd(master, "HVALS", "hubgate:v1:routes")}
+    stored = {json.loads(v)["key"] for v in data_cmd(master, "HVALS", "hubgate:v1:routes")}
     assert {"/user/before", f"/user/after{n}-0", f"/user/after{n}-1"} <= stored
     # Writes the demoted master took during the switch but no replica confirmed were
     # answered 503 and are gone with its data; the replicas' tables are the new master's,
@@ -472,7 +498,7 @@ def test_manual_failover_is_followed(cluster):
     )
     # The old master is a replica now and has the write too.
     wait_until("the old master replicates the new one",
-               lambda: "role:slave" in redis_cmd(old, "INFO", "replication"), 20)  # fmt: skip
+               lambda: "role:slave" in data_cmd(old, "INFO", "replication"), 20)  # fmt: skip
     for i in (0, 1):
         r = requests.get(f"http://127.0.0.1:{c.hg_ports[i][0]}/user/before/x", timeout=5)
         assert (r.status_code, r.text) == (200, "echo /user/before/x")
@@ -489,7 +515,7 @@ def test_write_needs_a_replica_to_be_acknowledged(cluster):
         c.procs[name].wait(5)
     wait_until(
         "the master to see no replica",
-        lambda: "connected_slaves:0" in redis_cmd(c.redis_ports[0], "INFO", "replication"),
+        lambda: "connected_slaves:0" in data_cmd(c.redis_ports[0], "INFO", "replication"),
         15,
     )
     r = add_route(c, 0, "/user/unconfirmed")
