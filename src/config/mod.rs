@@ -189,7 +189,7 @@ fn check_storage(
             ),
         });
     }
-    RedisStorage::check_url(backend).map_err(|e| invalid(key, e))?;
+    RedisStorage::check_url(backend).map_err(|e| invalid(key, e.to_string()))?;
     let key_prefix = s
         .key_prefix
         .clone()

@@ -371,6 +371,7 @@ impl RedisStore {
     ) -> Result<RedisStore, String> {
         let backend = settings
             .endpoint()
+            .map_err(|e| e.to_string())
             .and_then(Backend::new)
             .map_err(|e| format!("storage backend {}: {e}", settings.redacted_url()))?;
         let metrics = StoreMetrics::new().map_err(|e| format!("metrics: {e}"))?;

@@ -75,10 +75,26 @@ impl SentinelSettings {
 
 const SENTINEL_FORM: &str = "redis+sentinel://[[user]:password@]host1[:26379][,host2[:26379]…]/master-name[?db=N&wait-replicas=N&wait-timeout-ms=N&sentinel-password=…]";
 
+/// Why a storage backend URL cannot be used; each message ends with the expected form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error(
+        "not a URL; expected redis://[user:password@]host:port/db, rediss://…, or {}",
+        SENTINEL_FORM
+    )]
+    NotAUrl,
+    #[error("unknown scheme {0:?}; expected redis://, rediss://, redis+sentinel:// or rediss+sentinel://")]
+    Scheme(String),
+    #[error("{0}; expected redis://[user:password@]host:port/db or rediss://…")]
+    Direct(String),
+    #[error("{}; expected {}", .0, SENTINEL_FORM)]
+    Sentinel(String),
+}
+
 impl RedisStorage {
     /// Checks that `url` is a Redis backend this store can use; the error says what is
     /// wrong and which form is expected.
-    pub fn check_url(url: &str) -> Result<(), String> {
+    pub fn check_url(url: &str) -> Result<(), UrlError> {
         parse(url).map(|_| ())
     }
 
@@ -91,7 +107,7 @@ impl RedisStorage {
         )
     }
 
-    pub(super) fn endpoint(&self) -> Result<Endpoint, String> {
+    pub(super) fn endpoint(&self) -> Result<Endpoint, UrlError> {
         parse(&self.url)
     }
 
@@ -130,38 +146,31 @@ impl RedisStorage {
     }
 }
 
-fn parse(url: &str) -> Result<Endpoint, String> {
+fn parse(url: &str) -> Result<Endpoint, UrlError> {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(format!(
-            "not a URL; expected redis://[user:password@]host:port/db, rediss://…, or {SENTINEL_FORM}"
-        ));
+        return Err(UrlError::NotAUrl);
     };
     match scheme.to_ascii_lowercase().as_str() {
         "redis" | "rediss" => {
-            let direct_err = |e: &dyn std::fmt::Display| {
-                format!("{e}; expected redis://[user:password@]host:port/db or rediss://…")
-            };
-            let info =
-                redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| direct_err(&e))?;
-            if let redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } =
-                info.addr()
+            let info = redis::IntoConnectionInfo::into_connection_info(url)
+                .map_err(|e| UrlError::Direct(e.to_string()))?;
+            if let redis::ConnectionAddr::Tcp(host, _)
+            | redis::ConnectionAddr::TcpTls { host, .. } = info.addr()
             {
                 if host.is_empty() {
-                    return Err(direct_err(&"no host"));
+                    return Err(UrlError::Direct("no host".into()));
                 }
             }
             Ok(Endpoint::Direct(url.to_string()))
         }
         "redis+sentinel" => parse_sentinel(false, rest).map(Endpoint::Sentinel),
         "rediss+sentinel" => parse_sentinel(true, rest).map(Endpoint::Sentinel),
-        other => Err(format!(
-            "unknown scheme {other:?}; expected redis://, rediss://, redis+sentinel:// or rediss+sentinel://"
-        )),
+        other => Err(UrlError::Scheme(other.to_string())),
     }
 }
 
-fn parse_sentinel(tls: bool, rest: &str) -> Result<SentinelSettings, String> {
-    let bad = |why: String| format!("{why}; expected {SENTINEL_FORM}");
+fn parse_sentinel(tls: bool, rest: &str) -> Result<SentinelSettings, UrlError> {
+    let bad = UrlError::Sentinel;
     let (rest, query) = match rest.split_once('?') {
         Some((r, q)) => (r, q),
         None => (rest, ""),
@@ -187,7 +196,7 @@ fn parse_sentinel(tls: bool, rest: &str) -> Result<SentinelSettings, String> {
         None => (None, None),
         Some(u) => {
             let (user, pass) = u.split_once(':').unwrap_or((u, ""));
-            let nonempty = |s: &str| -> Result<Option<String>, String> {
+            let nonempty = |s: &str| -> Result<Option<String>, UrlError> {
                 let d = percent_decode(s).map_err(|e| bad(e.to_string()))?;
                 Ok((!d.is_empty()).then_some(d))
             };
@@ -213,7 +222,7 @@ fn parse_sentinel(tls: bool, rest: &str) -> Result<SentinelSettings, String> {
     for kv in query.split('&').filter(|kv| !kv.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         let v = percent_decode(v).map_err(|e| bad(e.to_string()))?;
-        let number = |max: u64| -> Result<u64, String> {
+        let number = |max: u64| -> Result<u64, UrlError> {
             v.parse::<u64>()
                 .ok()
                 .filter(|n| *n <= max)
