@@ -6,9 +6,10 @@ values, hub Service named `hub`) starts the proxy container with `command:
 from the environment Kubernetes gives every pod, and `CONFIGPROXY_AUTH_TOKEN` comes from the
 chart's Secret. The image provides `configurable-http-proxy` as a symlink to hubgate (see
 Dockerfile); this test runs the real binary (HUBGATE_BIN, default target/debug/hubgate)
-through such a symlink with that environment and those arguments, for the three shapes the
-chart renders: plain HTTP, manual HTTPS (certificate made here, self-signed), and with the
-metrics flags docs/kubernetes.md adds through `proxy.chp.extraCommandLineFlags`.
+through such a symlink with that environment and those arguments, for the shapes the chart
+renders: plain HTTP, manual HTTPS (certificate made here, self-signed), `--host-routing`
+(a JupyterHub subdomain_host), and with the metrics flags docs/kubernetes.md adds through
+`proxy.chp.extraCommandLineFlags`.
 
 Only the port numbers are changed, to free ones (this machine is shared: the chart's fixed
 8000/8001/8443 may be taken); the TLS file paths point into the test's directory. Where the
@@ -301,3 +302,22 @@ def test_pod_constraints_hold(pod):
     root = next(line for line in mounts if line.split()[4] == "/")
     assert " ro," in root or root.split()[5].startswith("ro"), root
     assert Path(f"/proc/{pid}/exe").resolve() == HUBGATE_BIN.resolve()
+
+
+def test_host_routing(pod):
+    """`--host-routing`, which the chart adds when JupyterHub uses a subdomain_host: the
+    route's first segment is the request's host name."""
+    pd = pod(PLAIN + ["--host-routing"])
+    auth = {"Authorization": f"token {TOKEN}"}
+    r = requests.post(
+        f"{pd['api']}/api/routes/alice.hub.example.org/",
+        json={"target": f"http://127.0.0.1:{pd['user_port']}"},
+        headers=auth,
+        timeout=5,
+    )
+    assert r.status_code == 201, r.text
+    r = requests.get(f"{pd['public']}/lab", headers={"Host": "alice.hub.example.org"}, timeout=5)
+    assert (r.status_code, r.text) == (200, "user /lab")
+    # Another host falls through to the hub.
+    r = requests.get(f"{pd['public']}/hub/login", headers={"Host": "hub.example.org"}, timeout=5)
+    assert (r.status_code, r.text) == (200, "hub /hub/login")
