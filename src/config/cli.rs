@@ -161,8 +161,10 @@ pub struct Cli {
     /// Timeout (ms) for proxied requests: an upstream idle this long gives a 503.
     #[arg(long, value_name = "n")]
     pub proxy_timeout: Option<u64>,
-    /// Route store: `memory` (default), or `redis://[user:password@]host:port/db` (also
-    /// `rediss://`) to share one route table between replicas. CHP's node modules cannot be loaded.
+    /// Route store: `memory` (default), `redis://[user:password@]host:port/db` (also
+    /// `rediss://`) to share one route table between replicas, or
+    /// `redis+sentinel://[:password@]host1:26379,host2:26379/master-name[?db=N]` to follow
+    /// Redis Sentinel's failovers. CHP's node modules cannot be loaded.
     #[arg(long, value_name = "storage-backend")]
     pub storage_backend: Option<String>,
     /// Keep-alive idle timeout (ms) of the public listener (default 5000).

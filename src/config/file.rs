@@ -134,7 +134,8 @@ pub struct ServerSection {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct StorageSection {
     /// `memory` (default), or `redis://[user:password@]host:port/db` (`rediss://` for TLS)
-    /// to share one route table between replicas.
+    /// to share one route table between replicas, or `redis+sentinel://host1,host2/master`
+    /// (`rediss+sentinel://` for TLS) to follow Redis Sentinel's failovers.
     pub backend: Option<String>,
     /// Redis backend: prefix of every key hubgate uses (default `hubgate`).
     pub key_prefix: Option<String>,

@@ -169,35 +169,8 @@ pub enum Storage {
     Redis(RedisStorage),
 }
 
-/// The Redis route store's settings (`[storage]` with a `redis://` backend).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisStorage {
-    /// `redis://[user:password@]host:port/db` or `rediss://…`, as given.
-    pub url: String,
-    /// Prefix of every key (`{prefix}:format`, `{prefix}:v1:routes`, …).
-    pub key_prefix: String,
-    /// How often activity is written to and read from Redis.
-    pub activity_flush: Duration,
-}
-
-impl RedisStorage {
-    /// The URL with any password replaced by `***`, for logs.
-    pub fn redacted_url(&self) -> String {
-        let Some((scheme, rest)) = self.url.split_once("://") else {
-            return self.url.clone();
-        };
-        let auth_end = rest.find('/').unwrap_or(rest.len());
-        match rest[..auth_end].rfind('@') {
-            Some(at) => {
-                let userinfo = &rest[..at];
-                let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-                let user = if user.is_empty() { "" } else { user };
-                format!("{scheme}://{user}:***{}", &rest[at..])
-            }
-            None => self.url.clone(),
-        }
-    }
-}
+// The store owns its settings type and its URL forms; the configuration only builds it.
+pub use crate::routes::RedisStorage;
 
 fn check_storage(
     key: &str,
@@ -208,31 +181,15 @@ fn check_storage(
         None | Some("memory") => return Ok(Storage::Memory),
         Some(b) => b,
     };
-    let scheme = backend
-        .split_once("://")
-        .map(|(s, _)| s.to_ascii_lowercase());
-    if !matches!(scheme.as_deref(), Some("redis") | Some("rediss")) {
+    if !RedisStorage::is_redis_url(backend) {
         return Err(ConfigError::Unsupported {
             key: key.to_string(),
             reason: format!(
-                "{backend:?}: CHP's node storage modules cannot be loaded by hubgate; use `memory` (the default) or redis://[user:password@]host:port/db"
+                "{backend:?}: CHP's node storage modules cannot be loaded by hubgate; use `memory` (the default), redis://[user:password@]host:port/db or redis+sentinel://host1,host2/master-name"
             ),
         });
     }
-    let url_err = |e: &dyn std::fmt::Display| {
-        invalid(
-            key,
-            format!("{e}; expected redis://[user:password@]host:port/db or rediss://…"),
-        )
-    };
-    let info = redis::IntoConnectionInfo::into_connection_info(backend).map_err(|e| url_err(&e))?;
-    if let redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } =
-        info.addr()
-    {
-        if host.is_empty() {
-            return Err(url_err(&"no host"));
-        }
-    }
+    RedisStorage::check_url(backend).map_err(|e| invalid(key, e.to_string()))?;
     let key_prefix = s
         .key_prefix
         .clone()
@@ -970,17 +927,17 @@ mod tests {
     }
 
     #[test]
-    fn redis_url_redaction() {
-        let r = |url: &str| RedisStorage {
-            url: url.into(),
-            key_prefix: "hubgate".into(),
-            activity_flush: Duration::from_secs(2),
+    fn redis_sentinel_storage_backend() {
+        let url = "redis+sentinel://:pw@127.0.0.1:26379,127.0.0.1:26380/hub?wait-replicas=1";
+        let c = build(&["--storage-backend", url]).unwrap();
+        let Storage::Redis(r) = &c.storage else {
+            panic!("not redis: {:?}", c.storage)
         };
-        assert_eq!(r("redis://h:6379/0").redacted_url(), "redis://h:6379/0");
-        assert_eq!(
-            r("redis://user:pw@h:6379/0").redacted_url(),
-            "redis://user:***@h:6379/0"
-        );
-        assert_eq!(r("rediss://:pw@h/0").redacted_url(), "rediss://:***@h/0");
+        assert_eq!(r.url, url);
+        let err = build(&["--storage-backend", "redis+sentinel://127.0.0.1:26379"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--storage-backend"), "{err}");
+        assert!(err.contains("master name"), "{err}");
     }
 }

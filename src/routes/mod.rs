@@ -4,6 +4,6 @@ mod redis_store;
 mod store;
 mod table;
 
-pub use redis_store::RedisStore;
+pub use redis_store::{RedisStorage, RedisStore};
 pub use store::{MemoryStore, RouteStore, StoreError, StoreHealth};
 pub use table::{check_key, trim_prefix, KeyError, Match, Route, RouteKind, RouteTable};

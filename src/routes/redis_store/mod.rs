@@ -27,14 +27,27 @@
 //! (`ZADD GT`). So an API on any replica shows activity seen anywhere within two flush
 //! intervals.
 //!
+//! **Sentinel** (`redis+sentinel://…`, see [`settings`]): every connection starts by asking
+//! the sentinels which server is the master (the redis crate checks its `ROLE`), so after a
+//! promotion the next reconnection finds the new master. A write refused with `READONLY`
+//! (the server was demoted), or a master that reports another role at the idle check,
+//! ends the session at once. Writes are acknowledged only after `WAIT` saw them on
+//! `wait-replicas` replicas: Sentinel promotes the replica with the most data, so an
+//! acknowledged route survives the master's death. A write the replicas did not confirm in
+//! time answers 503, like a write to an unreachable Redis; it may still be in the store,
+//! which is harmless because JupyterHub retries and adds and deletes are idempotent.
+//!
 //! **Redis unreachable**: replicas keep routing from their copy, API writes answer 503
 //! (JupyterHub retries), `/_chp_healthz` and `hubgate_store_up` say so. A replica that has
 //! never loaded the table is not ready (503 on `/_chp_healthz`).
 
 mod activity;
 mod scripts;
+mod settings;
 mod state;
 mod sync;
+
+pub use settings::RedisStorage;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,10 +60,10 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
 use redis::aio::MultiplexedConnection;
 
 use self::scripts::Keys;
+use self::settings::{Endpoint, SentinelSettings};
 use self::state::{LocalWrite, SyncState};
 use super::store::{store_up_gauge, RouteStore, StoreError, StoreHealth};
 use super::table::{now_ms, segment_form, RouteTable};
-use crate::config::RedisStorage;
 
 /// The Redis store's own metrics.
 struct StoreMetrics {
@@ -114,11 +127,82 @@ impl prometheus::core::Collector for LagCollector {
     }
 }
 
+/// How the store reaches Redis.
+enum Backend {
+    /// One server.
+    Direct(redis::Client),
+    /// Whichever server the sentinels name master when a session starts.
+    Sentinel {
+        // Boxed: the sentinel client is large, and there is one Backend per store.
+        client: Box<tokio::sync::Mutex<redis::sentinel::SentinelClient>>,
+        settings: SentinelSettings,
+    },
+}
+
+impl Backend {
+    fn new(endpoint: Endpoint) -> Result<Backend, String> {
+        match endpoint {
+            Endpoint::Direct(url) => Ok(Backend::Direct(
+                redis::Client::open(url.as_str()).map_err(|e| e.to_string())?,
+            )),
+            Endpoint::Sentinel(s) => {
+                let mut addrs = Vec::new();
+                for u in s.sentinel_urls() {
+                    let info = redis::IntoConnectionInfo::into_connection_info(u.as_str())
+                        .map_err(|e| format!("sentinel {u}: {e}"))?;
+                    addrs.push(info.addr().clone());
+                }
+                let mut b = redis::sentinel::SentinelClientBuilder::new(
+                    addrs,
+                    &s.master_name,
+                    redis::sentinel::SentinelServerType::Master,
+                )
+                .map_err(|e| e.to_string())?
+                .set_client_to_redis_db(s.db);
+                if s.tls {
+                    b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+                }
+                if let Some(u) = &s.username {
+                    b = b.set_client_to_redis_username(u);
+                }
+                if let Some(p) = &s.password {
+                    b = b.set_client_to_redis_password(p);
+                }
+                if let Some(u) = &s.sentinel_username {
+                    b = b.set_client_to_sentinel_username(u);
+                }
+                if let Some(p) = &s.sentinel_password {
+                    b = b.set_client_to_sentinel_password(p);
+                }
+                let client = b.build().map_err(|e| e.to_string())?;
+                Ok(Backend::Sentinel {
+                    client: Box::new(tokio::sync::Mutex::new(client)),
+                    settings: s,
+                })
+            }
+        }
+    }
+
+    /// Replicas a write must reach before it is acknowledged, and how long to wait for them.
+    fn wait(&self) -> Option<(u32, std::time::Duration)> {
+        match self {
+            Backend::Sentinel { settings, .. } if settings.wait_replicas > 0 => {
+                Some((settings.wait_replicas, settings.wait_timeout))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// State shared by the store handle (API writes) and its background task.
 struct Inner {
     settings: RedisStorage,
     url: String,
-    client: redis::Client,
+    backend: Backend,
+    /// A write found the server demoted (`READONLY`): end the session and ask Sentinel again.
+    reconnect_requested: AtomicBool,
+    /// The master the sentinels named last (logged when it changes).
+    master_addr: Mutex<Option<String>>,
     keys: Keys,
     table: Arc<RouteTable>,
     /// The command connection, present while the store is up (after a full load).
@@ -173,6 +257,15 @@ impl Inner {
     fn write_failed(&self, e: redis::RedisError) -> StoreError {
         self.metrics.write_errors.inc();
         let msg = e.to_string();
+        // A demoted master refuses writes with READONLY (inside a script the code is
+        // wrapped in the script's error, hence the text match).
+        if e.code() == Some("READONLY") || msg.contains("READONLY") {
+            self.reconnect_requested.store(true, Ordering::Relaxed);
+            return StoreError::Unavailable(format!(
+                "Redis at {} is no longer the master (a failover is under way); retry the write",
+                self.url
+            ));
+        }
         if msg.contains(scripts::RESET_ERROR) {
             self.resync_requested.store(true, Ordering::Relaxed);
             return StoreError::Unavailable(format!(
@@ -210,6 +303,25 @@ impl Inner {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.write_failed(e))?;
+        if rev > 0 {
+            if let Some((replicas, timeout)) = self.backend.wait() {
+                // Acknowledge only what a promoted replica would still have.
+                let acked: u64 = redis::cmd("WAIT")
+                    .arg(replicas)
+                    .arg(timeout.as_millis() as u64)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.write_failed(e))?;
+                if acked < u64::from(replicas) {
+                    self.metrics.write_errors.inc();
+                    return Err(StoreError::Unavailable(format!(
+                        "Redis at {} took the write but only {acked} of the {replicas} replicas required (wait-replicas) confirmed it within {} ms; retry the write",
+                        self.url,
+                        timeout.as_millis()
+                    )));
+                }
+            }
+        }
         Ok((rev > 0).then_some((epoch, rev)))
     }
 
@@ -257,7 +369,10 @@ impl RedisStore {
         settings: RedisStorage,
         default_target: Option<String>,
     ) -> Result<RedisStore, String> {
-        let client = redis::Client::open(settings.url.as_str())
+        let backend = settings
+            .endpoint()
+            .map_err(|e| e.to_string())
+            .and_then(Backend::new)
             .map_err(|e| format!("storage backend {}: {e}", settings.redacted_url()))?;
         let metrics = StoreMetrics::new().map_err(|e| format!("metrics: {e}"))?;
         let table = Arc::new(RouteTable::new());
@@ -270,7 +385,9 @@ impl RedisStore {
             url: settings.redacted_url(),
             keys: Keys::new(&settings.key_prefix),
             settings,
-            client,
+            backend,
+            reconnect_requested: AtomicBool::new(false),
+            master_addr: Mutex::new(None),
             table: table.clone(),
             conn: ArcSwapOption::empty(),
             state: Mutex::new(SyncState::new()),

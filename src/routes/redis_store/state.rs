@@ -237,11 +237,15 @@ impl SyncState {
     }
 
     /// Replaces the table with a snapshot. Routes whose stored value did not change keep
-    /// their `Route` (and so the activity recorded on it); writes of this replica newer
-    /// than the snapshot are kept. Returns the number of routes.
-    pub fn load(&mut self, table: &RouteTable, snap: Snapshot) -> usize {
+    /// their `Route` (and so the activity recorded on it). With `keep_newer`, writes of
+    /// this replica newer than the snapshot are kept: a write that raced the snapshot on
+    /// the same connection. Without it the snapshot is the whole truth: after a
+    /// reconnection (possibly to a promoted replica that never saw writes the old master
+    /// had not confirmed) or when the store is behind this table. Returns the number of
+    /// routes.
+    pub fn load(&mut self, table: &RouteTable, snap: Snapshot, keep_newer: bool) -> usize {
         let same_epoch = snap.epoch.is_some() && snap.epoch == self.epoch;
-        let newer: Vec<(Arc<str>, Entry)> = if same_epoch {
+        let newer: Vec<(Arc<str>, Entry)> = if same_epoch && keep_newer {
             self.entries
                 .iter()
                 .filter(|(_, e)| e.rev > snap.rev)
@@ -487,7 +491,7 @@ mod tests {
             activity: HashMap::from([("a".to_string(), 40_000), ("c".to_string(), 60_000)]),
             last_id: Some("9999-0".into()),
         };
-        assert_eq!(s.load(&t, snap), 3);
+        assert_eq!(s.load(&t, snap, true), 3);
         assert!(Arc::ptr_eq(&a, &t.get("/a").unwrap()));
         assert_eq!(a.last_activity_ms(), 50_000);
         assert!(t.get("/b").is_none());
@@ -500,6 +504,34 @@ mod tests {
         let seed = s.seed(&t);
         assert_eq!(seed.len(), 3);
         assert!(seed.iter().any(|(f, _, at)| f == "a" && *at == 50_000));
+    }
+
+    #[test]
+    fn load_without_keep_newer_takes_the_snapshot_as_the_truth() {
+        // After a failover the new master may be behind this table: a write the old master
+        // took (but never confirmed) must not survive the reload.
+        let t = RouteTable::new();
+        let mut s = state();
+        s.apply_stream(&t, &[add(1, "/a", "http://h:1")], |_| {})
+            .unwrap();
+        let v = stored_value("/unconfirmed", &data("http://new"));
+        let route = Box::new(decode(&v, 7).unwrap());
+        s.apply_local(&t, "e1", 5, LocalWrite::Add { value: v, route });
+        assert!(t.get("/unconfirmed").is_some());
+        let snap = Snapshot {
+            epoch: Some("e1".into()),
+            rev: 1,
+            routes: HashMap::from([("a".to_string(), stored_value("/a", &data("http://h:1")))]),
+            activity: HashMap::new(),
+            last_id: Some("1-0".into()),
+        };
+        assert_eq!(s.load(&t, snap, false), 1);
+        assert!(t.get("/unconfirmed").is_none());
+        assert_eq!(s.applied, 1);
+        // The new timeline's next revision applies normally, even for the same key.
+        s.apply_stream(&t, &[add(2, "/unconfirmed", "http://h:9")], |_| {})
+            .unwrap();
+        assert_eq!(target(&t, "/unconfirmed").as_deref(), Some("http://h:9"));
     }
 
     #[test]

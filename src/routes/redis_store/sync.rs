@@ -11,13 +11,15 @@ use redis::AsyncConnectionConfig;
 
 use super::scripts::{self, FORMAT};
 use super::state::{Change, Snapshot};
-use super::Inner;
+use super::{Backend, Inner};
 use crate::routes::table::now_ms;
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a command may take before the store counts as unreachable.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the sentinels may take to name the master.
+const SENTINEL_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one `XREAD` waits for changes; an idle stream is checked against the revision
 /// this often.
 const BLOCK_MS: u64 = 1_000;
@@ -107,29 +109,76 @@ pub(super) async fn run(inner: Arc<Inner>) {
     }
 }
 
-async fn connect(inner: &Inner, response: Duration) -> Result<MultiplexedConnection, End> {
+/// The server to talk to this session: the configured one, or the master the sentinels
+/// name now (so a reconnection after a failover reaches the promoted replica).
+async fn master_client(inner: &Inner) -> Result<redis::Client, End> {
+    let (client, settings) = match &inner.backend {
+        Backend::Direct(c) => return Ok(c.clone()),
+        Backend::Sentinel { client, settings } => (client, settings),
+    };
+    let found = tokio::time::timeout(SENTINEL_TIMEOUT, async {
+        client.lock().await.async_get_client().await
+    })
+    .await;
+    let c = match found {
+        Err(_) => {
+            return Err(End::Lost(format!(
+                "no sentinel named a master for {:?} within {} s",
+                settings.master_name,
+                SENTINEL_TIMEOUT.as_secs()
+            )))
+        }
+        Ok(Err(e)) => {
+            return Err(End::Lost(format!(
+                "the sentinels named no reachable master for {:?}: {e}",
+                settings.master_name
+            )))
+        }
+        Ok(Ok(c)) => c,
+    };
+    let addr = c.get_connection_info().addr().to_string();
+    let mut last = inner.master_addr.lock().unwrap_or_else(|e| e.into_inner());
+    if last.as_deref() != Some(addr.as_str()) {
+        info!(
+            "route store: Sentinel names {addr} master of {:?}",
+            settings.master_name
+        );
+        *last = Some(addr);
+    }
+    Ok(c)
+}
+
+async fn connect(client: &redis::Client, response: Duration) -> Result<MultiplexedConnection, End> {
     let cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(response));
-    Ok(inner
-        .client
+    Ok(client
         .get_multiplexed_async_connection_with_config(&cfg)
         .await?)
 }
 
 /// One connection's life: load, then follow the stream until something fails.
 async fn session(inner: &Arc<Inner>) -> End {
-    let mut conn = match connect(inner, COMMAND_TIMEOUT).await {
+    let client = match master_client(inner).await {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    inner.reconnect_requested.store(false, Ordering::Relaxed);
+    // Writes may wait for replicas (WAIT) on the command connection.
+    let wait = inner.backend.wait().map_or(Duration::ZERO, |(_, t)| t);
+    let mut conn = match connect(&client, COMMAND_TIMEOUT + wait).await {
         Ok(c) => c,
         Err(e) => return e,
     };
     // XREAD BLOCK holds its connection, so it gets one of its own.
-    let mut reader = match connect(inner, COMMAND_TIMEOUT + Duration::from_millis(BLOCK_MS)).await {
+    let mut reader = match connect(&client, COMMAND_TIMEOUT + Duration::from_millis(BLOCK_MS)).await
+    {
         Ok(c) => c,
         Err(e) => return e,
     };
     let first = !inner.loaded.load(Ordering::Relaxed);
-    if let Err(e) = full_sync(inner, &mut conn).await {
+    // A new connection, perhaps to another server: what it holds is the whole truth.
+    if let Err(e) = full_sync(inner, &mut conn, false).await {
         return e;
     }
     inner.conn.store(Some(Arc::new(conn.clone())));
@@ -190,8 +239,13 @@ async fn follow(
     reader: &mut MultiplexedConnection,
 ) -> End {
     loop {
+        if inner.reconnect_requested.swap(false, Ordering::Relaxed) {
+            return End::Lost(
+                "the server refused a write as a read-only replica (demoted by a failover)".into(),
+            );
+        }
         if inner.resync_requested.swap(false, Ordering::Relaxed) {
-            if let Err(e) = resync(inner, conn, "a write found the store reset").await {
+            if let Err(e) = resync(inner, conn, "a write found the store reset", true).await {
                 return e;
             }
         }
@@ -201,6 +255,9 @@ async fn follow(
             Err(e) => return e,
         };
         if entries.is_empty() {
+            if let Err(e) = check_role(inner, conn).await {
+                return e;
+            }
             // Idle: is the revision where the table is? (A stream trimmed past us, or
             // deleted, would otherwise go unnoticed until the next change.)
             let (epoch, rev): (Option<String>, Option<u64>) = match redis::pipe()
@@ -217,6 +274,9 @@ async fn follow(
                 (st.epoch.clone(), st.applied)
             };
             let rev = rev.unwrap_or(0);
+            // The store behind this table (a failover to a replica that missed changes)
+            // is the truth: no local write is kept over it.
+            let keep_newer = rev >= applied;
             let why = if epoch != my_epoch {
                 Some("the store's epoch changed (Redis lost or replaced its data)".to_string())
             } else if rev < applied {
@@ -238,7 +298,7 @@ async fn follow(
                 None
             };
             if let Some(why) = why {
-                if let Err(e) = resync(inner, conn, &why).await {
+                if let Err(e) = resync(inner, conn, &why, keep_newer).await {
                     return e;
                 }
             }
@@ -271,7 +331,7 @@ async fn follow(
             (Ok(()), None) => None,
         };
         if let Some(why) = why {
-            if let Err(e) = resync(inner, conn, &why).await {
+            if let Err(e) = resync(inner, conn, &why, true).await {
                 return e;
             }
         }
@@ -279,20 +339,40 @@ async fn follow(
     }
 }
 
+/// With Sentinel, a master that was demoted while the connection stayed up (a partition
+/// healed, a manual failover) must not be followed any further: ask the sentinels again.
+async fn check_role(inner: &Inner, conn: &mut MultiplexedConnection) -> Result<(), End> {
+    if !matches!(inner.backend, Backend::Sentinel { .. }) {
+        return Ok(());
+    }
+    match redis::cmd("ROLE").query_async(conn).await? {
+        redis::Role::Primary { .. } => Ok(()),
+        _ => Err(End::Lost(
+            "the server is no longer the master (demoted by a failover)".into(),
+        )),
+    }
+}
+
 async fn resync(
     inner: &Arc<Inner>,
     conn: &mut MultiplexedConnection,
     why: &str,
+    keep_newer: bool,
 ) -> Result<(), End> {
     warn!("route store: {why}; reloading the whole table");
-    let n = full_sync(inner, conn).await?;
+    let n = full_sync(inner, conn, keep_newer).await?;
     let rev = inner.state().applied;
     info!("route store: table reloaded, {n} routes (revision {rev})");
     Ok(())
 }
 
-/// Checks the format, initialises or re-seeds the store if needed, then loads the table.
-async fn full_sync(inner: &Arc<Inner>, conn: &mut MultiplexedConnection) -> Result<usize, End> {
+/// Checks the format, initialises or re-seeds the store if needed, then loads the table
+/// (`keep_newer`: see [`SyncState::load`](super::state::SyncState::load)).
+async fn full_sync(
+    inner: &Arc<Inner>,
+    conn: &mut MultiplexedConnection,
+    keep_newer: bool,
+) -> Result<usize, End> {
     init_store(inner, conn).await?;
     let (epoch, rev, routes, activity, last): SnapshotReply = redis::pipe()
         .atomic()
@@ -319,7 +399,7 @@ async fn full_sync(inner: &Arc<Inner>, conn: &mut MultiplexedConnection) -> Resu
         activity: activity.into_iter().map(|(k, v)| (k, v as i64)).collect(),
         last_id: last.into_iter().next().map(|(id, _)| id),
     };
-    let n = inner.state().load(&inner.table, snap);
+    let n = inner.state().load(&inner.table, snap, keep_newer);
     inner.metrics.resyncs.inc();
     Ok(n)
 }
