@@ -154,7 +154,7 @@ with open(os.path.join(d, "jwks.json"), "w") as f:
     json.dump({"keys": [jwk]}, f)
 
 now = int(time.time())
-# What an identity provider issues after MFA (claims as in tests/support/oidc.rs); valid for a
+# What an identity provider issues after MFA (claims as in tests/it/support/jwt.rs); valid for a
 # day, far beyond any run (QUIET_TOTAL bounds the waiting).
 claims = {
     "iss": issuer, "aud": "jupyterhub", "sub": "0b1c2d3e-bench", "preferred_username": "bench",
