@@ -1,10 +1,8 @@
-//! Proxy-generated errors: reference §2.10 (404/503/500, `--error-target`,
+//! Proxy-generated errors: docs/chp-compatibility.md, errors (404/503/500, `--error-target`,
 //! `--error-path`, built-in pages) and timeouts (`--proxy-timeout`).
 
-mod support;
-
+use crate::support::*;
 use std::time::{Duration, Instant};
-use support::*;
 
 /// A port with nothing listening on it.
 fn dead_url() -> String {

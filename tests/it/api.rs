@@ -1,11 +1,9 @@
-//! The CHP-compatible REST API (`/api/routes`), reference §2.2 and the
-//! "Corrections observed live" section.
+//! The CHP-compatible REST API (`/api/routes`): docs/chp-compatibility.md, the REST API
+//! and the behaviour observed on live CHP.
 
-mod support;
-
+use crate::support::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
-use support::*;
 
 fn hg() -> Hubgate {
     Hubgate::start(&[], &[])
@@ -382,7 +380,7 @@ fn keys_are_percent_decoded() {
 #[test]
 fn double_slash_keys_follow_chp() {
     // Observed on CHP 5.3.0: POST (and GET) trim two trailing slashes, DELETE one.
-    // (The reference's Corrections say GET trims one; live CHP answers
+    // (Written descriptions of CHP say GET trims one; live CHP answers
     // GET //double// with 200.)
     let hg = hg();
     hg.add_route("//double//", "http://127.0.0.1:1");

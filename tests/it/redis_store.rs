@@ -1,12 +1,10 @@
-//! Scale-out (issue 6): hubgate replicas sharing one route table through Redis.
+//! Scale-out: hubgate replicas sharing one route table through Redis.
 //!
 //! Each test starts its own `redis-server` on a free loopback port (`--save ''
 //! --appendonly no`, so a restart loses everything, like a cache node that was replaced)
 //! and two or three hubgate replicas with `--storage-backend redis://127.0.0.1:PORT/0`.
 //! Every process is stopped when its handle drops. The tests run one at a time: each runs
 //! several processes on a two-core machine, and the convergence figure wants it quiet.
-
-mod support;
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -16,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// Deadline for anything that should converge "at once" (it takes milliseconds).
 const T: Duration = Duration::from_secs(10);
@@ -346,7 +344,7 @@ fn a_write_on_one_replica_routes_through_the_others() {
     let h = rs[0].healthz();
     assert_eq!(h.json()["store"], "up", "{}", h.describe());
     // Every store metric the dashboard shows is exported by a Redis replica (the in-memory
-    // store exports only hubgate_store_up; tests/metrics_tests.rs checks the rest).
+    // store exports only hubgate_store_up; tests/it/metrics.rs checks the rest).
     let shown = dashboard_store_metrics();
     assert_eq!(shown.len(), 6, "store metrics on the dashboard: {shown:?}");
     let text = rs[0].metrics_text();
