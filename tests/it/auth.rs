@@ -340,6 +340,13 @@ fn row12_identity_headers_are_ours_only() {
             .header("X-Forwarded-User", "bob")
             .header("X-Remote-User", "bob")
             .header("x-auth-request-user", "mallory")
+            // Spellings WSGI/PHP/Rails fold into the same names (`_` for `-`).
+            .header("X_Remote_User", "bob")
+            .header("X-Auth-Request_User", "bob")
+            .header("REMOTE_USER", "bob")
+            // Backends build URLs from it; hubgate never sets it.
+            .header("X-Forwarded-Prefix", "/evil")
+            .header("X_Forwarded_Prefix", "/evil")
     };
     // Authenticated route: our values only.
     env.clear();
@@ -360,6 +367,15 @@ fn row12_identity_headers_are_ours_only() {
     assert_eq!(rec.header("x-auth-request-access-token"), None);
     assert_eq!(rec.header("x-forwarded-user"), None);
     assert_eq!(rec.header("x-remote-user"), None);
+    for h in [
+        "x_remote_user",
+        "x-auth-request_user",
+        "remote_user",
+        "x-forwarded-prefix",
+        "x_forwarded_prefix",
+    ] {
+        assert_eq!(rec.header(h), None, "{h} reached the user's server");
+    }
 
     // Hop-by-hop abuse: naming our header in Connection must not remove it.
     env.clear();
@@ -391,9 +407,43 @@ fn row12_identity_headers_are_ours_only() {
         "x-auth-request-access-token",
         "x-forwarded-user",
         "x-remote-user",
+        "x_remote_user",
+        "remote_user",
+        "x-forwarded-prefix",
     ] {
         assert_eq!(rec.header(h), None, "{h} reached the hub on a public route");
     }
+    // A header that only resembles one is another header, and is forwarded.
+    env.clear();
+    let r = env
+        .px
+        .request(&Req::get("/hub/login").header("X-Remote-Users", "kept"));
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let rec = env.hub.last().unwrap();
+    assert_eq!(rec.header("x-remote-users").as_deref(), Some("kept"));
+}
+
+#[test]
+fn the_query_credential_never_reaches_a_users_server() {
+    let env = AuthEnv::start_with(|c| c.query_param = Some("hubgate_token".into()));
+    let alice = env.token("alice");
+    // A plain request with a Bearer and the parameter too: the parameter is not forwarded.
+    env.clear();
+    let r = env.px.request(
+        &Req::get(&format!("/user/alice/api/x?a=1&hubgate_token={alice}&b=2"))
+            .header("Authorization", &format!("Bearer {alice}")),
+    );
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let rec = env.alice.last().unwrap();
+    assert!(rec.target.ends_with("/api/x?a=1&b=2"), "{}", rec.target);
+    assert!(!rec.target.contains(&alice));
+    // A public path: forwarded without it as well.
+    env.clear();
+    let r = env.px.get(&format!("/hub/login?hubgate_token={alice}"));
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let rec = env.hub.last().unwrap();
+    assert!(!rec.target.contains("hubgate_token"), "{}", rec.target);
+    env.px.assert_not_logged(&alice);
 }
 
 #[test]

@@ -496,6 +496,33 @@ fn redis_outage_routing_continues_writes_503_then_resync() {
 }
 
 #[test]
+fn a_stored_target_that_cannot_be_proxied_answers_500() {
+    // The API refuses such targets; a store written by something else (an older version, a
+    // hand edit) can still hold one, and a request for it gets CHP's 500, not a crash.
+    let _g = serial();
+    let redis = Redis::start();
+    let setup = Setup::new(&redis);
+    let a = setup.replica(&[]);
+    a.add_route("/user/bad", "http://127.0.0.1:1");
+    let stored: String = redis.query(redis::cmd("HGET").arg("hubgate:v1:routes").arg("user/bad"));
+    let mut value: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    value["data"]["target"] = serde_json::json!("ftp://127.0.0.1/x");
+    let _: () = redis.query(
+        redis::cmd("HSET")
+            .arg("hubgate:v1:routes")
+            .arg("user/bad")
+            .arg(value.to_string()),
+    );
+    // A replica started now loads the edited table.
+    let b = setup.replica(&[]);
+    assert_eq!(b.route("/user/bad").unwrap()["target"], "ftp://127.0.0.1/x");
+    let r = b.get("/user/bad/x");
+    assert_eq!(r.status, 500, "{}", r.describe());
+    assert_eq!(b.healthz().status, 200);
+    drop(a);
+}
+
+#[test]
 fn a_restarted_replica_loads_the_full_table_while_others_keep_writing() {
     let _g = serial();
     let redis = Redis::start();
