@@ -245,10 +245,11 @@ pub fn rewrite_location(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn fwd() -> Forwarding {
+    /// CHP's defaults (`--no-x-forward` off): shared with the header builder's tests.
+    pub(in crate::proxy) fn fwd() -> Forwarding {
         Forwarding {
             x_forward: true,
             prepend_path: true,

@@ -146,21 +146,10 @@ impl UpstreamHeaders {
 mod tests {
     use super::*;
 
-    fn forwarding(x_forward: bool) -> Forwarding {
-        Forwarding {
-            x_forward,
-            prepend_path: true,
-            include_prefix: true,
-            change_origin: false,
-            auto_rewrite: false,
-            protocol_rewrite: None,
-            custom_headers: Vec::new(),
-            host_routing: false,
-        }
-    }
+    use crate::proxy::forward::tests::fwd;
 
-    fn fwd() -> Forwarding {
-        forwarding(true)
+    fn forwarding(x_forward: bool) -> Forwarding {
+        Forwarding { x_forward, ..fwd() }
     }
 
     fn req(method: &str, headers: &[(&str, &str)]) -> RequestHeader {
