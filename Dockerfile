@@ -4,6 +4,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The workspace's other member (the load tool): cargo reads every member's manifest.
+COPY load ./load
 COPY benches ./benches
 COPY config ./config
 RUN cargo build --release --locked --bin hubgate
