@@ -440,6 +440,10 @@ async fn session(
             next = Instant::now(); // behind: no burst to catch up
         }
     }
+    // The tab stays open until the session's end even when no execution is due any more.
+    if ok {
+        tokio::time::sleep_until(end.into()).await;
+    }
 
     let _ = stop_tx.send(true);
     for h in holders {
