@@ -1,7 +1,8 @@
 """`hubgate-load hub` against a real JupyterHub behind hubgate: 2 simulated users log in at
 the hub's form, start their servers, open JupyterLab's API, run print(6*7) on a kernel
 websocket every second for ~15 s while holding 2 idle websockets each, and stop. The
-JSON report must show every stage succeeding, and the proxy's CPU and RSS."""
+JSON report must show every stage succeeding, and the proxy's CPU and RSS. And once with
+a hub API token instead of the login form (hubs whose login is elsewhere)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import os
 import subprocess
 
 import pytest
+import requests
 
-from .harness import REPO, _resolve, wait_until
+from .browser import xsrf_cookie
+from .harness import REPO, XSRF_INPUT, _resolve, wait_until
 
 USERS = 2
 SESSION_S = 15
@@ -69,3 +72,48 @@ def test_hub_mode_two_users(deployment_factory, tmp_path):
         30,
         check=dep.check_alive,
     )
+
+
+@pytest.mark.timeout(240)
+def test_hub_mode_with_hub_api_tokens(deployment_factory, tmp_path):
+    """A hub whose login is elsewhere: the user's own hub API token stands for the browser
+    (`--api-tokens`), on the hub's API, the single-user server and the kernel websocket."""
+    dep = deployment_factory("hubgate", "hub-managed")
+    base = dep.public_url
+    # The user makes a token for itself, as on the hub's token page.
+    s = requests.Session()
+    r = s.get(f"{base}/hub/login", timeout=20)
+    m = XSRF_INPUT.search(r.text)
+    assert r.status_code == 200 and m, r.text[:300]
+    r = s.post(
+        f"{base}/hub/login",
+        data={"username": "tok-user", "password": "x", "_xsrf": m.group(1)},
+        allow_redirects=False,
+        timeout=20,
+    )
+    assert r.status_code == 302, r.text[:300]
+    r = s.post(
+        f"{base}/hub/api/users/tok-user/tokens",
+        json={"note": "hubgate-load", "expires_in": 3600},
+        headers={"X-XSRFToken": xsrf_cookie(s, "/hub/")},
+        timeout=20,
+    )
+    assert r.status_code == 201, r.text
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text(f"# NAME TOKEN\ntok-user {r.json()['token']}\n")
+
+    out = tmp_path / "hub-load.json"
+    cmd = [
+        str(load_bin()), "hub", f"{base}/", "--users", "1", "--api-tokens", str(tokens),
+        "--session", "6s", "--exec-interval", "1s", "--idle-ws", "1",
+        "--spawn-timeout", "90s", "--json", str(out), "--no-progress",
+    ]  # fmt: skip
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=200)
+    print(r.stdout, r.stderr[-2000:])
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(out.read_text())
+    assert rep["settings"]["login"] == "api-token", rep["settings"]
+    for stage in ("login", "spawn", "lab", "first_kernel_reply", "idle_ws", "stop"):
+        assert rep["stages"][stage]["ok"] == 1, (stage, rep["stages"][stage])
+    assert rep["stages"]["execute"]["ok"] >= 3, rep["stages"]["execute"]
+    assert rep["users_completed"] == 1, rep
