@@ -26,8 +26,10 @@ STEP_TIMEOUT_MS = 60_000
 
 # Chromium refuses to run as root with its sandbox on; the tests only open loopback pages
 # they serve themselves. The other flags keep it off the network: no proxy from the
-# environment, no background fetches (updates, safe browsing, metrics).
+# environment, no background fetches (updates, safe browsing, metrics). Containers often
+# have a 64 MiB /dev/shm, too small for Chromium's shared memory: use /tmp instead.
 CHROMIUM_ARGS = [
+    "--disable-dev-shm-usage",
     "--no-proxy-server",
     "--disable-background-networking",
     "--disable-component-update",
