@@ -289,7 +289,8 @@ struct HubArgs {
     /// Longest wait for a server to start
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     spawn_timeout: Duration,
-    /// Longest wait for one execution (the first includes the kernel's start)
+    /// Longest wait for the kernel websocket's handshake (answered once the kernel is up)
+    /// and for one execution
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     kernel_timeout: Duration,
     /// Longest wait for a server to stop

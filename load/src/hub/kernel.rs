@@ -56,8 +56,10 @@ fn now_iso() -> String {
     )
 }
 
-/// Opens a websocket to `path` with the client's cookies and Authorization.
-pub async fn open(client: &Client, path: &str) -> Result<Ws, Failure> {
+/// Opens a websocket to `path` with the client's cookies and Authorization; the handshake
+/// may take `timeout` (a kernel's `channels` socket is answered only once the kernel
+/// replies to jupyter_server's kernel_info request, which on a busy machine is slow).
+pub async fn open(client: &Client, path: &str, timeout: Duration) -> Result<Ws, Failure> {
     let t = &client.connector.target;
     let url = format!(
         "{}://{}{}",
@@ -88,7 +90,7 @@ pub async fn open(client: &Client, path: &str) -> Result<Ws, Failure> {
         .map_err(|e| Failure::new(format!("websocket connect: {}", e.kind())))?;
     let cfg = WebSocketConfig::default();
     match tokio::time::timeout(
-        client.timeout(),
+        timeout,
         tokio_tungstenite::client_async_with_config(req, stream, Some(cfg)),
     )
     .await

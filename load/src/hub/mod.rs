@@ -377,6 +377,7 @@ async fn session(
         let mut ws = kernel::open(
             c,
             &format!("{home}api/kernels/{id}/channels?session_id={session_id}"),
+            o.kernel_timeout,
         )
         .await?;
         let out =
@@ -401,7 +402,7 @@ async fn session(
     let mut holders = Vec::new();
     for _ in 0..o.idle_ws {
         let t = Instant::now();
-        match kernel::open(c, &format!("{home}{}", o.idle_ws_path)).await {
+        match kernel::open(c, &format!("{home}{}", o.idle_ws_path), c.timeout()).await {
             Ok(ws) => {
                 stats.ok(Stage::IdleWs, t.elapsed());
                 live.idle_ws.fetch_add(1, Ordering::Relaxed);
