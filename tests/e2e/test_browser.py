@@ -54,12 +54,16 @@ def notebook_journey(page, public_url: str, username: str):
     card.wait_for(state="visible", timeout=SPAWN_TIMEOUT_MS)
     card.click()
 
-    # A new notebook; type into its first cell and run it.
+    # A new notebook. JupyterLab drops a run request made before the notebook's kernel
+    # session exists (the prompt stays "[ ]"), so wait for the status bar's "| Idle" first.
+    page.locator("#jp-main-statusbar .jp-StatusBar-TextItem", has_text="| Idle").first.wait_for(
+        timeout=KERNEL_TIMEOUT_MS
+    )
     editor = page.locator(".jp-NotebookPanel .jp-Cell .cm-content").first
     editor.wait_for(state="visible")
     editor.click()
     page.keyboard.type("print(6*7)")
-    page.keyboard.press("Shift+Enter")
+    page.keyboard.press("Control+Enter")  # run, staying in the cell
     out = page.locator(".jp-NotebookPanel .jp-OutputArea-output").first
     out.wait_for(state="visible", timeout=KERNEL_TIMEOUT_MS)
     assert out.inner_text().strip() == "42", out.inner_text()
