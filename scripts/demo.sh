@@ -116,6 +116,13 @@ except Exception:
 
   Route table: curl -H 'Authorization: token $CONFIGPROXY_AUTH_TOKEN' \\
                  http://127.0.0.1:$PROXY_API_PORT/api/routes
+
+  Load test (simulated users: log in, start a server, run code on a kernel, stop),
+  from another terminal:
+    cargo build --release -p hubgate-load
+    target/release/hubgate-load hub http://127.0.0.1:$PORT/ --users 10 --ramp 20s \\
+      --session 60s --password $PASSWORD \\
+      --proxy-pid \$(cat tmp/demo/proxy.pid) --json tmp/demo/hub-load.json
   Press Ctrl-C to stop.
 ================================================================================
 

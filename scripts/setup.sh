@@ -4,7 +4,9 @@
 #
 #   - Debian packages: cmake build-essential (pingora's build), redis-server
 #     (scale-out tests), nginx-light and wrk (benches), prometheus (its promtool checks
-#     the alert rules and their unit tests)
+#     the alert rules and their unit tests), chromium (the browser journeys in
+#     tests/e2e/test_browser.py; Playwright drives this system browser and never
+#     downloads one of its own)
 #   - .venv/   Python venv from scripts/requirements-test.txt (JupyterHub, pytest, ...)
 #   - .tools/  configurable-http-proxy (CHP) from npm, for side-by-side comparison
 #   - tests/oidc/node_modules/  oidc-provider + jose from npm (tests/oidc/package-lock.json),
@@ -24,7 +26,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 CHP_VERSION="5.3.0"
-APT_PACKAGES=(cmake build-essential redis-server nginx-light wrk prometheus)
+APT_PACKAGES=(cmake build-essential redis-server nginx-light wrk prometheus chromium)
 REQUIREMENTS="scripts/requirements-test.txt"
 VENV=".venv"
 STAMP="$VENV/.requirements-test.sha256"

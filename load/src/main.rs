@@ -8,6 +8,7 @@
 //! hubgate-load echo-server [--listen 127.0.0.1:9100]                 HTTP + websocket echo backend
 //! hubgate-load api-fill URL -n 10000 --token T [--prefix /user/bench-]  route POSTs, one connection
 //! hubgate-load api-churn URL --rate 1000 -d 10s --token T              route adds/deletes at a rate
+//! hubgate-load hub URL -u 50 --ramp 60s --session 5m [--proxy-pid P]   simulated JupyterHub users
 //! ```
 //!
 //! Progress goes to stderr once a second; the summary is a table on stdout and, with
@@ -18,6 +19,7 @@ mod api;
 mod conn;
 mod hist;
 mod http;
+mod hub;
 mod report;
 mod server;
 mod ws;
@@ -61,6 +63,10 @@ enum Cmd {
     /// deletes it again, alternately; latency from each write's intended send time. Reports the
     /// achieved rate, errors, and POST/DELETE latency.
     ApiChurn(ApiChurnArgs),
+    /// Simulated users against a JupyterHub through its proxy: log in, start a server, open
+    /// JupyterLab, start a kernel, execute code on its websocket at a pace while holding idle
+    /// websockets, stop. Logins spread over --ramp; per-stage times and failures.
+    Hub(HubArgs),
 }
 
 #[derive(Args, Clone)]
@@ -230,6 +236,92 @@ struct ApiChurnArgs {
     connections: u64,
 }
 
+#[derive(Args)]
+struct HubArgs {
+    /// The hub's public URL (the proxy's address, with the hub's base URL if it has one),
+    /// e.g. https://hub.example.org/ or http://127.0.0.1:8000/
+    url: String,
+    /// Simulated users (names PREFIX1 … PREFIXN; with --api-tokens, the file's first N)
+    #[arg(short = 'u', long, default_value_t = 10)]
+    users: usize,
+    /// User names are this prefix and a number
+    #[arg(long, default_value = "load-user-")]
+    user_prefix: String,
+    /// Password for the hub's login form (any works with the DummyAuthenticator). Also read
+    /// from HUBGATE_LOAD_PASSWORD
+    #[arg(
+        long,
+        env = "HUBGATE_LOAD_PASSWORD",
+        hide_env_values = true,
+        default_value = "hubgate-load"
+    )]
+    password: String,
+    /// Hubs with an external login: a file of "NAME TOKEN" lines (hub API tokens, sent as
+    /// `Authorization: token …` instead of the login form)
+    #[arg(long, value_name = "FILE", conflicts_with = "bearer_file")]
+    api_tokens: Option<String>,
+    /// An authenticating proxy in front of the hub (hubgate's [auth]): a file of "NAME TOKEN"
+    /// lines; each user sends its token as `Authorization: Bearer …` on every request and
+    /// websocket, and logs in at the hub's form as well
+    #[arg(long, value_name = "FILE")]
+    bearer_file: Option<String>,
+    /// Logins are spread evenly over this time
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    ramp: Duration,
+    /// How long each user executes code, from its first kernel reply
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    session: Duration,
+    /// Time between executions on a user's kernel
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    exec_interval: Duration,
+    /// Code each execution runs
+    #[arg(long, default_value = "print(6*7)")]
+    code: String,
+    /// Expected stdout of --code (an execution printing anything else fails); "" to not check
+    #[arg(long, default_value = "42")]
+    expect_output: String,
+    /// Idle websockets per user, held open for the session as other browser tabs hold them
+    #[arg(long, default_value_t = 2)]
+    idle_ws: usize,
+    /// Path (under /user/NAME/) the idle websockets open
+    #[arg(long, default_value = "api/events/subscribe")]
+    idle_ws_path: String,
+    /// Longest wait for a server to start
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    spawn_timeout: Duration,
+    /// Longest wait for the kernel websocket's handshake (answered once the kernel is up)
+    /// and for one execution
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    kernel_timeout: Duration,
+    /// Longest wait for a server to stop
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    stop_timeout: Duration,
+    /// Leave the servers running at the end
+    #[arg(long)]
+    keep_servers: bool,
+    /// The proxy's pid: its (and its children's) CPU time and RSS during the run, from /proc
+    #[arg(long, value_name = "PID")]
+    proxy_pid: Option<u32>,
+    /// Connect / request / websocket handshake timeout
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// PEM file with the CA(s) to trust for https (default: the system's CA bundle)
+    #[arg(long)]
+    ca: Option<String>,
+    /// Do not verify the server certificate (https)
+    #[arg(long)]
+    insecure: bool,
+    /// Runtime worker threads
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Write the summary as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    json: Option<String>,
+    /// No once-a-second progress line on stderr
+    #[arg(long)]
+    no_progress: bool,
+}
+
 impl ApiArgs {
     fn common(&self) -> Result<api::ApiCommon, String> {
         let c = api::ApiCommon {
@@ -326,6 +418,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::EchoServer(a) => a.threads,
         Cmd::ApiFill(a) => a.api.common.threads,
         Cmd::ApiChurn(a) => a.api.common.threads,
+        Cmd::Hub(a) => a.threads,
     };
     let rt = runtime(threads).map_err(|e| e.to_string())?;
     let res = rt.block_on(async move {
@@ -338,6 +431,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 })
                 .await
             }
+            Cmd::Hub(a) => return run_hub(a).await,
             Cmd::Http(a) => {
                 let (c, ro) = prepare(&a.common, ("http", "https")).await?;
                 if a.connections == 0 {
@@ -452,4 +546,132 @@ async fn prepare(c: &Common, schemes: (&str, &str)) -> Result<(conn::Connector, 
             watch: c.watch.clone(),
         },
     ))
+}
+
+async fn run_hub(a: HubArgs) -> Result<(), String> {
+    let target = conn::Target::parse(&a.url, ("http", "https")).await?;
+    let mut base = target
+        .path
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("/")
+        .to_string();
+    if !base.ends_with('/') {
+        base.push('/');
+    }
+    let ca = match (&a.ca, target.tls && !a.insecure) {
+        (Some(c), _) => Some(c.clone()),
+        (None, true) => Some(hub::system_ca_bundle()?),
+        (None, false) => None,
+    };
+    let url = target.url.clone();
+    let connector = conn::Connector::new(target, ca.as_deref(), a.insecure, a.timeout)?;
+    if a.users == 0 {
+        return Err("--users must be at least 1".into());
+    }
+    if a.exec_interval.is_zero() {
+        return Err("--exec-interval must be positive".into());
+    }
+    let bearers = match &a.bearer_file {
+        Some(f) => Some(hub::read_token_file(f).map_err(|e| format!("--bearer-file {e}"))?),
+        None => None,
+    };
+    let (login, mut users) = match &a.api_tokens {
+        Some(f) => {
+            let t = hub::read_token_file(f).map_err(|e| format!("--api-tokens {e}"))?;
+            if t.len() < a.users {
+                return Err(format!(
+                    "--api-tokens {f}: {} users, --users asks for {}",
+                    t.len(),
+                    a.users
+                ));
+            }
+            let users = t
+                .into_iter()
+                .take(a.users)
+                .map(|(name, tok)| hub::User {
+                    name,
+                    api_token: Some(tok),
+                    bearer: None,
+                })
+                .collect();
+            (hub::Login::ApiToken, users)
+        }
+        None => {
+            let users: Vec<hub::User> = (1..=a.users)
+                .map(|i| hub::User {
+                    name: format!("{}{i}", a.user_prefix),
+                    api_token: None,
+                    bearer: None,
+                })
+                .collect();
+            (
+                hub::Login::Form {
+                    password: a.password.clone(),
+                },
+                users,
+            )
+        }
+    };
+    if let Some(b) = bearers {
+        // The users are the bearer file's (their names must match the tokens' users).
+        if b.len() < a.users {
+            return Err(format!(
+                "--bearer-file: {} users, --users asks for {}",
+                b.len(),
+                a.users
+            ));
+        }
+        users = b
+            .into_iter()
+            .take(a.users)
+            .map(|(name, tok)| hub::User {
+                name,
+                api_token: None,
+                bearer: Some(tok),
+            })
+            .collect();
+    }
+    let expect_output = (!a.expect_output.is_empty()).then(|| a.expect_output.clone());
+    let o = hub::HubOpts {
+        base,
+        users,
+        login,
+        ramp: a.ramp,
+        session: a.session,
+        exec_interval: a.exec_interval,
+        code: a.code.clone(),
+        expect_output,
+        idle_ws: a.idle_ws,
+        idle_ws_path: a.idle_ws_path.trim_start_matches('/').to_string(),
+        spawn_timeout: a.spawn_timeout,
+        kernel_timeout: a.kernel_timeout,
+        stop_timeout: a.stop_timeout,
+        keep_servers: a.keep_servers,
+        progress: !a.no_progress,
+        proxy_pid: a.proxy_pid,
+    };
+    let mut summary = hub::run(connector, o).await?;
+    summary.url = url;
+    for (k, v) in [
+        ("ramp_s", serde_json::json!(a.ramp.as_secs_f64())),
+        ("session_s", serde_json::json!(a.session.as_secs_f64())),
+        (
+            "exec_interval_s",
+            serde_json::json!(a.exec_interval.as_secs_f64()),
+        ),
+        ("idle_ws_per_user", serde_json::json!(a.idle_ws)),
+        (
+            "login",
+            serde_json::json!(if a.api_tokens.is_some() {
+                "api-token"
+            } else {
+                "form"
+            }),
+        ),
+        ("bearer", serde_json::json!(a.bearer_file.is_some())),
+    ] {
+        summary.settings.insert(k.to_string(), v);
+    }
+    summary.emit(a.json.as_deref())
 }

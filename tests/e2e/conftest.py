@@ -25,13 +25,13 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def deployment_factory(request, tmp_path_factory):
-    """deployment_factory(kind, mode, auth=None) -> a started Deployment, torn down after
-    the test (`auth`: an oidc.AuthSetup to run hubgate with [auth])."""
+    """deployment_factory(kind, mode, auth=None, public_port=None) -> a started Deployment,
+    torn down after the test (`auth`: an oidc.AuthSetup to run hubgate with [auth])."""
     created: list[Deployment] = []
 
-    def make(kind: str, mode: str, auth=None) -> Deployment:
+    def make(kind: str, mode: str, auth=None, public_port=None) -> Deployment:
         workdir = tmp_path_factory.mktemp(f"e2e-{kind}-{mode}")
-        d = Deployment(kind, mode, workdir, auth=auth)
+        d = Deployment(kind, mode, workdir, auth=auth, public_port=public_port)
         created.append(d)
         d.start()
         return d

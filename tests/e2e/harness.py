@@ -174,15 +174,23 @@ def wait_until(what: str, fn, timeout: float, interval: float = 0.2, check=None)
 class Deployment:
     """One JupyterHub + one proxy, on free loopback ports, in its own temp dir."""
 
-    def __init__(self, kind: str, mode: str, workdir: Path, auth=None):
+    def __init__(
+        self, kind: str, mode: str, workdir: Path, auth=None, public_port: int | None = None
+    ):
         """`auth`: None (CHP behaviour), or an oidc.AuthSetup to run hubgate with an
-        [auth] section (hubgate only) and send its Bearer token on readiness probes."""
+        [auth] section (hubgate only) and send its Bearer token on readiness probes.
+        `public_port`: a port picked beforehand (e.g. registered as a redirect URI at the
+        test OpenID provider before the proxy starts); a free one by default."""
         assert mode in {"hub-managed", "external"}
         assert auth is None or kind == "hubgate", "only hubgate has [auth]"
         self.kind = kind
         self.mode = mode
         self.dir = workdir
         self.public_port, self.api_port, self.hub_port = free_ports(3)
+        if public_port is not None:
+            self.public_port = public_port
+            while public_port in (self.api_port, self.hub_port):
+                self.api_port, self.hub_port = free_ports(2)
         self.public_url = f"http://127.0.0.1:{self.public_port}"
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.hub_url = f"http://127.0.0.1:{self.hub_port}"

@@ -64,7 +64,14 @@ def generate_key(kid: str, alg: str = "RS256") -> dict:
 class OidcProvider:
     """node provider.mjs on 127.0.0.1:<random>; stopped by stop()."""
 
-    def __init__(self, workdir: Path, key: dict, access_token_ttl: int = 900):
+    def __init__(
+        self,
+        workdir: Path,
+        key: dict,
+        access_token_ttl: int = 900,
+        redirect_uris: list[str] | None = None,
+    ):
+        """`redirect_uris`: registered for the `hubgate` client (hubgate's browser login)."""
         _require_node_modules()
         self.key = key
         self.jwks_file = workdir / "idp-jwks.json"
@@ -77,6 +84,7 @@ class OidcProvider:
                 str(OIDC_DIR / "provider.mjs"),
                 "--jwks", str(self.jwks_file),
                 "--at-ttl", str(access_token_ttl),
+                *[a for u in redirect_uris or [] for a in ("--redirect-uri", u)],
             ],  # fmt: skip
             cwd=OIDC_DIR,
             stdin=subprocess.DEVNULL,
@@ -223,8 +231,11 @@ class OidcProvider:
         return c
 
 
-def hubgate_auth_toml(public_url: str, issuer: str, audit: str = "all") -> str:
-    """The [auth] section for a hubgate in front of JupyterHub (hub-managed)."""
+def hubgate_auth_toml(
+    public_url: str, issuer: str, audit: str = "all", client_id: str | None = None
+) -> str:
+    """The [auth] section for a hubgate in front of JupyterHub (hub-managed); with
+    `client_id`, hubgate's browser login through the provider is on."""
     return (
         "[auth]\n"
         f'public-url = "{public_url}"\n'
@@ -241,6 +252,7 @@ def hubgate_auth_toml(public_url: str, issuer: str, audit: str = "all") -> str:
         "require-mfa = true\n"
         'mfa-acr = ["https://refeds.org/profile/mfa"]\n'
         'mfa-amr = ["mfa", "otp", "hwk"]\n'
+        + (f'client-id = "{client_id}"\n' if client_id else "")
     )
 
 
@@ -248,10 +260,13 @@ class AuthSetup:
     """What a Deployment needs to run hubgate with [auth]: the issuer and a Bearer
     token for the harness's own readiness probes."""
 
-    def __init__(self, issuer: str, bearer: str, audit: str = "all"):
+    def __init__(
+        self, issuer: str, bearer: str, audit: str = "all", client_id: str | None = None
+    ):
         self.issuer = issuer
         self.bearer = bearer
         self.audit = audit
+        self.client_id = client_id
 
     def toml(self, public_url: str) -> str:
-        return hubgate_auth_toml(public_url, self.issuer, self.audit)
+        return hubgate_auth_toml(public_url, self.issuer, self.audit, self.client_id)
