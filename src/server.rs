@@ -24,7 +24,7 @@ use crate::config::{Config, Listen, Storage};
 use crate::metrics::{Metrics, MetricsApp};
 use crate::net::Connector;
 use crate::net::HttpClient;
-use crate::proxy::{ErrorRenderer, HubProxy, Shared};
+use crate::proxy::{ErrorRenderer, FrontDoor, HubProxy, Shared};
 use crate::reload::{CertSlot, ConfigSource, Reloader};
 use crate::routes::{MemoryStore, RedisStore, RouteStore};
 use crate::tls::{self, TlsError};
@@ -332,10 +332,15 @@ impl Hubgate {
         // write buffer stays (also with TLS): it puts a response's head and body into one
         // send; dropping it on a TLS listener cost a third send per HTTPS response and saved
         // nothing measurable per idle wss (BENCHMARKS.md).
-        let mut proxy = pingora::proxy::http_proxy_service_with_name(
-            &server.configuration,
-            HubProxy::new(shared.clone()),
-            "hubgate proxy",
+        // The front door watches each request's head before pingora parses it: size limits,
+        // the head deadline and the bound on pending connections (docs/security.md).
+        let mut proxy = Service::new(
+            "hubgate proxy".to_string(),
+            FrontDoor::new(
+                pingora::proxy::http_proxy(&server.configuration, HubProxy::new(shared.clone())),
+                config.limits.clone(),
+                &metrics,
+            ),
         );
         let public_buffers = L4BufferSettings {
             read: Some(0),

@@ -18,6 +18,7 @@ mod access_log;
 mod error_pages;
 mod forward;
 mod frames;
+mod front_door;
 mod headers;
 mod refusal;
 mod relay;
@@ -37,6 +38,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 pub use error_pages::ErrorRenderer;
+pub use front_door::FrontDoor;
 pub use refusal::Refusal;
 
 use crate::auth::Allowed;

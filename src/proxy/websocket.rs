@@ -148,11 +148,15 @@ enum Conn {
 /// was flushed. TLS connections and anything unexpected stay wrapped.
 fn unwrap_client(down: Stream) -> Conn {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let Some(fd) = down
+    // The public listener's connections are inside the front door's wrapper.
+    let l4 = match down
         .as_any()
-        .downcast_ref::<L4Stream>()
-        .map(|l4| l4.as_raw_fd())
-    else {
+        .downcast_ref::<super::front_door::FrontStream>()
+    {
+        Some(front) => front.inner().as_any().downcast_ref::<L4Stream>(),
+        None => down.as_any().downcast_ref::<L4Stream>(),
+    };
+    let Some(fd) = l4.map(|l4| l4.as_raw_fd()) else {
         return Conn::Pingora(down);
     };
     let mut domain: libc::c_int = 0;
