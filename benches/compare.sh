@@ -101,8 +101,8 @@ if [[ " $PROXIES $TLS_PROXIES " == *" chp "* ]]; then
     [[ -x "$CHP" ]] || die "CHP not found at $CHP (scripts/setup.sh installs it)"
 fi
 if [[ ! -x "$HUBGATE" || ! -x "$LOAD" ]]; then
-    log "building release binaries (cargo build --release --bin hubgate --bin hubgate-load)"
-    cargo build --release --bin hubgate --bin hubgate-load >&2
+    log "building release binaries (cargo build --release -p hubgate -p hubgate-load)"
+    cargo build --release -p hubgate -p hubgate-load >&2
 fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 [[ "$(ulimit -n)" -ge $((2 * WS_HOLD_N + 200)) ]] || die "open files limit $(ulimit -n) is too low for WS_HOLD_N=$WS_HOLD_N"
@@ -154,7 +154,7 @@ with open(os.path.join(d, "jwks.json"), "w") as f:
     json.dump({"keys": [jwk]}, f)
 
 now = int(time.time())
-# What an identity provider issues after MFA (claims as in tests/support/oidc.rs); valid for a
+# What an identity provider issues after MFA (claims as in tests/it/support/jwt.rs); valid for a
 # day, far beyond any run (QUIET_TOTAL bounds the waiting).
 claims = {
     "iss": issuer, "aud": "jupyterhub", "sub": "0b1c2d3e-bench", "preferred_username": "bench",

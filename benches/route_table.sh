@@ -96,10 +96,10 @@ for p in $PROXIES; do
 done
 [[ "$N" -ge 100 ]] || die "N=$N: at least 100 routes (the load goes to one of them)"
 if [[ ! -x "$HUBGATE" || ! -x "$LOAD" ]]; then
-    log "building release binaries (cargo build --release --bin hubgate --bin hubgate-load)"
-    cargo build --release --bin hubgate --bin hubgate-load >&2
+    log "building release binaries (cargo build --release -p hubgate -p hubgate-load)"
+    cargo build --release -p hubgate -p hubgate-load >&2
 fi
-"$LOAD" api-fill --help >/dev/null 2>&1 || die "$LOAD has no api-fill mode: rebuild it (cargo build --release --bin hubgate-load)"
+"$LOAD" api-fill --help >/dev/null 2>&1 || die "$LOAD has no api-fill mode: rebuild it (cargo build --release -p hubgate-load)"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # ------------------------------------------------------------------ backend

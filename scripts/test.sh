@@ -3,9 +3,9 @@
 #
 #   1. scripts/setup.sh                       apt packages, .venv, CHP (idempotent)
 #   2. cargo fmt --all -- --check
-#   3. cargo clippy --all-targets -- -D warnings
-#   4. cargo build                            debug; builds target/debug/hubgate
-#   5. cargo test --no-fail-fast              all Rust tests (every test binary, even after a failure)
+#   3. cargo clippy --workspace --all-targets -- -D warnings
+#   4. cargo build --workspace                debug; builds target/debug/hubgate and hubgate-load
+#   5. cargo test --workspace --no-fail-fast  all Rust tests (every test binary, even after a failure)
 #   6. pytest tests/compat tests/e2e tests/ops  side-by-side, JupyterHub e2e and operator-file tests
 #
 # Every step runs even if an earlier one failed (so one run shows every problem), except
@@ -61,10 +61,10 @@ fi
 
 # ---------------------------------------------------------------- 2-5. Rust
 step fmt cargo fmt --all -- --check
-step clippy cargo clippy --all-targets -- -D warnings
-step build cargo build || build_ok=0
+step clippy cargo clippy --workspace --all-targets -- -D warnings
+step build cargo build --workspace || build_ok=0
 if ((build_ok)); then
-    step cargo-test cargo test --no-fail-fast
+    step cargo-test cargo test --workspace --no-fail-fast
 else
     record cargo-test skip 0
 fi

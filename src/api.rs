@@ -15,7 +15,8 @@ use subtle::ConstantTimeEq;
 
 use crate::canonical;
 use crate::metrics::Metrics;
-use crate::routes::{trim_prefix, RouteStore, RouteTable};
+use crate::net::Target;
+use crate::routes::{check_key, trim_prefix, RouteStore, RouteTable};
 use crate::time;
 
 /// The API service: the route store, the token, the metrics.
@@ -88,6 +89,15 @@ fn find_token(header: &str) -> Option<&str> {
         from = start;
     }
     None
+}
+
+/// What is wrong with a route path as sent (its decoded form), if anything.
+fn raw_key_error(path: &[u8]) -> Option<crate::routes::KeyError> {
+    let raw = std::str::from_utf8(path).ok()?;
+    let key = raw.strip_prefix("/api/routes")?;
+    // A path that does not decode is refused later, with CHP's message.
+    let decoded = canonical::decode(key).ok()?;
+    check_key(&decoded).err()
 }
 
 /// Query parameter value, form-decoded (`+` is a space), like `URLSearchParams.get`.
@@ -227,6 +237,14 @@ impl RoutesApi {
             debug!("Rejecting API request: missing or wrong token");
             return Answer::empty(StatusCode::FORBIDDEN);
         }
+        if method == Method::POST {
+            // Checked on the path as sent: the URL parsing above resolves dot segments, also
+            // escaped ones, so `/api/routes/user/%2e%2e/hub` would otherwise store `/hub`.
+            if let Some(e) = raw_key_error(path_bytes) {
+                warn!("Bad route path: {e}");
+                return Answer::fail(StatusCode::BAD_REQUEST, &e.to_string());
+            }
+        }
 
         let route_path = if rest.is_empty() {
             None
@@ -298,6 +316,19 @@ impl RoutesApi {
         };
         // CHP cleans the path twice on POST (once in the handler, once in the store).
         let key = trim_prefix(&trim_prefix(path.unwrap_or("/")));
+        // Refused here what could never be proxied (CHP stores it and fails per request).
+        if let Err(e) = check_key(&key) {
+            warn!("Bad route path: {e}");
+            return Answer::fail(StatusCode::BAD_REQUEST, &e.to_string());
+        }
+        if let Some(Err(e)) = data
+            .get("target")
+            .and_then(|t| t.as_str())
+            .map(Target::parse_new)
+        {
+            warn!("Bad route target: {e}");
+            return Answer::fail(StatusCode::BAD_REQUEST, &e.to_string());
+        }
         if self.host_routing && key != "/" {
             let host = key.split('/').nth(1).unwrap_or_default().to_string();
             data.insert("host".to_string(), serde_json::Value::String(host));
@@ -414,6 +445,19 @@ impl ServeHttp for RoutesApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn posted_paths_are_checked_as_sent() {
+        assert!(raw_key_error(b"/api/routes/user/alice/").is_none());
+        assert!(raw_key_error(b"/api/routes/user/%E7%A7%80/").is_none());
+        assert!(raw_key_error(b"/api/routes/user/%2e%2e/hub").is_some());
+        assert!(raw_key_error(b"/api/routes/user/%2E/x").is_some());
+        assert!(raw_key_error(b"/api/routes/user/../hub").is_some());
+        assert!(raw_key_error(b"/api/routes/user/a%00b").is_some());
+        assert!(raw_key_error(b"/api/routes/user/a%0Ab").is_some());
+        // Bad escapes are CHP's 400 further on, not this check's.
+        assert!(raw_key_error(b"/api/routes/user/%ZZ").is_none());
+    }
 
     #[test]
     fn json_strings_as_serde_writes_them() {

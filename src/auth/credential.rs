@@ -70,14 +70,37 @@ impl<'c> Extractor<'c> {
         Ok(found)
     }
 
-    /// The query to forward: without the credential parameter on websocket upgrades (the only
-    /// requests it is read from).
-    pub fn upstream_query<'q>(&self, query: Cow<'q, str>, websocket: bool) -> Cow<'q, str> {
-        match (websocket, self.query_param) {
-            (true, Some(param)) => Cow::Owned(strip_query_param(&query, param)),
+    /// The query to forward, and to put in any URL hubgate builds from the request (the
+    /// login `next`): without the credential parameter, on every request — it is read only
+    /// from websocket upgrades, but a token in any URL must not reach a user's server, come
+    /// back after login, or leak through `Referer`.
+    pub fn upstream_query<'q>(&self, query: Cow<'q, str>) -> Cow<'q, str> {
+        match self.query_param {
+            Some(param) if query_has_param(&query, param) => {
+                Cow::Owned(strip_query_param(&query, param))
+            }
             _ => query,
         }
     }
+
+    /// A raw request target (`/path?query`) without the credential parameter.
+    pub fn strip_target<'t>(&self, target: &'t str) -> Cow<'t, str> {
+        match target.split_once('?') {
+            Some((path, query)) => match self.upstream_query(Cow::Borrowed(query)) {
+                Cow::Borrowed(_) => Cow::Borrowed(target),
+                Cow::Owned(q) if q.is_empty() => Cow::Owned(path.to_string()),
+                Cow::Owned(q) => Cow::Owned(format!("{path}?{q}")),
+            },
+            None => Cow::Borrowed(target),
+        }
+    }
+}
+
+/// Whether a query string has a `name=…` (or bare `name`) pair.
+fn query_has_param(query: &str, name: &str) -> bool {
+    query
+        .split('&')
+        .any(|pair| pair.split('=').next() == Some(name))
 }
 
 /// What of the client's credentials is removed before the request goes upstream: the
@@ -253,16 +276,22 @@ mod tests {
 
     #[test]
     fn the_query_credential_never_travels_upstream() {
-        let q = |s: &'static str, ws| EX.upstream_query(Cow::Borrowed(s), ws).into_owned();
-        assert_eq!(q("x=1&hubgate_token=abc&y=2", true), "x=1&y=2");
-        assert_eq!(q("hubgate_token=abc", true), "");
-        // Not read on plain requests, so not touched there.
-        assert_eq!(q("x=1&hubgate_token=abc", false), "x=1&hubgate_token=abc");
+        let q = |s: &'static str| EX.upstream_query(Cow::Borrowed(s));
+        assert_eq!(q("x=1&hubgate_token=abc&y=2"), "x=1&y=2");
+        assert_eq!(q("hubgate_token=abc"), "");
+        assert_eq!(q("hubgate_token"), "");
+        // Untouched (and not copied) without the parameter; a longer name is another one.
+        assert!(matches!(q("x=1&y=2"), Cow::Borrowed("x=1&y=2")));
+        assert_eq!(q("hubgate_token2=a"), "hubgate_token2=a");
         let none = Extractor { query_param: None };
         assert_eq!(
-            none.upstream_query(Cow::Borrowed("hubgate_token=a"), true),
+            none.upstream_query(Cow::Borrowed("hubgate_token=a")),
             "hubgate_token=a"
         );
+        assert_eq!(EX.strip_target("/a/b?hubgate_token=t"), "/a/b");
+        assert_eq!(EX.strip_target("/a?x=1&hubgate_token=t"), "/a?x=1");
+        assert!(matches!(EX.strip_target("/a?x=1"), Cow::Borrowed("/a?x=1")));
+        assert_eq!(EX.strip_target("/a"), "/a");
     }
 
     #[test]

@@ -50,7 +50,9 @@ impl Auth {
         let browser = is_browser(req, websocket);
         let status = reason.status();
         if status == 401 && browser && self.login_available() {
-            let next = String::from_utf8_lossy(req.raw_path());
+            // The credential parameter never goes into a URL hubgate builds.
+            let raw = String::from_utf8_lossy(req.raw_path());
+            let next = self.extractor().strip_target(&raw);
             return Reply::redirect(self.login_url(&next));
         }
         let challenge = match (status, reason) {
@@ -192,6 +194,21 @@ mod tests {
             false,
         );
         assert_eq!(r.status, 302);
+        assert_eq!(
+            header(&r, "Location"),
+            Some("/_hubgate/login?next=%2Fuser%2Fa%2Flab%3Fx%3D1")
+        );
+        // A token in the query does not come back through the login.
+        let auth = crate::auth::test_support::auth_from(
+            "public-url = \"https://hub.example.org\"\nquery-param = \"hubgate_token\"\n",
+            "client-id = \"hubgate\"\n",
+        );
+        let r = auth.denial(
+            &req("GET", "/user/a/lab?hubgate_token=abc&x=1", &[HTML]),
+            Reason::MissingCredential,
+            false,
+            false,
+        );
         assert_eq!(
             header(&r, "Location"),
             Some("/_hubgate/login?next=%2Fuser%2Fa%2Flab%3Fx%3D1")

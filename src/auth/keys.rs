@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use log::{info, warn};
 use serde::Deserialize;
@@ -133,6 +135,22 @@ fn key_algorithm_to_algorithm(ka: &KeyAlgorithm) -> Option<Algorithm> {
 }
 
 /// Parses a JWKS document into usable verification keys, skipping (and counting) the rest.
+/// Whether a key may verify signatures: its `use` (RFC 7517 §4.2), when present, is `sig`,
+/// and its `key_ops` (§4.3), when present, include `verify`. A key published only for
+/// encryption, or only for signing (a private-key operation), never verifies a token.
+fn verifies(jwk: &Jwk) -> bool {
+    let use_ok = matches!(
+        jwk.common.public_key_use,
+        None | Some(PublicKeyUse::Signature)
+    );
+    let ops_ok = jwk
+        .common
+        .key_operations
+        .as_ref()
+        .is_none_or(|ops| ops.contains(&KeyOperations::Verify));
+    use_ok && ops_ok
+}
+
 pub fn parse_key_set(doc: &[u8]) -> Result<(HashMap<String, Arc<VerifyKey>>, usize), String> {
     let value: serde_json::Value = serde_json::from_slice(doc).map_err(|e| e.to_string())?;
     let keys = value
@@ -147,11 +165,7 @@ pub fn parse_key_set(doc: &[u8]) -> Result<(HashMap<String, Arc<VerifyKey>>, usi
             skipped += 1;
             continue;
         };
-        let usable_use = matches!(
-            jwk.common.public_key_use,
-            None | Some(PublicKeyUse::Signature)
-        );
-        let (Some(kid), true) = (jwk.common.key_id.clone(), usable_use) else {
+        let (Some(kid), true) = (jwk.common.key_id.clone(), verifies(&jwk)) else {
             skipped += 1;
             continue;
         };
@@ -359,5 +373,54 @@ impl IssuerKeys {
             };
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An RSA public JWK of 2048 bits (the components need not form a real key pair: only
+    /// the set's parsing rules are tested here) with extra members `extra`.
+    fn rsa_jwk(kid: &str, extra: &str) -> String {
+        use base64::Engine;
+        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xc5u8; 256]);
+        format!(r#"{{"kty":"RSA","kid":"{kid}","n":"{n}","e":"AQAB"{extra}}}"#)
+    }
+
+    fn kids(jwks: &[String]) -> (Vec<String>, usize) {
+        let doc = format!(r#"{{"keys":[{}]}}"#, jwks.join(","));
+        let (keys, skipped) = parse_key_set(doc.as_bytes()).expect("a key set");
+        let mut kids: Vec<String> = keys.keys().cloned().collect();
+        kids.sort();
+        (kids, skipped)
+    }
+
+    #[test]
+    fn key_ops_and_use_decide_whether_a_key_verifies() {
+        let (got, skipped) = kids(&[
+            rsa_jwk("plain", ""),
+            rsa_jwk("sig", r#","use":"sig""#),
+            rsa_jwk("verify", r#","key_ops":["verify"]"#),
+            rsa_jwk("both", r#","key_ops":["sign","verify"]"#),
+            rsa_jwk("enc-use", r#","use":"enc""#),
+            rsa_jwk("enc-ops", r#","key_ops":["encrypt","wrapKey"]"#),
+            rsa_jwk("sign-only", r#","key_ops":["sign"]"#),
+            rsa_jwk("empty-ops", r#","key_ops":[]"#),
+            rsa_jwk("sig-but-enc-ops", r#","use":"sig","key_ops":["encrypt"]"#),
+        ]);
+        assert_eq!(got, ["both", "plain", "sig", "verify"]);
+        assert_eq!(skipped, 5);
+    }
+
+    #[test]
+    fn symmetric_short_and_unnamed_keys_are_skipped() {
+        let short = r#"{"kty":"RSA","kid":"short","n":"AQAB","e":"AQAB"}"#.to_string();
+        let oct = r#"{"kty":"oct","kid":"hmac","k":"c2VjcmV0"}"#.to_string();
+        let no_kid = rsa_jwk("", "").replace(r#""kid":"","#, "");
+        let (got, skipped) = kids(&[short, oct, no_kid, rsa_jwk("ok", "")]);
+        assert_eq!(got, ["ok"]);
+        assert_eq!(skipped, 3);
+        assert!(parse_key_set(br#"{"nokeys":[]}"#).is_err());
     }
 }

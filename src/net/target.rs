@@ -15,11 +15,19 @@ pub enum TargetError {
     #[error("target {0:?} is not a URL")]
     NotAUrl(String),
     /// The scheme is not one hubgate can proxy to.
-    #[error("unsupported protocol {0:?} (use http, https or http+unix)")]
+    #[error("unsupported target protocol {0:?} (use http, https or http+unix)")]
     Scheme(String),
     /// The authority has no host or a bad port.
     #[error("target {0:?} has an invalid host or port")]
     Authority(String),
+    /// The URL has `user:password@`: hubgate would drop it, so the target would not get it.
+    #[error(
+        "target {0:?} has credentials (user@ or user:password@), which are never sent: remove them"
+    )]
+    UserInfo(String),
+    /// The URL has spaces or control characters.
+    #[error("target {0:?} has spaces or control characters")]
+    Characters(String),
 }
 
 /// Where a target's connections go.
@@ -51,6 +59,22 @@ pub struct Target {
 }
 
 impl Target {
+    /// Parses a target given to the route API: what [`Target::parse`] accepts, less what
+    /// could never work as written (spaces and control characters, credentials in the URL).
+    /// Routes already stored (e.g. in Redis by an older version) keep the lenient parse.
+    pub fn parse_new(s: &str) -> Result<Target, TargetError> {
+        if s.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(TargetError::Characters(s.to_string()));
+        }
+        let target = Target::parse(s)?;
+        let rest = s.split_once("://").map_or("", |(_, r)| r);
+        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        if authority.contains('@') {
+            return Err(TargetError::UserInfo(s.to_string()));
+        }
+        Ok(target)
+    }
+
     /// Parses a target URL the way CHP's `new URL(target)` would, for the schemes we proxy to.
     pub fn parse(s: &str) -> Result<Target, TargetError> {
         let (scheme, rest) = s
@@ -192,6 +216,34 @@ mod tests {
         let u = Target::parse("http+unix://%2Ftmp%2Fhub.sock/base").unwrap();
         assert_eq!(u.addr, TargetAddr::Unix("/tmp/hub.sock".into()));
         assert_eq!(u.path, "/base");
+    }
+
+    #[test]
+    fn new_targets_are_checked_strictly() {
+        for ok in [
+            "http://127.0.0.1:8888",
+            "https://node-7.cluster:48231/user/a/?x=1",
+            "http+unix://%2Frun%2Fjupyter%2Fa.sock/",
+            "http://[::1]:9000/",
+        ] {
+            assert!(Target::parse_new(ok).is_ok(), "{ok}");
+        }
+        let err = |s: &str| Target::parse_new(s).expect_err(s);
+        assert!(matches!(
+            err("http://u:p@host:80/"),
+            TargetError::UserInfo(_)
+        ));
+        assert!(matches!(err("http://u@host/"), TargetError::UserInfo(_)));
+        assert!(matches!(err("not a url"), TargetError::Characters(_)));
+        assert!(matches!(err("http://a\tb/"), TargetError::Characters(_)));
+        assert!(matches!(err("file:///etc/passwd"), TargetError::Scheme(_)));
+        assert!(matches!(err("ftp://127.0.0.1/x"), TargetError::Scheme(_)));
+        assert!(matches!(err("127.0.0.1:8000"), TargetError::NotAUrl(_)));
+        assert!(matches!(err("http://:80/"), TargetError::Authority(_)));
+        // A stored route keeps the lenient parse (credentials dropped, as before).
+        assert!(Target::parse("http://u:p@host:80/").is_ok());
+        // An @ after the authority is part of the path, not credentials.
+        assert!(Target::parse_new("http://host/a@b").is_ok());
     }
 
     #[test]

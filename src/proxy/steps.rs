@@ -170,7 +170,7 @@ impl HubProxy {
 
         let query = query.map(String::from_utf8_lossy);
         let query = match (&auth, query) {
-            (Some(auth), Some(q)) => Some(auth.extractor().upstream_query(q, ctx.websocket)),
+            (Some(auth), Some(q)) => Some(auth.extractor().upstream_query(q)),
             (_, q) => q,
         };
         let forward_path: &str = if self.shared.forwarding.include_prefix {

@@ -6,4 +6,4 @@ mod table;
 
 pub use redis_store::{RedisStorage, RedisStore};
 pub use store::{MemoryStore, RouteStore, StoreError, StoreHealth};
-pub use table::{trim_prefix, Match, Route, RouteKind, RouteTable};
+pub use table::{check_key, trim_prefix, KeyError, Match, Route, RouteKind, RouteTable};

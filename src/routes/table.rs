@@ -351,6 +351,29 @@ pub fn trim_prefix(path: &str) -> String {
     p
 }
 
+/// Why a route key cannot be stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// NUL or another control character: no request path can carry it.
+    #[error("route path {0:?} has control characters")]
+    Control(String),
+    /// A `.` or `..` segment: every request path is canonicalised without them, so the
+    /// route could never match, and `/user/%2e%2e/hub` would otherwise replace `/hub`.
+    #[error("route path {0:?} has a '.' or '..' segment")]
+    DotSegment(String),
+}
+
+/// Checks a decoded, trimmed route key given to the route API.
+pub fn check_key(key: &str) -> Result<(), KeyError> {
+    if key.chars().any(char::is_control) {
+        return Err(KeyError::Control(key.to_string()));
+    }
+    if key.split(['/', '\\']).any(|seg| seg == "." || seg == "..") {
+        return Err(KeyError::DotSegment(key.to_string()));
+    }
+    Ok(())
+}
+
 /// The form the matcher compares: the key without leading or trailing slashes
 /// (CHP's trie splits `/user/alice/` into `["user", "alice"]`).
 pub(super) fn segment_form(key: &str) -> &str {
@@ -491,6 +514,34 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_that_no_request_can_reach_are_refused() {
+        for ok in [
+            "/",
+            "/user/alice",
+            "/user/has@/",
+            "/user/秀樹",
+            "/hub.example.org/user/a",
+            "/user/a.b/.x",
+        ] {
+            assert_eq!(check_key(ok), Ok(()), "{ok}");
+        }
+        assert!(matches!(
+            check_key("/user/../hub"),
+            Err(KeyError::DotSegment(_))
+        ));
+        assert!(matches!(
+            check_key("/user/a/."),
+            Err(KeyError::DotSegment(_))
+        ));
+        assert!(matches!(
+            check_key("/user\\..\\hub"),
+            Err(KeyError::DotSegment(_))
+        ));
+        assert!(matches!(check_key("/user/a\0b"), Err(KeyError::Control(_))));
+        assert!(matches!(check_key("/user/a\nb"), Err(KeyError::Control(_))));
+    }
     use serde_json::json;
 
     fn route(key: &str, target: &str) -> Arc<Route> {

@@ -355,3 +355,51 @@ def test_api_without_token_configured(pf, be):
     pair.same(lambda p: api_view(p, "GET", "/api/routes",
                                  headers={"Authorization": "token whatever"}, token=None,
                                  kind="json"), "GET all with random token")
+
+
+UNPROXYABLE = [
+    # (what, route path on the wire, target): CHP stores each and fails per request (500) or
+    # never; hubgate refuses them at POST with a 400 that says why.
+    ("not-a-url", "/user/x", "not a url"),
+    ("ftp", "/user/x", "ftp://127.0.0.1/x"),
+    ("file", "/user/x", "file:///etc/passwd"),
+    ("no-scheme", "/user/x", "127.0.0.1:8888"),
+    ("userinfo", "/user/x", "http://u:p@127.0.0.1:1/"),
+    ("dot-dot-key", "/user/%2e%2e/hub", "http://127.0.0.1:1/"),
+    ("dot-key", "/user/a/%2E", "http://127.0.0.1:1/"),
+    ("nul-key", "/user/a%00b", "http://127.0.0.1:1/"),
+]
+
+
+@pytest.mark.parametrize("what,path,target", UNPROXYABLE, ids=[c[0] for c in UNPROXYABLE])
+def test_post_unproxyable_route_refused(pair, be, what, path, target):
+    """[REST API] a route that could never be proxied: CHP answers 201 and stores it;
+    hubgate answers 400 with the reason and stores nothing. Documented deliberate difference."""
+    seed(pair, be)
+    pair.add_route("/hub", be.root.url)
+    chp = pair.chp.api("POST", "/api/routes" + path, {"target": target})
+    chp_check(chp is not None and chp.status == 201, f"CHP POST {path} {target}: {chp}")
+    documented_difference(f"POST of an unproxyable route ({what})")
+    before = pair.hg.routes()
+    r = pair.hg.api("POST", "/api/routes" + path, {"target": target})
+    assert r is not None and r.status == 400, f"hubgate POST {path} {target}: {r}"
+    # The reason, in plain text as CHP's other 400s.
+    assert "target" in r.text or "route path" in r.text, r.text
+    assert pair.hg.routes() == before, "hubgate stored a refused route"
+    # `/user/%2e%2e/hub` must not replace `/hub` (it canonicalises to it).
+    assert pair.hg.route("/hub")["target"] == be.root.url
+
+
+def test_jupyterhub_style_routes_still_accepted(pair, be):
+    """[REST API] everything JupyterHub posts is stored alike by both (names with @, unicode,
+    unix sockets, https targets)."""
+    for path, target in [
+        ("/user/has@/", be.a.url),
+        ("/user/%E7%A7%80%E6%A8%B9/", be.a.url),
+        ("/user/a.b-c_d/", "https://127.0.0.1:1/user/a.b-c_d/"),
+        ("/user/sock/", "http+unix://%2Ftmp%2Fnothing.sock/user/sock/"),
+    ]:
+        v = pair.same(lambda p: api_view(p, "POST", "/api/routes" + path, {"target": target}),
+                      f"POST {path}")
+        chp_check(v["status"] == 201, str(v))
+    pair.same(lambda p: api_view(p, "GET", "/api/routes", kind="json"), "GET all")

@@ -34,8 +34,6 @@ def flags_for(kind, be, dirs):
 
 def seed(pair, be):
     pair.add_route("/user/dead", be.dead_url)
-    pair.add_route("/user/notaurl", "not a url")
-    pair.add_route("/user/ftp", "ftp://127.0.0.1/x")
     pair.add_route("/user/alice", be.a.url)
 
 
@@ -49,8 +47,6 @@ CASES = [
     ("dead-post", "POST", "/user/dead/api", 503),
     ("bad-escape", "GET", "/%", 500),
     ("bad-escape-utf8", "GET", "/user/alice/%E0%A4%A", 500),
-    ("not-a-url-target", "GET", "/user/notaurl/x", 500),
-    ("ftp-target", "GET", "/user/ftp/x", 500),
 ]
 
 KINDS = ["error-target", "error-target-slash", "error-path", "error-path-503-only",

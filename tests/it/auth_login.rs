@@ -1,13 +1,14 @@
 //! hubgate's browser login (authorization code + PKCE) against the real OpenID
 //! provider, followed step by step, and against a fake IdP for the ID-token checks;
-//! session cookies (§4 row 14) and open redirects (§4 row 15).
+//! session cookie scoping and open redirects after login (docs/security.md).
 
-mod support;
-
+use crate::support::auth_proxy::*;
+use crate::support::browser::*;
+use crate::support::jwt::*;
+use crate::support::oidc::*;
+use crate::support::*;
 use serde_json::json;
 use std::time::Duration;
-use support::oidc::*;
-use support::*;
 
 /// Builds an ID token for a given nonce.
 type MakeToken<'a> = dyn Fn(&str) -> String + 'a;
@@ -618,7 +619,7 @@ fn callback_verifies_the_id_token_and_uses_pkce() {
     assert_eq!(alice.count(), 1, "only the control request reached alice");
 }
 
-// ------------------------------------------------------------------ row 14: session cookies
+// ----------------------------------------------------------------- cookie scoping: session cookies
 
 #[test]
 fn row14_session_cookie_tampering_foreign_deployment_restart_and_lifetime() {
@@ -717,7 +718,7 @@ fn row14_session_cookie_tampering_foreign_deployment_restart_and_lifetime() {
     drop(secrets);
 }
 
-// ------------------------------------------------------------------ row 15: open redirects
+// ------------------------------------------------------------------ open redirects
 
 #[test]
 fn row15_next_is_kept_only_for_same_origin_paths() {

@@ -1,16 +1,16 @@
-//! Key sets (issue 3; `auth-and-mfa.md` §4 rows 1, 6, 7, 8, 20): fail-closed start,
+//! Key sets (docs/security.md, signing keys and their fetching): fail-closed start,
 //! stale-if-error with a hard limit, never replacing keys with an empty set, `oct` keys
 //! refused, rate-limited refetch for unknown kids, rotation (stub and the real provider
 //! with SIGHUP), removed keys purging cached tokens, the jwks-file source.
 
-mod support;
-
+use crate::support::auth_proxy::*;
+use crate::support::jwt::*;
+use crate::support::oidc::*;
+use crate::support::*;
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::oidc::*;
-use support::*;
 
 fn healthz(px: &AuthProxy) -> u16 {
     try_http(px.port, &Req::get("/_chp_healthz"))
@@ -35,7 +35,7 @@ fn oct_jwk(kid: &str) -> serde_json::Value {
     json!({"kty": "oct", "kid": kid, "k": b64url(b"symmetric-secret-0123456789abcdef"), "alg": "HS256", "use": "sig"})
 }
 
-// ------------------------------------------------------------------ row 7a: fail closed at start
+// -------------------------------------------------------- JWKS fetch failure: fail closed at start
 
 #[test]
 fn row07a_no_keys_at_start_fails_closed_then_recovers() {
@@ -123,7 +123,7 @@ fn row07a_no_keys_at_start_fails_closed_then_recovers() {
     }
 }
 
-// ------------------------------------------------------------------ row 7b/c: stale keys
+// ------------------------------------------------------------------ JWKS fetch failure: stale keys
 
 #[test]
 fn row07b_empty_or_broken_answers_never_replace_good_keys() {
@@ -226,7 +226,7 @@ fn row07c_stale_keys_expire_after_max_stale() {
     assert_eq!(be.count(), n + 1);
 }
 
-// ------------------------------------------------------------------ row 1: oct keys
+// ------------------------------------------------------------------ alg confusion: oct keys
 
 #[test]
 fn row01_oct_keys_in_the_set_are_ignored() {
@@ -262,7 +262,7 @@ fn row01_oct_keys_in_the_set_are_ignored() {
     assert_not_called(&be, "oct");
 }
 
-// ------------------------------------------------------------------ row 6: refetch rate limit
+// ------------------------------------------------------------------ kid abuse: refetch rate limit
 
 #[test]
 fn row06_unknown_kids_cause_at_most_one_refetch_per_interval() {
@@ -332,7 +332,7 @@ fn row06_unknown_kids_cause_at_most_one_refetch_per_interval() {
     assert_not_called(&be, "unknown kids");
 }
 
-// ------------------------------------------------------------------ row 8 + row 20: rotation
+// -------------------------------------------------------------- key rotation, cached tokens purged
 
 #[test]
 fn row08_row20_rotation_with_the_stub_and_cache_purge() {
@@ -497,7 +497,7 @@ fn discovery_failure_keeps_the_issuer_unready() {
     assert_eq!(status_with(&px, "/user/alice/", &tok), 200);
 }
 
-// ------------------------------------------------------------------ row 7: TLS to the IdP
+// -------------------------------------------------------------- JWKS fetch failure: TLS to the IdP
 
 /// JWKS over https with a self-signed certificate: refused unless the CA is trusted,
 /// and `--insecure` (CHP's flag for the *targets*) must not switch verification off
@@ -507,7 +507,7 @@ fn row07_idp_tls_is_always_verified() {
     let key = pool().rsa[0].with_kid("k1");
     let stub = JwksStub::start(&[&key]);
     let dir = TempDir::new("jwks-tls");
-    let (cert, tls_key) = support::tls::generate_cert(&dir.path);
+    let (cert, tls_key) = crate::support::tls::generate_cert(&dir.path);
     // A TLS front for the stub: a plain (CHP-mode) hubgate with --ssl-key/--ssl-cert.
     let front = Hubgate::start(
         &[

@@ -1,10 +1,8 @@
-//! Route matching on the data plane: reference §2.3 (segment-prefix trie on the
-//! decoded, dot-resolved path) and §2.4 (host routing).
+//! Route matching on the data plane (docs/chp-compatibility.md, routing): the
+//! segment-prefix trie on the decoded, dot-resolved path, and host routing.
 
-mod support;
-
+use crate::support::*;
 use std::time::{Duration, Instant};
-use support::*;
 
 /// Sends `req` through the proxy, asserts 200 and that exactly one of `backends`
 /// received it; returns that backend's name and what it received.

@@ -4,14 +4,12 @@
 //! are real TLS servers (tokio-rustls) that refuse the handshake without such a certificate
 //! and record what each handshake presented.
 
-mod support;
-
+use crate::support::backend::{echo_reply, Handshake};
+use crate::support::tls::{server_config, Ca, CertFiles, Usage};
+use crate::support::ws::{ws_recv_text, WsOptions};
+use crate::support::*;
 use futures_util::SinkExt;
 use std::time::{Duration, Instant};
-use support::backend::{echo_reply, Handshake};
-use support::tls::{server_config, Ca, CertFiles, Usage};
-use support::ws::{ws_recv_text, WsOptions};
-use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 const T: Duration = Duration::from_secs(10);
@@ -133,7 +131,7 @@ fn without_a_client_certificate_the_target_refuses_and_the_user_gets_503_at_once
     // Counted as a TLS failure (the runbook of HubgateUpstreamErrors sends `tls` to the
     // certificates), although TLS 1.3 reports it only on the first read.
     let metrics = get(mport, "/metrics").text();
-    let tls = support::oidc::metric_sum(
+    let tls = crate::support::auth_proxy::metric_sum(
         &metrics,
         "hubgate_upstream_errors_total",
         &[("kind", "tls")],

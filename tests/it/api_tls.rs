@@ -7,11 +7,9 @@
 //! from the CA (checked against CHP 5.3.0 with `HUBGATE_BIN`). hubgate does the same; the
 //! config file's `reject-unauthorized = false` makes client certificates optional.
 
-mod support;
-
+use crate::support::tls::{client_config, tls_connect, Ca, CertFiles, ServerTrust, Usage};
+use crate::support::*;
 use std::io;
-use support::tls::{client_config, tls_connect, Ca, CertFiles, ServerTrust, Usage};
-use support::*;
 
 /// An internal CA with the API's server certificate and the hub's client certificate, and
 /// a second CA that hubgate does not trust, with a client certificate of its own.
@@ -94,7 +92,7 @@ fn assert_refused(r: io::Result<Response>, who: &str) {
                 e.kind(),
                 io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
             );
-            if support::process::against_chp() {
+            if crate::support::process::against_chp() {
                 assert!(alert || dropped, "{who}: not refused by TLS: {e:?}");
             } else {
                 assert!(alert, "{who}: refused, but not by a TLS alert: {e:?}");
@@ -199,7 +197,7 @@ fn request_cert_alone_refuses_clients_without_a_certificate_as_chp_does() {
 
 #[test]
 fn client_certificates_are_optional_with_reject_unauthorized_false_in_the_config_file() {
-    if support::process::against_chp() {
+    if crate::support::process::against_chp() {
         eprintln!("skipped: CHP has no config file");
         return;
     }
@@ -227,7 +225,7 @@ fn api_tls_without_request_cert_serves_any_client() {
 fn request_cert_without_a_ca_is_refused_at_startup() {
     // With no CA no client could ever be verified; CHP would fall back to node's public
     // roots, hubgate refuses to start rather than silently accept or refuse everyone.
-    if support::process::against_chp() {
+    if crate::support::process::against_chp() {
         eprintln!("skipped: CHP starts and verifies clients against node's bundled roots");
         return;
     }

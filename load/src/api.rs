@@ -73,7 +73,7 @@ fn user_of(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)
 }
 
-/// The body JupyterHub posts for a user's default server (reference §4: `add_route`).
+/// The body JupyterHub's `add_route` posts for a user's default server (docs/chp-compatibility.md).
 pub fn route_body(key: &str, target: &str) -> String {
     serde_json::json!({
         "user": user_of(key),

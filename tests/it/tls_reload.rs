@@ -3,14 +3,12 @@
 //! `--config` file; new handshakes get the new certificate, open connections and websockets
 //! are untouched, and anything that fails to load leaves the running setting in place.
 
-mod support;
-
+use crate::support::tls::{client_config, self_signed_cert, CertFiles, KeyKind, ServerTrust};
+use crate::support::ws::tungstenite;
+use crate::support::*;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use support::tls::{client_config, self_signed_cert, CertFiles, KeyKind, ServerTrust};
-use support::ws::tungstenite;
-use support::*;
 
 /// hubgate checks the files every 2 s; a swap may straddle two checks.
 const SWAP_DEADLINE: Duration = Duration::from_secs(6);
@@ -50,7 +48,7 @@ fn install(pair: &CertPair, live_cert: &Path, live_key: &Path) {
 /// the server presented; any certificate is accepted (the test only wants to see which one
 /// is served), the handshake signature is still checked.
 fn tls_connect(port: u16) -> io::Result<(Conn, Vec<u8>)> {
-    support::tls::tls_connect(port, "localhost", client_config(ServerTrust::Any, None)?)
+    crate::support::tls::tls_connect(port, "localhost", client_config(ServerTrust::Any, None)?)
 }
 
 /// The certificate a fresh handshake gets.
@@ -70,7 +68,7 @@ fn which(der: &[u8], a: &CertPair, b: &CertPair) -> &'static str {
     }
 }
 
-type WsSync = tungstenite::WebSocket<Box<dyn support::client::Stream>>;
+type WsSync = tungstenite::WebSocket<Box<dyn crate::support::client::Stream>>;
 
 /// A wss websocket through hubgate on its own TLS connection.
 fn open_wss(port: u16, path: &str) -> (WsSync, Vec<u8>) {

@@ -1,20 +1,20 @@
-//! Token verification through the proxy (issue 3; the numbered rows of
-//! `auth-and-mfa.md` §4): algorithms (1–3), time claims (4, 9), audience / issuer (5),
-//! kid abuse (6), oversized / malformed tokens (18), issuer mix-up (19), generic error
-//! bodies (21), the MFA rule and username mapping, and the Bearer happy path with a
+//! Token verification through the proxy (the token threats of docs/security.md):
+//! algorithms (confusion, `none`, pinned to the key), time claims and clock skew,
+//! audience / issuer, kid abuse, oversized / malformed tokens, issuer mix-up, generic
+//! error bodies, the MFA rule and username mapping, and the Bearer happy path with a
 //! token from the real OpenID provider.
 //!
 //! Every negative case asserts: the status, a generic JSON body, that no backend was
 //! called; representative ones also the `reason` label on `/metrics` and that the token
 //! is not in hubgate's output.
 
-mod support;
-
+use crate::support::auth_proxy::*;
+use crate::support::jwt::*;
+use crate::support::oidc::*;
+use crate::support::*;
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use support::oidc::*;
-use support::*;
 
 /// An edit of a token's claims.
 type ClaimEdit = dyn Fn(&mut serde_json::Map<String, Value>);
@@ -117,7 +117,7 @@ fn all_signing_algorithms_and_scheme_case() {
     }
 }
 
-// ------------------------------------------------------------------ row 1: alg confusion
+// ------------------------------------------------------------------ alg confusion
 
 #[test]
 fn row01_hs256_keyed_with_the_rsa_public_key_is_refused() {
@@ -155,7 +155,7 @@ fn row01_hs256_keyed_with_the_rsa_public_key_is_refused() {
     }
 }
 
-// ------------------------------------------------------------------ row 2: alg none
+// ------------------------------------------------------------------ alg none
 
 #[test]
 fn row02_alg_none_variants_and_missing_signatures() {
@@ -209,7 +209,7 @@ fn row02_alg_none_variants_and_missing_signatures() {
     assert!(env.px.denials("malformed") + env.px.denials("bad_algorithm") >= cases.len() as f64);
 }
 
-// ------------------------------------------------------------------ row 3: alg pinned to the key
+// ------------------------------------------------------------------ alg pinned to the key
 
 #[test]
 fn row03_algorithm_is_pinned_to_the_jwk() {
@@ -260,7 +260,7 @@ fn row03_algorithm_is_pinned_to_the_jwk() {
     );
 }
 
-// ------------------------------------------------------------------ rows 4 and 9: time claims
+// ------------------------------------------------------------------ time claims and clock skew
 
 #[test]
 fn row04_row09_expiry_not_before_issued_at_with_leeway() {
@@ -360,7 +360,7 @@ fn row04_row09_expiry_not_before_issued_at_with_leeway() {
     assert_eq!(d, 1.0, "reason=missing_claim for a token without exp");
 }
 
-// ------------------------------------------------------------------ row 5: audience and issuer
+// ------------------------------------------------------------------ audience and issuer
 
 #[test]
 fn row05_audience_and_issuer() {
@@ -425,7 +425,7 @@ fn row05_audience_and_issuer() {
     env.assert_allowed("/user/alice/", &t, &env.alice, "second issuer's own key");
 }
 
-// ------------------------------------------------------------------ row 6: kid abuse
+// ------------------------------------------------------------------ kid abuse
 
 #[test]
 fn row06_kid_injection_jku_x5u_and_missing_kid() {
@@ -492,7 +492,7 @@ fn row06_kid_injection_jku_x5u_and_missing_kid() {
     env.assert_denied("/user/alice/", &t, 401, "no kid, 3 keys in the set");
 }
 
-// ------------------------------------------------------------------ row 18: size and shape
+// -------------------------------------------------- oversized and malformed tokens: size and shape
 
 #[test]
 fn row18_oversized_and_malformed_tokens() {
@@ -635,7 +635,7 @@ fn row18_oversized_and_malformed_tokens() {
     env.assert_none_called("empty bearer");
 }
 
-// ------------------------------------------------------------------ row 19: issuer mix-up
+// ------------------------------------------------------------------ issuer mix-up
 
 #[test]
 fn row19_keys_are_scoped_per_issuer() {
@@ -872,7 +872,7 @@ fn username_claim_mapping_and_escaping() {
     assert!(d >= 1.0, "reason=no_username");
 }
 
-// ------------------------------------------------------------------ row 21 + metrics + audit
+// ------------------------------------------------------------ generic error bodies, metrics, audit
 
 #[test]
 fn row21_reasons_only_in_logs_and_metrics() {

@@ -14,19 +14,12 @@
 //! `--json FILE`, a JSON document. `--watch NAME=PID` samples that process tree's CPU time and
 //! RSS from /proc during the measured window (e.g. the proxy under test).
 
-#[path = "hubgate_load/api.rs"]
 mod api;
-#[path = "hubgate_load/conn.rs"]
 mod conn;
-#[path = "hubgate_load/hist.rs"]
 mod hist;
-#[path = "hubgate_load/http.rs"]
 mod http;
-#[path = "hubgate_load/report.rs"]
 mod report;
-#[path = "hubgate_load/server.rs"]
 mod server;
-#[path = "hubgate_load/ws.rs"]
 mod ws;
 
 use std::process::ExitCode;

@@ -1,13 +1,11 @@
-//! What reaches the upstream and what comes back: reference §2.5 (prefix handling),
-//! §2.6 (request headers), §2.7 (responses, keep-alive), §2.11 (redirect
-//! rewriting), §2.12 (health check), §2.16 (unix-socket targets).
+//! What reaches the upstream and what comes back (docs/chp-compatibility.md): prefix
+//! handling, request headers, responses and keep-alive, redirect rewriting, the health
+//! check, unix-socket targets.
 
-mod support;
-
+use crate::support::*;
 use serde_json::json;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use support::*;
 
 /// Starts hubgate with `args`, one echo backend and the route `key` → echo+`tpath`.
 fn setup(args: &[&str], key: &str, tpath: &str) -> (Hubgate, Backend) {
@@ -479,7 +477,7 @@ fn auto_rewrite_and_protocol_rewrite() {
             r.describe()
         );
     }
-    // Corrections: a request Host without a port keeps the backend's port.
+    // Observed on live CHP: a request Host without a port keeps the backend's port.
     let hg = Hubgate::start(&["--auto-rewrite"], &[]);
     hg.add_route("/", &bu);
     let r = hg.request(&Req::get("/302").host("other.example.org"));

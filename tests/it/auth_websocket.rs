@@ -1,16 +1,16 @@
-//! Websocket upgrades with authentication (issue 3; `auth-and-mfa.md` §4 rows 10 and
-//! 13): the upgrade is authorised like any request, the query-parameter credential is
+//! Websocket upgrades with authentication (docs/security.md, tokens in the query string
+//! and websocket threats): the upgrade is authorised like any request, the query-parameter credential is
 //! removed before forwarding, cookies need a same-origin `Origin`, relays close when
 //! the credential expires, and a refused upgrade is not turned into a raw tunnel.
 
-mod support;
-
+use crate::support::auth_proxy::*;
+use crate::support::jwt::*;
+use crate::support::oidc::*;
+use crate::support::ws::{raw_upgrade, ws_recv_text, ws_wait_end, WsEnd};
+use crate::support::*;
 use futures_util::SinkExt;
 use serde_json::json;
 use std::time::{Duration, Instant};
-use support::oidc::*;
-use support::ws::{raw_upgrade, ws_recv_text, ws_wait_end, WsEnd};
-use support::*;
 use tokio_tungstenite::tungstenite::{self as tung, Message};
 
 const T: Duration = Duration::from_secs(10);

@@ -5,10 +5,8 @@
 //! a connection idle for less is still usable, one idle for longer is closed by hubgate.
 //! The waits here are the passage of time under test, kept short by small limits.
 
-mod support;
-
+use crate::support::*;
 use std::time::{Duration, Instant};
-use support::*;
 
 /// Room for timer granularity and a loaded machine around a limit.
 const EARLY: Duration = Duration::from_millis(100);

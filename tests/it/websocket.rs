@@ -1,13 +1,13 @@
-//! Websockets through the proxy: reference §2.9 (pass-through, headers, errors on
-//! upgrade requests, no idle timeout) and §2.6 (`x-forwarded-proto: ws`).
+//! Websockets through the proxy (docs/chp-compatibility.md, websockets): pass-through,
+//! headers, errors on upgrade requests, no idle timeout, `x-forwarded-proto: ws`.
 
-mod support;
-
+use crate::support::ws::{
+    raw_upgrade, ws_recv, ws_recv_text, ws_wait_end, WsEnd, CMD_CLOSE, CMD_DROP,
+};
+use crate::support::*;
 use futures_util::future::join_all;
 use futures_util::SinkExt;
 use std::time::{Duration, Instant};
-use support::ws::{raw_upgrade, ws_recv, ws_recv_text, ws_wait_end, WsEnd, CMD_CLOSE, CMD_DROP};
-use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 const T: Duration = Duration::from_secs(10);

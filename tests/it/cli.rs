@@ -1,10 +1,8 @@
-//! The command line and process lifecycle: reference §1 (flags, env, signals, pid
+//! The command line and process lifecycle: docs/chp-compatibility.md (flags, env, signals, pid
 //! file, readiness strings) plus hubgate's `--config`/`--check-config`.
 
-mod support;
-
+use crate::support::*;
 use std::time::{Duration, Instant};
-use support::*;
 
 const EXIT: Duration = Duration::from_secs(10);
 

@@ -1,15 +1,17 @@
-//! Authorisation and the request path around it (issue 3): default and configured
-//! policies, browser vs API answers, credential extraction, upstream hygiene (§4 row 12),
-//! per-user path normalisation (row 11), the verified-token cache (row 20), the audit
-//! log, configuration errors, CHP behaviour without `[auth]`, and the REST API token
-//! comparison (row 17, black-box part).
+//! Authorisation and the request path around it: default and configured policies,
+//! browser vs API answers, credential extraction, and these threats of docs/security.md:
+//! header smuggling and duplicate credentials (upstream hygiene), path normalisation
+//! bypassing per-user routes, poisoning of the verified-token cache, and the timing-safe
+//! REST API token comparison (black-box part); also the audit log, configuration errors
+//! and CHP behaviour without `[auth]`.
 
-mod support;
-
+use crate::support::auth_proxy::*;
+use crate::support::browser::*;
+use crate::support::jwt::*;
+use crate::support::oidc::*;
+use crate::support::*;
 use serde_json::json;
 use std::time::Duration;
-use support::oidc::*;
-use support::*;
 
 fn html(req: Req) -> Req {
     req.header("Accept", "text/html,application/xhtml+xml,*/*;q=0.8")
@@ -322,7 +324,7 @@ fn credential_extraction_rules() {
     env.px.assert_not_logged(&bob);
 }
 
-// ------------------------------------------------------------------ row 12: upstream hygiene
+// -------------------------------------------------------------- header smuggling: upstream hygiene
 
 #[test]
 fn row12_identity_headers_are_ours_only() {
@@ -338,6 +340,13 @@ fn row12_identity_headers_are_ours_only() {
             .header("X-Forwarded-User", "bob")
             .header("X-Remote-User", "bob")
             .header("x-auth-request-user", "mallory")
+            // Spellings WSGI/PHP/Rails fold into the same names (`_` for `-`).
+            .header("X_Remote_User", "bob")
+            .header("X-Auth-Request_User", "bob")
+            .header("REMOTE_USER", "bob")
+            // Backends build URLs from it; hubgate never sets it.
+            .header("X-Forwarded-Prefix", "/evil")
+            .header("X_Forwarded_Prefix", "/evil")
     };
     // Authenticated route: our values only.
     env.clear();
@@ -358,6 +367,15 @@ fn row12_identity_headers_are_ours_only() {
     assert_eq!(rec.header("x-auth-request-access-token"), None);
     assert_eq!(rec.header("x-forwarded-user"), None);
     assert_eq!(rec.header("x-remote-user"), None);
+    for h in [
+        "x_remote_user",
+        "x-auth-request_user",
+        "remote_user",
+        "x-forwarded-prefix",
+        "x_forwarded_prefix",
+    ] {
+        assert_eq!(rec.header(h), None, "{h} reached the user's server");
+    }
 
     // Hop-by-hop abuse: naming our header in Connection must not remove it.
     env.clear();
@@ -389,9 +407,43 @@ fn row12_identity_headers_are_ours_only() {
         "x-auth-request-access-token",
         "x-forwarded-user",
         "x-remote-user",
+        "x_remote_user",
+        "remote_user",
+        "x-forwarded-prefix",
     ] {
         assert_eq!(rec.header(h), None, "{h} reached the hub on a public route");
     }
+    // A header that only resembles one is another header, and is forwarded.
+    env.clear();
+    let r = env
+        .px
+        .request(&Req::get("/hub/login").header("X-Remote-Users", "kept"));
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let rec = env.hub.last().unwrap();
+    assert_eq!(rec.header("x-remote-users").as_deref(), Some("kept"));
+}
+
+#[test]
+fn the_query_credential_never_reaches_a_users_server() {
+    let env = AuthEnv::start_with(|c| c.query_param = Some("hubgate_token".into()));
+    let alice = env.token("alice");
+    // A plain request with a Bearer and the parameter too: the parameter is not forwarded.
+    env.clear();
+    let r = env.px.request(
+        &Req::get(&format!("/user/alice/api/x?a=1&hubgate_token={alice}&b=2"))
+            .header("Authorization", &format!("Bearer {alice}")),
+    );
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let rec = env.alice.last().unwrap();
+    assert!(rec.target.ends_with("/api/x?a=1&b=2"), "{}", rec.target);
+    assert!(!rec.target.contains(&alice));
+    // A public path: forwarded without it as well.
+    env.clear();
+    let r = env.px.get(&format!("/hub/login?hubgate_token={alice}"));
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let rec = env.hub.last().unwrap();
+    assert!(!rec.target.contains("hubgate_token"), "{}", rec.target);
+    env.px.assert_not_logged(&alice);
 }
 
 #[test]
@@ -538,7 +590,7 @@ fn row12_request_smuggling_shapes_never_reach_another_user() {
     assert_eq!(env.bob.count(), 0);
 }
 
-// ------------------------------------------------------------------ row 11: path normalisation
+// ------------------------------------------------------------------ path normalisation
 
 #[test]
 fn row11_per_user_paths_cannot_be_bypassed() {
@@ -588,8 +640,9 @@ fn row11_per_user_paths_cannot_be_bypassed() {
         if env.bob.count() != 0 {
             problems.push(format!("{p}: reached bob's server ({})", r.status));
         }
-        // A path that does not decode to UTF-8 gets CHP's 500 (chp-and-jupyterhub.md §2.10:
-        // a bad percent-escape is a 500 through the error target) — refused before routing.
+        // A path that does not decode to UTF-8 gets CHP's 500 (docs/chp-compatibility.md,
+        // proxy errors: a bad percent-escape is a 500 through the error target) — refused
+        // before routing.
         let undecodable = p.contains("%c0");
         if r.status >= 500 && !(undecodable && r.status == 500) {
             problems.push(format!("{p}: {}", r.status_line));
@@ -635,7 +688,7 @@ fn row11_per_user_paths_cannot_be_bypassed() {
     env.assert_allowed("/user/bob/", &env.token("bob"), &env.bob, "bob");
 }
 
-// ------------------------------------------------------------------ row 20: the cache
+// ------------------------------------------------------------------ the verified-token cache
 
 #[test]
 fn row20_cache_reauthorises_and_respects_exp() {
@@ -854,7 +907,7 @@ fn without_auth_section_it_is_chp() {
     );
 }
 
-// ------------------------------------------------------------------ row 17 (black-box part)
+// ----------------------------------------------- timing-safe API token comparison (black-box part)
 
 /// The REST API token compare: near misses (wrong first/last byte, prefix, longer)
 /// are refused. Constant-time behaviour is not measurable black-box here.

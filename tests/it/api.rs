@@ -1,11 +1,9 @@
-//! The CHP-compatible REST API (`/api/routes`), reference §2.2 and the
-//! "Corrections observed live" section.
+//! The CHP-compatible REST API (`/api/routes`): docs/chp-compatibility.md, the REST API
+//! and the behaviour observed on live CHP.
 
-mod support;
-
+use crate::support::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
-use support::*;
 
 fn hg() -> Hubgate {
     Hubgate::start(&[], &[])
@@ -144,17 +142,50 @@ fn extra_keys_are_stored_and_echoed() {
 }
 
 #[test]
-fn target_is_returned_exactly_as_posted_and_not_validated() {
+fn target_is_returned_exactly_as_posted() {
     let hg = hg();
     for (key, target) in [
         ("/a", "http://127.0.0.1:8888/"),
         ("/b", "HTTP://Example.COM:80/x/../y?q=1"),
-        ("/c", "not a url"),
-        ("/d", "ftp://127.0.0.1/x"),
+        ("/c", "http+unix://%2Ftmp%2Fx.sock/user/c/"),
     ] {
         hg.add_route(key, target);
         assert_eq!(hg.route(key).unwrap()["target"], target, "route {key}");
     }
+}
+
+#[test]
+fn routes_that_could_never_be_proxied_are_refused_with_the_reason() {
+    // CHP stores these and fails per request (500) or never matches; hubgate answers 400
+    // (README, "Differences from CHP").
+    let hg = hg();
+    hg.add_route("/hub", "http://127.0.0.1:8081");
+    let before = hg.routes();
+    for (key, target, reason) in [
+        ("/c", "not a url", "spaces or control characters"),
+        ("/d", "ftp://127.0.0.1/x", "unsupported target protocol"),
+        ("/e", "file:///etc/passwd", "unsupported target protocol"),
+        ("/f", "http//missing-colon", "is not a URL"),
+        ("/g", "http://user:secret@127.0.0.1:1/", "credentials"),
+        (
+            "/user/%2e%2e/hub",
+            "http://127.0.0.1:1/",
+            "'.' or '..' segment",
+        ),
+        ("/user/../hub", "http://127.0.0.1:1/", "'.' or '..' segment"),
+        ("/user/a%00b", "http://127.0.0.1:1/", "control characters"),
+    ] {
+        let body = serde_json::json!({ "target": target }).to_string();
+        let r = hg.api_post(&format!("/api/routes{key}"), &body);
+        assert_eq!(r.status, 400, "POST {key} {target}: {}", r.describe());
+        assert!(
+            r.text().contains(reason),
+            "POST {key} {target}: {:?} does not say {reason:?}",
+            r.text()
+        );
+    }
+    assert_eq!(hg.routes(), before, "a refused route was stored");
+    assert_eq!(hg.route("/hub").unwrap()["target"], "http://127.0.0.1:8081");
 }
 
 #[test]
@@ -382,7 +413,7 @@ fn keys_are_percent_decoded() {
 #[test]
 fn double_slash_keys_follow_chp() {
     // Observed on CHP 5.3.0: POST (and GET) trim two trailing slashes, DELETE one.
-    // (The reference's Corrections say GET trims one; live CHP answers
+    // (Written descriptions of CHP say GET trims one; live CHP answers
     // GET //double// with 200.)
     let hg = hg();
     hg.add_route("//double//", "http://127.0.0.1:1");

@@ -2,8 +2,8 @@
 //! log. Every test drives real traffic through the spawned binary and asserts on the
 //! difference between two scrapes (parsed here from the text exposition format).
 
-mod support;
-
+use crate::support::ws::{ws_recv_text, WsEnd};
+use crate::support::*;
 use base64::Engine as _;
 use futures_util::SinkExt;
 use serde_json::json;
@@ -16,8 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use support::ws::{ws_recv_text, WsEnd};
-use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 const T: Duration = Duration::from_secs(10);
@@ -545,7 +543,7 @@ fn dead_upstreams_and_missing_routes_are_counted() {
     assert_status(&hg.get("/nowhere/at/all"), 404, "no route");
     // A websocket upgrade to the dead target: one more refused connection.
     let mut c = hg.proxy_conn();
-    c.send_raw(&support::ws::raw_upgrade(
+    c.send_raw(&crate::support::ws::raw_upgrade(
         "/user/bob/api/kernels/k/channels",
         &c.host.clone(),
     ))
@@ -661,7 +659,7 @@ async fn websockets_open_frames_and_bytes() {
 
     for mut c in clients {
         let _ = c.close(None).await;
-        let end = support::ws::ws_wait_end(&mut c, T).await;
+        let end = crate::support::ws::ws_wait_end(&mut c, T).await;
         assert_ne!(end, WsEnd::StillOpen, "websocket not closed");
     }
     let (closed, ok) = scrape_until(p.mport, T, |s| {
@@ -1122,7 +1120,7 @@ fn referenced_metrics(text: &str) -> BTreeSet<String> {
 }
 
 /// Store metrics that only the Redis store exports (this hubgate runs the in-memory store);
-/// tests/redis_tests.rs checks that a Redis replica exports them.
+/// tests/it/redis_store.rs checks that a Redis replica exports them.
 const REDIS_STORE_ONLY: [&str; 5] = [
     "hubgate_store_lag_seconds",
     "hubgate_store_resyncs_total",

@@ -8,12 +8,18 @@
 //! * [`backend`] holds in-process HTTP backends (echo, fixed reply, error target,
 //!   black hole) on their own tokio runtime thread; [`ws`] the websocket echo backend
 //!   and client helpers; [`tls`] certificate generation and a rustls client.
+//! * Authentication: [`jwt`] signing keys and tokens, [`oidc`] the test OpenID provider and
+//!   a JWKS stub, [`browser`] a cookie-jar client for login flows, [`auth_proxy`] hubgate
+//!   with `[auth]` (config, assertions, a standard environment).
 //!
 //! Every wait in here is a poll with a deadline; nothing sleeps for synchronisation.
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code)]
 
+pub mod auth_proxy;
 pub mod backend;
+pub mod browser;
 pub mod client;
+pub mod jwt;
 pub mod oidc;
 pub mod process;
 pub mod tls;
@@ -22,7 +28,7 @@ pub mod ws;
 pub use backend::{Backend, BlackHoleListener, Recorded, Reply};
 pub use client::{get, http, try_http, Conn, Req, Response};
 pub use process::{run_cli, CliOutput, Hubgate, HubgateBuilder};
-pub use ws::{ws_connect, WsBackend, WsClient, WsOptions};
+pub use ws::{ws_connect, WsBackend};
 
 use std::collections::HashSet;
 use std::net::TcpListener;

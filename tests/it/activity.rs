@@ -1,10 +1,8 @@
-//! `last_activity` bookkeeping: reference §2.8.
+//! `last_activity` bookkeeping (docs/chp-compatibility.md, activity tracking).
 
-mod support;
-
+use crate::support::ws::{ws_recv_text, WsOptions};
+use crate::support::*;
 use std::time::Duration;
-use support::ws::{ws_recv_text, WsOptions};
-use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 use futures_util::SinkExt;

@@ -1,12 +1,10 @@
-//! Scale-out (issue 6): hubgate replicas sharing one route table through Redis.
+//! Scale-out: hubgate replicas sharing one route table through Redis.
 //!
 //! Each test starts its own `redis-server` on a free loopback port (`--save ''
 //! --appendonly no`, so a restart loses everything, like a cache node that was replaced)
 //! and two or three hubgate replicas with `--storage-backend redis://127.0.0.1:PORT/0`.
 //! Every process is stopped when its handle drops. The tests run one at a time: each runs
 //! several processes on a two-core machine, and the convergence figure wants it quiet.
-
-mod support;
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -16,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// Deadline for anything that should converge "at once" (it takes milliseconds).
 const T: Duration = Duration::from_secs(10);
@@ -346,7 +344,7 @@ fn a_write_on_one_replica_routes_through_the_others() {
     let h = rs[0].healthz();
     assert_eq!(h.json()["store"], "up", "{}", h.describe());
     // Every store metric the dashboard shows is exported by a Redis replica (the in-memory
-    // store exports only hubgate_store_up; tests/metrics_tests.rs checks the rest).
+    // store exports only hubgate_store_up; tests/it/metrics.rs checks the rest).
     let shown = dashboard_store_metrics();
     assert_eq!(shown.len(), 6, "store metrics on the dashboard: {shown:?}");
     let text = rs[0].metrics_text();
@@ -495,6 +493,33 @@ fn redis_outage_routing_continues_writes_503_then_resync() {
     let refs: Vec<&Replica> = rs.iter().collect();
     let table = wait_same_tables(&refs);
     assert_eq!(table.keys().collect::<Vec<_>>(), vec!["/user/b"]);
+}
+
+#[test]
+fn a_stored_target_that_cannot_be_proxied_answers_500() {
+    // The API refuses such targets; a store written by something else (an older version, a
+    // hand edit) can still hold one, and a request for it gets CHP's 500, not a crash.
+    let _g = serial();
+    let redis = Redis::start();
+    let setup = Setup::new(&redis);
+    let a = setup.replica(&[]);
+    a.add_route("/user/bad", "http://127.0.0.1:1");
+    let stored: String = redis.query(redis::cmd("HGET").arg("hubgate:v1:routes").arg("user/bad"));
+    let mut value: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    value["data"]["target"] = serde_json::json!("ftp://127.0.0.1/x");
+    let _: () = redis.query(
+        redis::cmd("HSET")
+            .arg("hubgate:v1:routes")
+            .arg("user/bad")
+            .arg(value.to_string()),
+    );
+    // A replica started now loads the edited table.
+    let b = setup.replica(&[]);
+    assert_eq!(b.route("/user/bad").unwrap()["target"], "ftp://127.0.0.1/x");
+    let r = b.get("/user/bad/x");
+    assert_eq!(r.status, 500, "{}", r.describe());
+    assert_eq!(b.healthz().status, 200);
+    drop(a);
 }
 
 #[test]

@@ -1,13 +1,11 @@
 //! TLS on the public listener (`--ssl-key/--ssl-cert`) and the HTTP→HTTPS
-//! redirect server (`--redirect-port/--redirect-to`): reference §1.1, §2.15.
+//! redirect server (`--redirect-port/--redirect-to`): docs/chp-compatibility.md, TLS.
 
-mod support;
-
+use crate::support::tls::{generate_cert, tls_conn};
+use crate::support::ws::tungstenite;
+use crate::support::*;
 use std::path::PathBuf;
 use std::time::Duration;
-use support::tls::{generate_cert, tls_conn};
-use support::ws::tungstenite;
-use support::*;
 
 struct TlsProxy {
     hg: Hubgate,
