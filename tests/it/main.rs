@@ -20,6 +20,7 @@ mod cli;
 mod client_timeout;
 mod error;
 mod forwarding;
+mod front_door;
 mod metrics;
 mod redis_store;
 mod routing;
