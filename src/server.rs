@@ -200,11 +200,15 @@ impl ShutdownSignalWatch for Signals {
                 let shared = self.shared.clone();
                 let pid_file = self.pid_file.clone();
                 let grace = self.grace;
+                // Websockets relayed by hubgate send their clients a close frame now (kernels
+                // reconnect; a reset looks like a crash), and are waited for below.
+                self.shared.draining.send_replace(true);
                 std::thread::spawn(move || {
                     let start = Instant::now();
                     // Let pingora stop its accept loops before sampling.
                     std::thread::sleep(Duration::from_millis(50));
-                    while shared.in_flight.count() > 0 && start.elapsed() < grace {
+                    let busy = |s: &Shared| s.in_flight.count() > 0 || s.metrics.websockets_open.get() > 0;
+                    while busy(&shared) && start.elapsed() < grace {
                         std::thread::sleep(Duration::from_millis(20));
                     }
                     if shared.in_flight.count() > 0 {
@@ -292,6 +296,7 @@ impl Hubgate {
             auth: arc_swap::ArcSwapOption::new(auth.clone()),
             access_log: config.access_log,
             store: store.clone(),
+            draining: tokio::sync::watch::channel(false).0,
         });
 
         let current = Arc::downgrade(&shared);

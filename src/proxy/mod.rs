@@ -90,6 +90,8 @@ pub struct Shared {
     pub auth: arc_swap::ArcSwapOption<crate::auth::Auth>,
     /// The route store (its state shows in `/_chp_healthz`).
     pub store: Arc<dyn RouteStore>,
+    /// Set on SIGTERM: relayed websockets send their clients a close frame and end.
+    pub draining: tokio::sync::watch::Sender<bool>,
 }
 
 /// The limits of an upstream connection. CHP's `--proxy-timeout` is an idle limit on the

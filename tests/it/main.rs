@@ -24,6 +24,7 @@ mod front_door;
 mod metrics;
 mod redis_store;
 mod routing;
+mod shutdown;
 mod target_tls;
 mod tls;
 mod tls_reload;
