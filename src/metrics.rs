@@ -69,8 +69,8 @@ pub struct Metrics {
     requests_api: StatusCounters,
     /// Websockets open right now.
     pub websockets_open: IntGauge,
-    /// Connections refused or closed by the front door before a complete request head, by
-    /// reason (`crate::proxy::front_door`).
+    /// Connections refused or closed before a complete request head, by reason (the public
+    /// listener's front door, `src/proxy/front_door.rs`).
     pub requests_refused: IntCounterVec,
     /// Connections that have not sent a complete request head yet.
     pub connections_pending_head: IntGauge,
