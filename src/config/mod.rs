@@ -931,6 +931,34 @@ mod tests {
         assert!(unknown.contains("prot"), "{unknown}");
     }
     #[test]
+    fn limits_have_node_like_defaults_and_bad_values_name_their_key() {
+        let cli = Cli::try_parse_from(["hubgate", "--timeout", "1500"]).unwrap();
+        let c = Config::build(&cli, &FileConfig::default(), &Env::default()).unwrap();
+        assert_eq!(c.limits.max_head, 16 * 1024);
+        assert_eq!(c.limits.max_request_line, 8 * 1024);
+        assert_eq!(c.limits.head_timeout, Duration::from_secs(60));
+        assert_eq!(c.limits.idle, Some(Duration::from_millis(1500)));
+        for (toml, key) in [
+            ("max-header-bytes = 10", "limits.max-header-bytes"),
+            (
+                "max-request-line-bytes = 20000",
+                "limits.max-request-line-bytes",
+            ),
+            ("header-timeout-ms = 0", "limits.header-timeout-ms"),
+            (
+                "max-pending-connections = 0",
+                "limits.max-pending-connections",
+            ),
+        ] {
+            let file: FileConfig = toml::from_str(&format!("[limits]\n{toml}\n")).unwrap();
+            let err = Config::build(&cli, &file, &Env::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
     fn redis_storage_backend() {
         assert_eq!(build(&[]).unwrap().storage, Storage::Memory);
         assert_eq!(
