@@ -69,6 +69,11 @@ pub struct Metrics {
     requests_api: StatusCounters,
     /// Websockets open right now.
     pub websockets_open: IntGauge,
+    /// Connections refused or closed before a complete request head, by reason (the public
+    /// listener's front door, `src/proxy/front_door.rs`).
+    pub requests_refused: IntCounterVec,
+    /// Connections that have not sent a complete request head yet.
+    pub connections_pending_head: IntGauge,
     /// Upstream connect and response failures, one series per [`FailureKind`] (in its order).
     upstream_errors: Vec<IntCounter>,
     /// Authentication decisions by result and reason.
@@ -121,6 +126,19 @@ impl Metrics {
         let websockets_open =
             IntGauge::new("hubgate_websockets_open", "Websockets currently open")?;
         registry.register(Box::new(websockets_open.clone()))?;
+        let requests_refused = IntCounterVec::new(
+            Opts::new(
+                "hubgate_requests_refused_total",
+                "Connections refused or closed before a complete request head, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(requests_refused.clone()))?;
+        let connections_pending_head = IntGauge::new(
+            "hubgate_connections_pending_head",
+            "Client connections that have not sent a complete request head yet",
+        )?;
+        registry.register(Box::new(connections_pending_head.clone()))?;
         let upstream_errors = IntCounterVec::new(
             Opts::new("hubgate_upstream_errors_total", "Upstream failures by kind"),
             &["kind"],
@@ -213,6 +231,8 @@ impl Metrics {
             requests_proxy,
             requests_api,
             websockets_open,
+            requests_refused,
+            connections_pending_head,
             upstream_errors,
             auth_decisions,
             request_duration,

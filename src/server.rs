@@ -24,7 +24,7 @@ use crate::config::{Config, Listen, Storage};
 use crate::metrics::{Metrics, MetricsApp};
 use crate::net::Connector;
 use crate::net::HttpClient;
-use crate::proxy::{ErrorRenderer, HubProxy, Shared};
+use crate::proxy::{ErrorRenderer, FrontDoor, HubProxy, Shared};
 use crate::reload::{CertSlot, ConfigSource, Reloader};
 use crate::routes::{MemoryStore, RedisStore, RouteStore};
 use crate::tls::{self, TlsError};
@@ -200,11 +200,15 @@ impl ShutdownSignalWatch for Signals {
                 let shared = self.shared.clone();
                 let pid_file = self.pid_file.clone();
                 let grace = self.grace;
+                // Websockets relayed by hubgate send their clients a close frame now (kernels
+                // reconnect; a reset looks like a crash), and are waited for below.
+                self.shared.draining.send_replace(true);
                 std::thread::spawn(move || {
                     let start = Instant::now();
                     // Let pingora stop its accept loops before sampling.
                     std::thread::sleep(Duration::from_millis(50));
-                    while shared.in_flight.count() > 0 && start.elapsed() < grace {
+                    let busy = |s: &Shared| s.in_flight.count() > 0 || s.metrics.websockets_open.get() > 0;
+                    while busy(&shared) && start.elapsed() < grace {
                         std::thread::sleep(Duration::from_millis(20));
                     }
                     if shared.in_flight.count() > 0 {
@@ -292,6 +296,7 @@ impl Hubgate {
             auth: arc_swap::ArcSwapOption::new(auth.clone()),
             access_log: config.access_log,
             store: store.clone(),
+            draining: tokio::sync::watch::channel(false).0,
         });
 
         let current = Arc::downgrade(&shared);
@@ -332,10 +337,15 @@ impl Hubgate {
         // write buffer stays (also with TLS): it puts a response's head and body into one
         // send; dropping it on a TLS listener cost a third send per HTTPS response and saved
         // nothing measurable per idle wss (BENCHMARKS.md).
-        let mut proxy = pingora::proxy::http_proxy_service_with_name(
-            &server.configuration,
-            HubProxy::new(shared.clone()),
-            "hubgate proxy",
+        // The front door watches each request's head before pingora parses it: size limits,
+        // the head deadline and the bound on pending connections (docs/security.md).
+        let mut proxy = Service::new(
+            "hubgate proxy".to_string(),
+            FrontDoor::new(
+                pingora::proxy::http_proxy(&server.configuration, HubProxy::new(shared.clone())),
+                config.limits.clone(),
+                &metrics,
+            ),
         );
         let public_buffers = L4BufferSettings {
             read: Some(0),

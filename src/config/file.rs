@@ -34,6 +34,9 @@ pub struct FileConfig {
     /// Where routes are stored.
     #[serde(default)]
     pub storage: StorageSection,
+    /// What a client connection may cost before it has sent a complete request head.
+    #[serde(default)]
+    pub limits: LimitsSection,
     /// Token authentication; absent means CHP behaviour (no authentication).
     pub auth: Option<super::auth::AuthSection>,
 }
@@ -127,6 +130,21 @@ pub struct ServerSection {
     pub log_level: Option<String>,
     /// One line per request: `off` (default), `combined` or `json`.
     pub access_log: Option<String>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Longest request line in bytes (default 8192): 414 above.
+    pub max_request_line_bytes: Option<usize>,
+    /// Longest request head, request line included, in bytes (default 16384): 431 above.
+    pub max_header_bytes: Option<usize>,
+    /// Time to send a complete request head (default 60000 ms): 408 after it.
+    pub header_timeout_ms: Option<u64>,
+    /// Connections that may be in their head phase at once (default 1024); past it the
+    /// oldest is answered 408 and closed.
+    pub max_pending_connections: Option<usize>,
 }
 
 /// `[storage]`.

@@ -129,6 +129,35 @@ pub struct Timeouts {
     pub keep_alive: Duration,
 }
 
+/// The limits of a client connection's head phase (`[limits]`), enforced by the public
+/// listener's front door before pingora parses the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest request line (method, target, version), in bytes: 414 above.
+    pub max_request_line: usize,
+    /// Longest head (request line and header fields), in bytes: 431 above.
+    pub max_head: usize,
+    /// Time a client has to send a complete head: 408 after it.
+    pub head_timeout: Duration,
+    /// `--timeout`: a client silent this long during the head is disconnected.
+    pub idle: Option<Duration>,
+    /// Connections that may be in their head phase at once; past it the oldest gets 408.
+    pub max_pending: usize,
+}
+
+impl Default for Limits {
+    /// node's (so CHP's) 16 KiB head, nginx's 8 KiB request line, node's 60 s head deadline.
+    fn default() -> Self {
+        Limits {
+            max_request_line: 8 * 1024,
+            max_head: 16 * 1024,
+            head_timeout: Duration::from_secs(60),
+            idle: None,
+            max_pending: 1024,
+        }
+    }
+}
+
 /// The validated configuration everything else is built from.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -146,6 +175,8 @@ pub struct Config {
     pub error_pages: ErrorPages,
     pub forwarding: Forwarding,
     pub timeouts: Timeouts,
+    /// The public listener's head-phase limits.
+    pub limits: Limits,
     pub client_tls: ClientTls,
     pub ws_activity_on_server_frames: bool,
     pub log_level: log::LevelFilter,
@@ -640,6 +671,38 @@ impl Config {
             ),
         };
 
+        let l = &file.limits;
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_request_line: l
+                .max_request_line_bytes
+                .unwrap_or(defaults.max_request_line),
+            max_head: l.max_header_bytes.unwrap_or(defaults.max_head),
+            head_timeout: l
+                .header_timeout_ms
+                .map_or(defaults.head_timeout, Duration::from_millis),
+            idle: timeouts.downstream,
+            max_pending: l.max_pending_connections.unwrap_or(defaults.max_pending),
+        };
+        for (key, value, min) in [
+            ("limits.max-request-line-bytes", limits.max_request_line, 16),
+            ("limits.max-header-bytes", limits.max_head, 64),
+            ("limits.max-pending-connections", limits.max_pending, 1),
+        ] {
+            if value < min {
+                return Err(invalid(key, format!("must be at least {min}")));
+            }
+        }
+        if limits.max_request_line > limits.max_head {
+            return Err(invalid(
+                "limits.max-request-line-bytes",
+                "must not exceed limits.max-header-bytes (the head includes the request line)",
+            ));
+        }
+        if limits.head_timeout.is_zero() {
+            return Err(invalid("limits.header-timeout-ms", "must be at least 1"));
+        }
+
         let c = &file.client_tls;
         let client_tls = ClientTls {
             cert: cli.client_ssl_cert.clone().or_else(|| c.cert.clone()),
@@ -702,6 +765,7 @@ impl Config {
             error_pages,
             forwarding,
             timeouts,
+            limits,
             client_tls,
             ws_activity_on_server_frames: file.websocket.activity_on_server_frames.unwrap_or(false),
             log_level,
@@ -866,6 +930,34 @@ mod tests {
             .to_string();
         assert!(unknown.contains("prot"), "{unknown}");
     }
+    #[test]
+    fn limits_have_node_like_defaults_and_bad_values_name_their_key() {
+        let cli = Cli::try_parse_from(["hubgate", "--timeout", "1500"]).unwrap();
+        let c = Config::build(&cli, &FileConfig::default(), &Env::default()).unwrap();
+        assert_eq!(c.limits.max_head, 16 * 1024);
+        assert_eq!(c.limits.max_request_line, 8 * 1024);
+        assert_eq!(c.limits.head_timeout, Duration::from_secs(60));
+        assert_eq!(c.limits.idle, Some(Duration::from_millis(1500)));
+        for (toml, key) in [
+            ("max-header-bytes = 10", "limits.max-header-bytes"),
+            (
+                "max-request-line-bytes = 20000",
+                "limits.max-request-line-bytes",
+            ),
+            ("header-timeout-ms = 0", "limits.header-timeout-ms"),
+            (
+                "max-pending-connections = 0",
+                "limits.max-pending-connections",
+            ),
+        ] {
+            let file: FileConfig = toml::from_str(&format!("[limits]\n{toml}\n")).unwrap();
+            let err = Config::build(&cli, &file, &Env::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+
     #[test]
     fn redis_storage_backend() {
         assert_eq!(build(&[]).unwrap().storage, Storage::Memory);

@@ -33,6 +33,11 @@ fn payload_len(header: &[u8]) -> u64 {
 }
 
 impl FrameCounter {
+    /// Whether the bytes fed so far end exactly at a frame boundary.
+    pub fn at_boundary(&self) -> bool {
+        self.skip == 0 && self.have == 0
+    }
+
     /// Consumes relayed bytes; returns how many frames started in them.
     pub fn feed(&mut self, mut data: &[u8]) -> u64 {
         let mut frames = 0;

@@ -18,6 +18,7 @@ mod access_log;
 mod error_pages;
 mod forward;
 mod frames;
+mod front_door;
 mod headers;
 mod refusal;
 mod relay;
@@ -37,6 +38,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 pub use error_pages::ErrorRenderer;
+pub use front_door::FrontDoor;
 pub use refusal::Refusal;
 
 use crate::auth::Allowed;
@@ -88,6 +90,8 @@ pub struct Shared {
     pub auth: arc_swap::ArcSwapOption<crate::auth::Auth>,
     /// The route store (its state shows in `/_chp_healthz`).
     pub store: Arc<dyn RouteStore>,
+    /// Set on SIGTERM: relayed websockets send their clients a close frame and end.
+    pub draining: tokio::sync::watch::Sender<bool>,
 }
 
 /// The limits of an upstream connection. CHP's `--proxy-timeout` is an idle limit on the

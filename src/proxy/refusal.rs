@@ -39,6 +39,14 @@ pub enum Refusal {
     Status(u16, String),
     /// Authentication refused the request; the response was built by `auth`.
     Denied(Reply),
+    /// The request line is longer than `limits.max-request-line-bytes`: 414, then close.
+    /// Found by the front door before pingora parses the head (`crate::front_door`).
+    RequestLineTooLong,
+    /// The head is larger than `limits.max-header-bytes`: 431, then close (node's answer).
+    HeaderTooLarge,
+    /// The head was not complete in time (`limits.header-timeout-ms`, or evicted as the
+    /// oldest of too many pending connections): 408, then close (node's answer).
+    HeaderTimeout,
 }
 
 impl Refusal {
@@ -51,13 +59,38 @@ impl Refusal {
             Refusal::Upstream { .. } => 503,
             Refusal::Status(code, _) => *code,
             Refusal::Denied(reply) => reply.status,
+            Refusal::RequestLineTooLong => 414,
+            Refusal::HeaderTooLarge => 431,
+            Refusal::HeaderTimeout => 408,
+        }
+    }
+
+    /// The exact bytes of a refusal given before any request exists (no session to render
+    /// into): node's form, a status line with `Connection: close` and no body.
+    pub fn raw_response(&self) -> Option<&'static [u8]> {
+        match self {
+            Refusal::RequestLineTooLong => {
+                Some(b"HTTP/1.1 414 URI Too Long\r\nConnection: close\r\n\r\n")
+            }
+            Refusal::HeaderTooLarge => {
+                Some(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n\r\n")
+            }
+            Refusal::HeaderTimeout => {
+                Some(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n")
+            }
+            _ => None,
         }
     }
 
     /// The text of CHP's error log line (empty for a 404, as in CHP).
     pub fn message(&self) -> Cow<'_, str> {
         match self {
-            Refusal::Malformed | Refusal::NoRoute | Refusal::Denied(_) => Cow::Borrowed(""),
+            Refusal::Malformed
+            | Refusal::NoRoute
+            | Refusal::Denied(_)
+            | Refusal::RequestLineTooLong
+            | Refusal::HeaderTooLarge
+            | Refusal::HeaderTimeout => Cow::Borrowed(""),
             Refusal::BadPath(e) => Cow::Owned(e.to_string()),
             Refusal::BadTarget(e) => Cow::Owned(e.to_string()),
             Refusal::Upstream { detail, .. } | Refusal::Status(_, detail) => {
@@ -87,6 +120,12 @@ impl HubProxy {
             Refusal::Malformed => {
                 session.set_keepalive(None);
                 let _ = write_empty_close(session, 400).await;
+            }
+            r
+            @ (Refusal::RequestLineTooLong | Refusal::HeaderTooLarge | Refusal::HeaderTimeout) => {
+                // Normally answered by the front door; the same bare answer if reached here.
+                session.set_keepalive(None);
+                let _ = write_empty_close(session, r.status()).await;
             }
             Refusal::Denied(reply) => {
                 session.set_keepalive(None);

@@ -59,6 +59,18 @@ where
     }
 }
 
+impl<A, B, FA, FB> Relay<A, B, FA, FB> {
+    /// Whether every byte read from `b` has been written to `a`.
+    pub fn idle_toward_a(&self) -> bool {
+        self.b_to_a.pending.is_empty() && !self.b_to_a.need_flush
+    }
+
+    /// The two connections, to end them another way.
+    pub fn into_parts(self) -> (A, B) {
+        (self.a, self.b)
+    }
+}
+
 fn poll_direction<R, W, F>(
     cx: &mut Context<'_>,
     reader: &mut R,

@@ -55,6 +55,58 @@ fn well_formed(req: &RequestHeader) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Whether the client's connection may carry another request after this one (RFC 9112
+/// §9.3): HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`.
+fn persistent(req: &RequestHeader) -> bool {
+    let has_token = |token: &str| {
+        req.headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    match req.version {
+        http::Version::HTTP_10 | http::Version::HTTP_09 => has_token("keep-alive"),
+        _ => !has_token("close"),
+    }
+}
+
+/// Step: an absolute-form request target (`GET http://host/path HTTP/1.1`) becomes
+/// origin-form, as a server must accept it (RFC 9112 §3.2.2): the route is found on its
+/// path, and its authority replaces `Host` (the same section says the received `Host` is
+/// ignored), so host routing and the target see one host. A target with userinfo or without
+/// a host is malformed.
+fn origin_form(req: &mut RequestHeader) -> Result<(), Refusal> {
+    let raw = req.raw_path();
+    let scheme_len = [&b"http://"[..], b"https://"]
+        .iter()
+        .find(|s| raw.len() >= s.len() && raw[..s.len()].eq_ignore_ascii_case(s))
+        .map(|s| s.len());
+    let Some(scheme_len) = scheme_len else {
+        return Ok(());
+    };
+    let rest = &raw[scheme_len..];
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?' || b == b'#')
+        .unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.is_empty() || authority.contains(&b'@') || has_bad_bytes(authority) {
+        return Err(Refusal::Malformed);
+    }
+    let authority = String::from_utf8_lossy(authority).into_owned();
+    let path = match tail.first() {
+        Some(b'/') => tail.to_vec(),
+        Some(b'?') => [b"/".as_slice(), tail].concat(),
+        _ => b"/".to_vec(),
+    };
+    req.set_raw_path(&path).map_err(|_| Refusal::Malformed)?;
+    req.insert_header(http::header::HOST, authority)
+        .map_err(|_| Refusal::Malformed)?;
+    Ok(())
+}
+
 /// Whether a raw request target holds bytes node refuses: spaces, controls, non-ASCII.
 fn has_bad_bytes(raw: &[u8]) -> bool {
     raw.iter().any(|&b| b <= b' ' || b >= 0x7f)
@@ -79,6 +131,10 @@ impl HubProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Next, Refusal> {
+        if !persistent(session.req_header()) {
+            session.set_keepalive(None);
+        }
+        origin_form(session.req_header_mut())?;
         if let Some(reply) = self.health(session.req_header()) {
             return Ok(Next::Reply(reply));
         }
@@ -185,7 +241,13 @@ impl HubProxy {
                 session.set_read_timeout(Some(t));
                 session.set_write_timeout(Some(t));
             }
-            session.set_keepalive(Some(sh.keepalive_secs));
+            // Only lengthen a keep-alive pingora kept: it turns it off for a request framed
+            // by both `Content-Length` and `Transfer-Encoding` (forwarded chunked, but the
+            // sender may disagree on where it ended: RFC 9112 §6.1), after removing the
+            // `Content-Length`, so that case is only visible here as keep-alive being off.
+            if persistent(session.req_header()) && session.get_keepalive().is_some() {
+                session.set_keepalive(Some(sh.keepalive_secs));
+            }
         }
     }
 
@@ -294,6 +356,51 @@ mod tests {
             assert!(has_bad_bytes(bad));
         }
         assert!(!has_bad_bytes(b"/user/a/%20?x=~"));
+    }
+
+    #[test]
+    fn persistence_follows_the_client() {
+        let (v10, v11) = (http::Version::HTTP_10, http::Version::HTTP_11);
+        assert!(!persistent(&req("GET", b"/", v10, &[])));
+        assert!(persistent(&req(
+            "GET",
+            b"/",
+            v10,
+            &[("Connection", "Keep-Alive")]
+        )));
+        assert!(persistent(&req("GET", b"/", v11, &[])));
+        assert!(!persistent(&req(
+            "GET",
+            b"/",
+            v11,
+            &[("Connection", "foo, close")]
+        )));
+    }
+
+    #[test]
+    fn absolute_form_targets_become_origin_form() {
+        let v11 = http::Version::HTTP_11;
+        let mut r = req(
+            "GET",
+            b"http://Other.example:8000/user/a?x=1",
+            v11,
+            &[("Host", "h")],
+        );
+        origin_form(&mut r).expect("accepted");
+        assert_eq!(r.raw_path(), b"/user/a?x=1");
+        assert_eq!(r.headers["host"], "Other.example:8000");
+        let mut r = req("GET", b"HTTPS://h2?q", v11, &[]);
+        origin_form(&mut r).expect("accepted");
+        assert_eq!(r.raw_path(), b"/?q");
+        assert_eq!(r.headers["host"], "h2");
+        let mut r = req("GET", b"/plain", v11, &[("Host", "h")]);
+        origin_form(&mut r).expect("origin-form untouched");
+        assert_eq!(r.raw_path(), b"/plain");
+        assert_eq!(r.headers["host"], "h");
+        for bad in [&b"http://user@h/"[..], b"http:///x"] {
+            let mut r = req("GET", bad, v11, &[]);
+            assert!(matches!(origin_form(&mut r), Err(Refusal::Malformed)));
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -148,11 +149,15 @@ enum Conn {
 /// was flushed. TLS connections and anything unexpected stay wrapped.
 fn unwrap_client(down: Stream) -> Conn {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let Some(fd) = down
+    // The public listener's connections are inside the front door's wrapper.
+    let l4 = match down
         .as_any()
-        .downcast_ref::<L4Stream>()
-        .map(|l4| l4.as_raw_fd())
-    else {
+        .downcast_ref::<super::front_door::FrontStream>()
+    {
+        Some(front) => front.inner().as_any().downcast_ref::<L4Stream>(),
+        None => down.as_any().downcast_ref::<L4Stream>(),
+    };
+    let Some(fd) = l4.map(|l4| l4.as_raw_fd()) else {
         return Conn::Pingora(down);
     };
     let mut domain: libc::c_int = 0;
@@ -281,6 +286,10 @@ fn status_of(head: &[u8]) -> Option<u16> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// A websocket close frame from a server (unmasked), status 1001 "going away" (RFC 6455
+/// §7.4.1): sent to clients when hubgate shuts down.
+const CLOSE_GOING_AWAY: [u8; 4] = [0x88, 0x02, 0x03, 0xE9];
+
 /// What a websocket upgrade is sent with.
 pub struct Upgrade {
     pub route: Arc<Route>,
@@ -382,6 +391,8 @@ pub async fn proxy(
         let client_route = route.clone();
         let client_shared = shared.clone();
         let relay_shared = shared.clone();
+        let at_boundary = Arc::new(AtomicBool::new(true));
+        let boundary = at_boundary.clone();
         let relay = Relay::new(
             unwrap_client(down),
             up,
@@ -395,24 +406,44 @@ pub async fn proxy(
                 let m = &relay_shared.metrics;
                 m.ws_bytes[1].inc_by(data.len() as u64);
                 m.ws_frames[1].inc_by(server_frames.feed(data));
+                boundary.store(server_frames.at_boundary(), Ordering::Release);
                 if server_activity {
                     relay_shared.record_activity(&route);
                 }
             },
         );
-        match close_at {
-            None => {
-                if let Err(e) = relay.await {
-                    debug!("websocket closed: {e}");
+        // The credential that opened this websocket expires: close it then.
+        let expiry = async move {
+            match close_at {
+                Some(at) => {
+                    let wait = Duration::from_secs((at - crate::time::now_secs()).max(0) as u64);
+                    tokio::time::sleep(wait).await
                 }
+                None => std::future::pending().await,
             }
-            Some(at) => {
-                // The credential that opened this websocket expires: close it then.
-                let wait = Duration::from_secs((at - crate::time::now_secs()).max(0) as u64);
-                tokio::select! {
-                    r = relay => if let Err(e) = r { debug!("websocket closed: {e}") },
-                    _ = tokio::time::sleep(wait) => info!("websocket on {} closed: its credential expired", route_key),
+        };
+        // SIGTERM: the client gets a close frame (1001, going away) instead of a reset.
+        let mut drain = shared.draining.subscribe();
+        let draining = async move {
+            if drain.wait_for(|d| *d).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let mut relay = relay;
+        tokio::select! {
+            r = &mut relay => if let Err(e) = r { debug!("websocket closed: {e}") },
+            _ = expiry => info!("websocket on {} closed: its credential expired", route_key),
+            _ = draining => {
+                // A close frame can only go between the target's frames: when the target
+                // is mid-frame (or the client is not taking bytes), just close.
+                let clean = relay.idle_toward_a() && at_boundary.load(Ordering::Acquire);
+                let (mut down, mut up) = relay.into_parts();
+                if clean {
+                    let _ = down.write_all(&CLOSE_GOING_AWAY).await;
+                    let _ = down.flush().await;
                 }
+                let _ = down.shutdown().await;
+                let _ = up.shutdown().await;
             }
         }
         shared.metrics.websockets_open.dec();
