@@ -12,6 +12,7 @@ use log::{error, info, warn};
 use pingora::apps::http_app::{HttpServer, ServeHttp};
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::http::ServerSession;
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -26,7 +27,7 @@ use crate::net::Connector;
 use crate::net::HttpClient;
 use crate::proxy::{ErrorRenderer, FrontDoor, HubProxy, Shared};
 use crate::reload::{CertSlot, ConfigSource, Reloader};
-use crate::routes::{MemoryStore, RedisStore, RouteStore};
+use crate::routes::{MemoryStore, RedisStore, RouteStore, RouteTable};
 use crate::tls::{self, TlsError};
 
 /// Why the server could not be built.
@@ -239,191 +240,33 @@ fn keepalive_secs(keep_alive: Duration) -> u64 {
 impl Hubgate {
     /// Builds every service from the configuration. Nothing binds until [`Hubgate::run`].
     pub fn build(config: Config, source: ConfigSource) -> Result<Hubgate, StartError> {
-        let conf = ServerConf {
-            threads: config.threads,
-            grace_period_seconds: Some(config.shutdown_grace.as_secs()),
-            graceful_shutdown_timeout_seconds: Some(1),
-            ..Default::default()
+        let mut server = pingora_server(&config);
+        let store = route_store(&config, &mut server)?;
+        let metrics = metrics(store.as_ref())?;
+        let (shared, idp_client) = shared_state(&config, &store, &metrics)?;
+        seed_default_route(&config, store.table());
+
+        let mut ready = Readiness {
+            checks: vec![config.proxy_listen.clone(), config.api_listen.clone()],
+            lines: startup_lines(&config, store.as_ref(), shared.auth.load_full().as_deref()),
+            pid_file: config.pid_file.clone(),
         };
-        let mut server = Server::new_with_opt_and_conf(None, conf);
-        server.bootstrap();
-
-        let (store, store_sync): (Arc<dyn RouteStore>, _) = match &config.storage {
-            Storage::Memory => (Arc::new(MemoryStore::new()), None),
-            Storage::Redis(settings) => {
-                // The shared store writes --default-target itself, once it has loaded the table.
-                let redis = RedisStore::new(settings.clone(), config.default_target.clone())
-                    .map_err(StartError::Store)?;
-                let sync = redis.sync_service();
-                (Arc::new(redis), Some(sync))
-            }
-        };
-        let table = store.table().clone();
-        let metrics = Arc::new(Metrics::new(table.clone())?);
-        for c in store.collectors()? {
-            metrics.register(c)?;
-        }
-        if let Some(sync) = store_sync {
-            server.add_service(background_service("route store", sync));
-        }
-
-        // One DNS cache and one client TLS setup for everything hubgate connects to.
-        let connector = Connector::new(
-            Arc::default(),
-            Arc::new(tls::client_material(&config.client_tls)?),
-            config.client_tls.insecure,
-        );
-        let http_client = Arc::new(HttpClient::new(connector.clone()));
-        let idp_client = Arc::new(HttpClient::new(connector.verifying()));
-        let auth = config
-            .auth
-            .clone()
-            // The identity provider is always verified: `--insecure` is about targets only.
-            .map(|a| Arc::new(Auth::new(a, idp_client.clone(), &metrics)));
-
-        let shared = Arc::new(Shared {
-            table: table.clone(),
-            forwarding: config.forwarding.clone(),
-            timeouts: config.timeouts.clone(),
-            metrics: metrics.clone(),
-            errors: ErrorRenderer::new(&config.error_pages, http_client.clone()),
-            connector,
-            peer_timeouts: crate::proxy::upstream_limits(&config.timeouts),
-            ws_activity_on_server_frames: config.ws_activity_on_server_frames,
-            listener_tls: config.proxy_tls.is_some(),
-            in_flight: Default::default(),
-            keepalive_secs: keepalive_secs(config.timeouts.keep_alive),
-            auth: arc_swap::ArcSwapOption::new(auth.clone()),
-            access_log: config.access_log,
-            store: store.clone(),
-            draining: tokio::sync::watch::channel(false).0,
-        });
-
-        let current = Arc::downgrade(&shared);
-        metrics.register(Box::new(crate::auth::KeySetMetrics::new(Box::new(
-            move || current.upgrade().and_then(|s| s.auth.load_full()),
-        ))?))?;
-
-        if let (Some(target), Storage::Memory) = (&config.default_target, &config.storage) {
-            let mut data = serde_json::Map::new();
-            data.insert("target".into(), serde_json::Value::String(target.clone()));
-            table.insert(Arc::new(crate::routes::Route::new(Arc::from("/"), data)));
-        }
-
-        let proxy_scheme = if config.proxy_tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let mut lines = vec![
-            format!(
-                "hubgate {} starting; route store: {}",
-                env!("CARGO_PKG_VERSION"),
-                store.describe()
-            ),
-            format!(
-                "Proxying {} to {}",
-                config.proxy_listen.display(proxy_scheme),
-                config.default_target.as_deref().unwrap_or("(no default)")
-            ),
-        ];
-        lines.push(match &auth {
-            Some(a) => a.describe(),
-            None => "authentication off (no [auth] section): hubgate behaves like configurable-http-proxy".into(),
-        });
-        let mut checks = vec![config.proxy_listen.clone(), config.api_listen.clone()];
-
-        // Public listener: no L4 read buffer, so idle websockets hold no buffer at all. The
-        // write buffer stays (also with TLS): it puts a response's head and body into one
-        // send; dropping it on a TLS listener cost a third send per HTTPS response and saved
-        // nothing measurable per idle wss (BENCHMARKS.md).
-        // The front door watches each request's head before pingora parses it: size limits,
-        // the head deadline and the bound on pending connections (docs/security.md).
-        let mut proxy = Service::new(
-            "hubgate proxy".to_string(),
-            FrontDoor::new(
-                pingora::proxy::http_proxy(&server.configuration, HubProxy::new(shared.clone())),
-                config.limits.clone(),
-                &metrics,
-            ),
-        );
-        let public_buffers = L4BufferSettings {
-            read: Some(0),
-            write: None,
-        };
-        let mut public = listener(&config.proxy_listen, Some(public_buffers))?;
+        // Certificates of the TLS listeners, for the reloader to swap on SIGHUP.
         let mut certs = Vec::new();
-        if let Some(tls_cfg) = &config.proxy_tls {
-            let (settings, resolver) = tls::listener_settings(tls_cfg)?;
-            public = public.tls(settings);
-            certs.push(CertSlot::new("proxy", resolver, tls_cfg.clone()));
-        }
-        proxy.add_listener(public);
-        proxy.threads = Some(config.threads);
-        server.add_service(proxy);
-
-        // REST API.
-        if config.auth_token.is_none() {
-            warn!("REST API is not authenticated.");
-        }
-        let api = RoutesApi::new(
-            store.clone(),
-            config.auth_token.clone(),
-            config.api_max_body,
-            config.forwarding.host_routing,
-            metrics.clone(),
-        );
-        let mut api_service = Service::new("hubgate api".to_string(), HttpServer::new_app(api));
-        let mut api_listener = listener(&config.api_listen, None)?;
-        if let Some(tls_cfg) = &config.api_tls {
-            let (settings, resolver) = tls::listener_settings(tls_cfg)?;
-            api_listener = api_listener.tls(settings);
-            certs.push(CertSlot::new("api", resolver, tls_cfg.clone()));
-        }
-        api_service.add_listener(api_listener);
-        api_service.threads = Some(1);
-        server.add_service(api_service);
-        let api_scheme = if config.api_tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        lines.push(format!(
-            "Proxy API at {}/api/routes",
-            config.api_listen.display(api_scheme)
-        ));
-
+        server.add_service(proxy_service(
+            &server, &config, &shared, &metrics, &mut certs,
+        )?);
+        server.add_service(api_service(
+            &config, &store, &metrics, &mut certs, &mut ready,
+        )?);
         if let Some(listen) = &config.metrics_listen {
-            let mut svc = Service::new(
-                "hubgate metrics".to_string(),
-                HttpServer::new_app(MetricsApp::new(metrics.clone())),
-            );
-            svc.add_listener(listener(listen, None)?);
-            svc.threads = Some(1);
-            server.add_service(svc);
-            lines.push(format!(
-                "Serve metrics at {}/metrics",
-                listen.display("http")
-            ));
-            checks.push(listen.clone());
+            server.add_service(metrics_service(listen, &metrics, &mut ready)?);
         }
-
         if let Some((port, to)) = config.redirect {
-            let listen = Listen::Tcp(std::net::SocketAddr::from(([0, 0, 0, 0], port)));
-            let mut svc = Service::new(
-                "hubgate redirect".to_string(),
-                HttpServer::new_app(RedirectApp { to_port: to }),
-            );
-            svc.add_listener(listener(&listen, None)?);
-            svc.threads = Some(1);
-            server.add_service(svc);
-            lines.push(format!(
-                "Added HTTP to HTTPS redirection from {port} to {to}"
-            ));
-            checks.push(listen);
+            server.add_service(redirect_service(port, to, &mut ready)?);
         }
         if let Some(target) = &config.default_target {
-            lines.push(format!("Route added / -> {target}"));
+            ready.lines.push(format!("Route added / -> {target}"));
         }
 
         server.add_service(background_service("auth keys", KeyRefresh(shared.clone())));
@@ -437,14 +280,7 @@ impl Hubgate {
                 certs,
             },
         ));
-        server.add_service(background_service(
-            "readiness",
-            Readiness {
-                checks,
-                lines,
-                pid_file: config.pid_file.clone(),
-            },
-        ));
+        server.add_service(background_service("readiness", ready));
 
         Ok(Hubgate {
             server,
@@ -467,6 +303,236 @@ impl Hubgate {
         remove_pid_file(&self.pid_file);
         std::process::exit(0);
     }
+}
+
+fn pingora_server(config: &Config) -> Server {
+    let conf = ServerConf {
+        threads: config.threads,
+        grace_period_seconds: Some(config.shutdown_grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    server
+}
+
+/// The route store; a Redis store also gets its sync task added to `server`.
+fn route_store(config: &Config, server: &mut Server) -> Result<Arc<dyn RouteStore>, StartError> {
+    match &config.storage {
+        Storage::Memory => Ok(Arc::new(MemoryStore::new())),
+        Storage::Redis(settings) => {
+            // The shared store writes --default-target itself, once it has loaded the table.
+            let redis = RedisStore::new(settings.clone(), config.default_target.clone())
+                .map_err(StartError::Store)?;
+            server.add_service(background_service("route store", redis.sync_service()));
+            Ok(Arc::new(redis))
+        }
+    }
+}
+
+/// The metrics registry, with the store's own collectors.
+fn metrics(store: &dyn RouteStore) -> Result<Arc<Metrics>, StartError> {
+    let metrics = Arc::new(Metrics::new(store.table().clone())?);
+    for c in store.collectors()? {
+        metrics.register(c)?;
+    }
+    Ok(metrics)
+}
+
+/// The state every proxied request reads, and the client for the identity providers.
+fn shared_state(
+    config: &Config,
+    store: &Arc<dyn RouteStore>,
+    metrics: &Arc<Metrics>,
+) -> Result<(Arc<Shared>, Arc<HttpClient>), StartError> {
+    // One DNS cache and one client TLS setup for everything hubgate connects to.
+    let connector = Connector::new(
+        Arc::default(),
+        Arc::new(tls::client_material(&config.client_tls)?),
+        config.client_tls.insecure,
+    );
+    let http_client = Arc::new(HttpClient::new(connector.clone()));
+    let idp_client = Arc::new(HttpClient::new(connector.verifying()));
+    let auth = config
+        .auth
+        .clone()
+        // The identity provider is always verified: `--insecure` is about targets only.
+        .map(|a| Arc::new(Auth::new(a, idp_client.clone(), metrics)));
+
+    let shared = Arc::new(Shared {
+        table: store.table().clone(),
+        forwarding: config.forwarding.clone(),
+        timeouts: config.timeouts.clone(),
+        metrics: metrics.clone(),
+        errors: ErrorRenderer::new(&config.error_pages, http_client.clone()),
+        connector,
+        peer_timeouts: crate::proxy::upstream_limits(&config.timeouts),
+        ws_activity_on_server_frames: config.ws_activity_on_server_frames,
+        listener_tls: config.proxy_tls.is_some(),
+        in_flight: Default::default(),
+        keepalive_secs: keepalive_secs(config.timeouts.keep_alive),
+        auth: arc_swap::ArcSwapOption::new(auth),
+        access_log: config.access_log,
+        store: store.clone(),
+        draining: tokio::sync::watch::channel(false).0,
+    });
+
+    let current = Arc::downgrade(&shared);
+    metrics.register(Box::new(crate::auth::KeySetMetrics::new(Box::new(
+        move || current.upgrade().and_then(|s| s.auth.load_full()),
+    ))?))?;
+    Ok((shared, idp_client))
+}
+
+/// `--default-target` as the `/` route of an in-memory table.
+fn seed_default_route(config: &Config, table: &RouteTable) {
+    if let (Some(target), Storage::Memory) = (&config.default_target, &config.storage) {
+        let mut data = serde_json::Map::new();
+        data.insert("target".into(), serde_json::Value::String(target.clone()));
+        table.insert(Arc::new(crate::routes::Route::new(Arc::from("/"), data)));
+    }
+}
+
+/// CHP's startup lines about the proxy; the services add their own.
+fn startup_lines(config: &Config, store: &dyn RouteStore, auth: Option<&Auth>) -> Vec<String> {
+    let proxy_scheme = if config.proxy_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    vec![
+        format!(
+            "hubgate {} starting; route store: {}",
+            env!("CARGO_PKG_VERSION"),
+            store.describe()
+        ),
+        format!(
+            "Proxying {} to {}",
+            config.proxy_listen.display(proxy_scheme),
+            config.default_target.as_deref().unwrap_or("(no default)")
+        ),
+        match auth {
+            Some(a) => a.describe(),
+            None => "authentication off (no [auth] section): hubgate behaves like configurable-http-proxy".into(),
+        },
+    ]
+}
+
+/// The public proxy service.
+fn proxy_service(
+    server: &Server,
+    config: &Config,
+    shared: &Arc<Shared>,
+    metrics: &Metrics,
+    certs: &mut Vec<CertSlot>,
+) -> Result<Service<FrontDoor<HttpProxy<HubProxy>>>, StartError> {
+    // Public listener: no L4 read buffer, so idle websockets hold no buffer at all. The
+    // write buffer stays (also with TLS): it puts a response's head and body into one
+    // send; dropping it on a TLS listener cost a third send per HTTPS response and saved
+    // nothing measurable per idle wss (BENCHMARKS.md).
+    // The front door watches each request's head before pingora parses it: size limits,
+    // the head deadline and the bound on pending connections (docs/security.md).
+    let mut proxy = Service::new(
+        "hubgate proxy".to_string(),
+        FrontDoor::new(
+            pingora::proxy::http_proxy(&server.configuration, HubProxy::new(shared.clone())),
+            config.limits.clone(),
+            metrics,
+        ),
+    );
+    let public_buffers = L4BufferSettings {
+        read: Some(0),
+        write: None,
+    };
+    let mut public = listener(&config.proxy_listen, Some(public_buffers))?;
+    if let Some(tls_cfg) = &config.proxy_tls {
+        let (settings, resolver) = tls::listener_settings(tls_cfg)?;
+        public = public.tls(settings);
+        certs.push(CertSlot::new("proxy", resolver, tls_cfg.clone()));
+    }
+    proxy.add_listener(public);
+    proxy.threads = Some(config.threads);
+    Ok(proxy)
+}
+
+/// The REST API service.
+fn api_service(
+    config: &Config,
+    store: &Arc<dyn RouteStore>,
+    metrics: &Arc<Metrics>,
+    certs: &mut Vec<CertSlot>,
+    ready: &mut Readiness,
+) -> Result<Service<HttpServer<RoutesApi>>, StartError> {
+    if config.auth_token.is_none() {
+        warn!("REST API is not authenticated.");
+    }
+    let api = RoutesApi::new(
+        store.clone(),
+        config.auth_token.clone(),
+        config.api_max_body,
+        config.forwarding.host_routing,
+        metrics.clone(),
+    );
+    let mut api_service = Service::new("hubgate api".to_string(), HttpServer::new_app(api));
+    let mut api_listener = listener(&config.api_listen, None)?;
+    if let Some(tls_cfg) = &config.api_tls {
+        let (settings, resolver) = tls::listener_settings(tls_cfg)?;
+        api_listener = api_listener.tls(settings);
+        certs.push(CertSlot::new("api", resolver, tls_cfg.clone()));
+    }
+    api_service.add_listener(api_listener);
+    api_service.threads = Some(1);
+    let api_scheme = if config.api_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    ready.lines.push(format!(
+        "Proxy API at {}/api/routes",
+        config.api_listen.display(api_scheme)
+    ));
+    Ok(api_service)
+}
+
+/// The Prometheus metrics service.
+fn metrics_service(
+    listen: &Listen,
+    metrics: &Arc<Metrics>,
+    ready: &mut Readiness,
+) -> Result<Service<HttpServer<MetricsApp>>, StartError> {
+    let mut svc = Service::new(
+        "hubgate metrics".to_string(),
+        HttpServer::new_app(MetricsApp::new(metrics.clone())),
+    );
+    svc.add_listener(listener(listen, None)?);
+    svc.threads = Some(1);
+    ready.lines.push(format!(
+        "Serve metrics at {}/metrics",
+        listen.display("http")
+    ));
+    ready.checks.push(listen.clone());
+    Ok(svc)
+}
+
+/// The HTTP → HTTPS redirect service (`--redirect-port`).
+fn redirect_service(
+    port: u16,
+    to: u16,
+    ready: &mut Readiness,
+) -> Result<Service<HttpServer<RedirectApp>>, StartError> {
+    let listen = Listen::Tcp(std::net::SocketAddr::from(([0, 0, 0, 0], port)));
+    let mut svc = Service::new(
+        "hubgate redirect".to_string(),
+        HttpServer::new_app(RedirectApp { to_port: to }),
+    );
+    svc.add_listener(listener(&listen, None)?);
+    svc.threads = Some(1);
+    ready.lines.push(format!(
+        "Added HTTP to HTTPS redirection from {port} to {to}"
+    ));
+    ready.checks.push(listen);
+    Ok(svc)
 }
 
 #[cfg(test)]

@@ -219,214 +219,16 @@ fn read_secret(key: &str, path: &PathBuf) -> Result<String, ConfigError> {
 impl AuthSection {
     /// Validates the section.
     pub fn validate(&self) -> Result<AuthConfig, ConfigError> {
-        let public_origin = match &self.public_url {
-            None => None,
-            Some(url) => {
-                let (scheme, rest) = url
-                    .split_once("://")
-                    .filter(|(s, r)| matches!(*s, "http" | "https") && !r.is_empty())
-                    .ok_or_else(|| {
-                        invalid("auth.public-url", format!("{url:?} is not an http(s) URL"))
-                    })?;
-                let host = rest.split('/').next().unwrap_or_default();
-                Some(format!("{scheme}://{host}"))
-            }
-        };
-        let mut base_url = self.base_url.clone().unwrap_or_else(|| "/".into());
-        if !base_url.starts_with('/') {
-            base_url.insert(0, '/');
-        }
-        if !base_url.ends_with('/') {
-            base_url.push('/');
-        }
-        let session_secret = match &self.session_secret_file {
-            Some(path) => {
-                let s = read_secret("auth.session-secret-file", path)?;
-                if s.len() < 32 {
-                    return Err(invalid(
-                        "auth.session-secret-file",
-                        "the secret must be at least 32 characters (e.g. `openssl rand -hex 32`)",
-                    ));
-                }
-                Some(s.into_bytes())
-            }
-            None => None,
-        };
-        let audit_log = match self.audit_log.as_deref().unwrap_or("all") {
-            "all" => AuditLog::All,
-            "denials" => AuditLog::Denials,
-            "off" => AuditLog::Off,
-            other => {
-                return Err(invalid(
-                    "auth.audit-log",
-                    format!("{other:?}: use all, denials or off"),
-                ))
-            }
-        };
-        if self.issuers.is_empty() {
-            return Err(invalid(
-                "auth.issuers",
-                "no issuer configured: add an [[auth.issuers]] table with issuer, audiences and a key source",
-            ));
-        }
-        let mut issuers = Vec::new();
-        for (i, sec) in self.issuers.iter().enumerate() {
-            let k = |name: &str| format!("auth.issuers[{i}].{name}");
-            let issuer = sec
-                .issuer
-                .clone()
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| {
-                    invalid(
-                        k("issuer"),
-                        "missing: the exact `iss` value of the identity provider",
-                    )
-                })?;
-            if sec.audiences.is_empty() {
-                return Err(invalid(
-                    k("audiences"),
-                    "missing: the `aud` values hubgate accepts (e.g. [\"jupyterhub\"])",
-                ));
-            }
-            let keys = match (&sec.jwks_url, &sec.jwks_file, sec.discovery) {
-                (Some(_), Some(_), _) => {
-                    return Err(invalid(
-                        k("jwks-url"),
-                        "give jwks-url or jwks-file, not both",
-                    ))
-                }
-                (Some(url), None, _) => KeySource::Url(url.clone()),
-                (None, Some(file), _) => {
-                    std::fs::metadata(file).map_err(|e| {
-                        invalid(
-                            k("jwks-file"),
-                            format!("cannot read {}: {e}", file.display()),
-                        )
-                    })?;
-                    KeySource::File(file.clone())
-                }
-                (None, None, Some(false)) => {
-                    return Err(invalid(
-                        k("discovery"),
-                        "discovery is off and no jwks-url or jwks-file is given",
-                    ))
-                }
-                (None, None, _) => KeySource::Discovery,
-            };
-            let algorithms = sec
-                .algorithms
-                .clone()
-                .unwrap_or_else(|| vec!["RS256".into(), "ES256".into()])
-                .iter()
-                .map(|a| parse_algorithm(&k("algorithms"), a))
-                .collect::<Result<Vec<_>, _>>()?;
-            if algorithms.is_empty() {
-                return Err(invalid(
-                    k("algorithms"),
-                    "empty: list the algorithms the issuer signs with",
-                ));
-            }
-            let secs = |v: Option<u64>, d: u64| Duration::from_secs(v.unwrap_or(d));
-            let leeway = secs(sec.leeway_seconds, 30);
-            if leeway > Duration::from_secs(300) {
-                return Err(invalid(k("leeway-seconds"), "at most 300"));
-            }
-            let client_secret = match &sec.client_secret_file {
-                Some(p) => Some(read_secret(&k("client-secret-file"), p)?),
-                None => None,
-            };
-            if sec.client_id.is_some() && public_origin.is_none() {
-                return Err(invalid(
-                    "auth.public-url",
-                    "needed for the browser login (client-id is set): the URL users open, e.g. https://hub.example.org",
-                ));
-            }
-            let require_mfa = sec.require_mfa.unwrap_or(true);
-            let mfa_amr = sec.mfa_amr.clone().unwrap_or_else(|| vec!["mfa".into()]);
-            if require_mfa && sec.mfa_acr.is_empty() && mfa_amr.is_empty() {
-                return Err(invalid(
-                    k("mfa-acr"),
-                    "require-mfa is on but neither mfa-acr nor mfa-amr lists an accepted value",
-                ));
-            }
-            let min_refetch = secs(sec.min_refetch_seconds, 30);
-            issuers.push(IssuerConfig {
-                issuer,
-                audiences: sec.audiences.clone(),
-                keys,
-                algorithms,
-                leeway,
-                username_claim: sec
-                    .username_claim
-                    .clone()
-                    .unwrap_or_else(|| "preferred_username".into()),
-                username_lowercase: sec.username_lowercase.unwrap_or(true),
-                groups_claim: sec.groups_claim.clone().unwrap_or_else(|| "groups".into()),
-                admin_groups: sec.admin_groups.clone(),
-                require_mfa,
-                mfa_acr: sec.mfa_acr.clone(),
-                mfa_amr,
-                max_auth_age: secs(sec.max_auth_age_seconds, 12 * 3600),
-                refresh: secs(sec.refresh_seconds, 600).max(Duration::from_secs(1)),
-                max_stale: secs(sec.max_stale_seconds, 86_400),
-                min_refetch,
-                client_id: sec.client_id.clone(),
-                client_secret,
-                scopes: sec
-                    .scopes
-                    .clone()
-                    .unwrap_or_else(|| vec!["openid".into(), "profile".into(), "email".into()]),
-            });
-        }
-        for (i, a) in issuers.iter().enumerate() {
-            if issuers[..i].iter().any(|b| b.issuer == a.issuer) {
-                return Err(invalid(
-                    format!("auth.issuers[{i}].issuer"),
-                    "the same issuer is configured twice",
-                ));
-            }
-        }
-
-        let mut policies = default_policies(&base_url);
-        for (i, p) in self.policies.iter().enumerate() {
-            let k = |name: &str| format!("auth.policies[{i}].{name}");
-            let prefix = p
-                .prefix
-                .clone()
-                .filter(|p| p.starts_with('/'))
-                .ok_or_else(|| invalid(k("prefix"), "missing or not starting with /"))?;
-            let access = match p.access.as_deref() {
-                Some("public") => Access::Public,
-                Some("authenticated") => Access::Authenticated,
-                Some("owner") => Access::Owner,
-                Some("group") if !p.groups.is_empty() => Access::Group(p.groups.clone()),
-                Some("group") => {
-                    return Err(invalid(
-                        k("groups"),
-                        "access = \"group\" needs a non-empty groups list",
-                    ))
-                }
-                other => {
-                    return Err(invalid(
-                        k("access"),
-                        format!("{other:?}: use public, authenticated, owner or group"),
-                    ))
-                }
-            };
-            policies.retain(|q| q.prefix != prefix);
-            policies.push(Policy { prefix, access });
-        }
-        policies.sort_by_key(|p| std::cmp::Reverse(p.prefix.len()));
-
+        // The steps run in this order so that, of several mistakes, the same one is reported
+        // first every time.
+        let public_origin = self.public_origin()?;
+        let base_url = self.base_url();
+        let session_secret = self.session_secret()?;
+        let audit_log = self.audit_log()?;
+        let issuers = self.issuers(public_origin.as_deref())?;
+        let policies = self.policies(&base_url)?;
         let query_param = self.query_param.clone().filter(|q| !q.is_empty());
-        let session_lifetime =
-            Duration::from_secs(self.session_lifetime_seconds.unwrap_or(8 * 3600));
-        if session_lifetime.is_zero() {
-            return Err(invalid(
-                "auth.session-lifetime-seconds",
-                "must be at least 1",
-            ));
-        }
+        let session_lifetime = self.session_lifetime()?;
         Ok(AuthConfig {
             public_origin,
             base_url,
@@ -441,6 +243,280 @@ impl AuthSection {
             issuers,
             policies,
         })
+    }
+
+    /// `scheme://host[:port]` of `auth.public-url`.
+    fn public_origin(&self) -> Result<Option<String>, ConfigError> {
+        let Some(url) = &self.public_url else {
+            return Ok(None);
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .filter(|(s, r)| matches!(*s, "http" | "https") && !r.is_empty())
+            .ok_or_else(|| invalid("auth.public-url", format!("{url:?} is not an http(s) URL")))?;
+        let host = rest.split('/').next().unwrap_or_default();
+        Ok(Some(format!("{scheme}://{host}")))
+    }
+
+    /// `auth.base-url` with leading and trailing `/`.
+    fn base_url(&self) -> String {
+        let mut base_url = self.base_url.clone().unwrap_or_else(|| "/".into());
+        if !base_url.starts_with('/') {
+            base_url.insert(0, '/');
+        }
+        if !base_url.ends_with('/') {
+            base_url.push('/');
+        }
+        base_url
+    }
+
+    fn session_secret(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(path) = &self.session_secret_file else {
+            return Ok(None);
+        };
+        let s = read_secret("auth.session-secret-file", path)?;
+        if s.len() < 32 {
+            return Err(invalid(
+                "auth.session-secret-file",
+                "the secret must be at least 32 characters (e.g. `openssl rand -hex 32`)",
+            ));
+        }
+        Ok(Some(s.into_bytes()))
+    }
+
+    fn audit_log(&self) -> Result<AuditLog, ConfigError> {
+        match self.audit_log.as_deref().unwrap_or("all") {
+            "all" => Ok(AuditLog::All),
+            "denials" => Ok(AuditLog::Denials),
+            "off" => Ok(AuditLog::Off),
+            other => Err(invalid(
+                "auth.audit-log",
+                format!("{other:?}: use all, denials or off"),
+            )),
+        }
+    }
+
+    /// Every `[[auth.issuers]]`, validated in file order; at least one, each at most once.
+    fn issuers(&self, public_origin: Option<&str>) -> Result<Vec<IssuerConfig>, ConfigError> {
+        if self.issuers.is_empty() {
+            return Err(invalid(
+                "auth.issuers",
+                "no issuer configured: add an [[auth.issuers]] table with issuer, audiences and a key source",
+            ));
+        }
+        let issuers = self
+            .issuers
+            .iter()
+            .enumerate()
+            .map(|(i, sec)| sec.validate(i, public_origin))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, a) in issuers.iter().enumerate() {
+            if issuers[..i].iter().any(|b| b.issuer == a.issuer) {
+                return Err(invalid(
+                    format!("auth.issuers[{i}].issuer"),
+                    "the same issuer is configured twice",
+                ));
+            }
+        }
+        Ok(issuers)
+    }
+
+    /// The default policies with the file's `[[auth.policies]]` over them, longest prefix first.
+    fn policies(&self, base_url: &str) -> Result<Vec<Policy>, ConfigError> {
+        let mut policies = default_policies(base_url);
+        for (i, p) in self.policies.iter().enumerate() {
+            let policy = p.validate(i)?;
+            policies.retain(|q| q.prefix != policy.prefix);
+            policies.push(policy);
+        }
+        policies.sort_by_key(|p| std::cmp::Reverse(p.prefix.len()));
+        Ok(policies)
+    }
+
+    fn session_lifetime(&self) -> Result<Duration, ConfigError> {
+        let session_lifetime =
+            Duration::from_secs(self.session_lifetime_seconds.unwrap_or(8 * 3600));
+        if session_lifetime.is_zero() {
+            return Err(invalid(
+                "auth.session-lifetime-seconds",
+                "must be at least 1",
+            ));
+        }
+        Ok(session_lifetime)
+    }
+}
+
+/// The name of key `name` of the `i`th issuer, as errors report it.
+fn issuer_key(i: usize, name: &str) -> String {
+    format!("auth.issuers[{i}].{name}")
+}
+
+impl IssuerSection {
+    /// Validates `auth.issuers[i]`; `public_origin` is needed when the issuer has a browser
+    /// login.
+    fn validate(&self, i: usize, public_origin: Option<&str>) -> Result<IssuerConfig, ConfigError> {
+        let k = |name: &str| issuer_key(i, name);
+        let issuer = self
+            .issuer
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                invalid(
+                    k("issuer"),
+                    "missing: the exact `iss` value of the identity provider",
+                )
+            })?;
+        if self.audiences.is_empty() {
+            return Err(invalid(
+                k("audiences"),
+                "missing: the `aud` values hubgate accepts (e.g. [\"jupyterhub\"])",
+            ));
+        }
+        let keys = self.key_source(i)?;
+        let algorithms = self.algorithms(i)?;
+        let secs = |v: Option<u64>, d: u64| Duration::from_secs(v.unwrap_or(d));
+        let leeway = secs(self.leeway_seconds, 30);
+        if leeway > Duration::from_secs(300) {
+            return Err(invalid(k("leeway-seconds"), "at most 300"));
+        }
+        let client_secret = self.browser_login(i, public_origin)?;
+        let (require_mfa, mfa_amr) = self.mfa(i)?;
+        Ok(IssuerConfig {
+            issuer,
+            audiences: self.audiences.clone(),
+            keys,
+            algorithms,
+            leeway,
+            username_claim: self
+                .username_claim
+                .clone()
+                .unwrap_or_else(|| "preferred_username".into()),
+            username_lowercase: self.username_lowercase.unwrap_or(true),
+            groups_claim: self.groups_claim.clone().unwrap_or_else(|| "groups".into()),
+            admin_groups: self.admin_groups.clone(),
+            require_mfa,
+            mfa_acr: self.mfa_acr.clone(),
+            mfa_amr,
+            max_auth_age: secs(self.max_auth_age_seconds, 12 * 3600),
+            refresh: secs(self.refresh_seconds, 600).max(Duration::from_secs(1)),
+            max_stale: secs(self.max_stale_seconds, 86_400),
+            min_refetch: secs(self.min_refetch_seconds, 30),
+            client_id: self.client_id.clone(),
+            client_secret,
+            scopes: self
+                .scopes
+                .clone()
+                .unwrap_or_else(|| vec!["openid".into(), "profile".into(), "email".into()]),
+        })
+    }
+
+    /// The browser login's client secret, if any; the login needs `auth.public-url` for its
+    /// redirect URI.
+    fn browser_login(
+        &self,
+        i: usize,
+        public_origin: Option<&str>,
+    ) -> Result<Option<String>, ConfigError> {
+        let client_secret = match &self.client_secret_file {
+            Some(p) => Some(read_secret(&issuer_key(i, "client-secret-file"), p)?),
+            None => None,
+        };
+        if self.client_id.is_some() && public_origin.is_none() {
+            return Err(invalid(
+                "auth.public-url",
+                "needed for the browser login (client-id is set): the URL users open, e.g. https://hub.example.org",
+            ));
+        }
+        Ok(client_secret)
+    }
+
+    /// Where the signing keys come from: a JWKS URL, a JWKS file, or discovery (the default).
+    fn key_source(&self, i: usize) -> Result<KeySource, ConfigError> {
+        let k = |name: &str| issuer_key(i, name);
+        match (&self.jwks_url, &self.jwks_file, self.discovery) {
+            (Some(_), Some(_), _) => Err(invalid(
+                k("jwks-url"),
+                "give jwks-url or jwks-file, not both",
+            )),
+            (Some(url), None, _) => Ok(KeySource::Url(url.clone())),
+            (None, Some(file), _) => {
+                std::fs::metadata(file).map_err(|e| {
+                    invalid(
+                        k("jwks-file"),
+                        format!("cannot read {}: {e}", file.display()),
+                    )
+                })?;
+                Ok(KeySource::File(file.clone()))
+            }
+            (None, None, Some(false)) => Err(invalid(
+                k("discovery"),
+                "discovery is off and no jwks-url or jwks-file is given",
+            )),
+            (None, None, _) => Ok(KeySource::Discovery),
+        }
+    }
+
+    fn algorithms(&self, i: usize) -> Result<Vec<Algorithm>, ConfigError> {
+        let key = issuer_key(i, "algorithms");
+        let algorithms = self
+            .algorithms
+            .clone()
+            .unwrap_or_else(|| vec!["RS256".into(), "ES256".into()])
+            .iter()
+            .map(|a| parse_algorithm(&key, a))
+            .collect::<Result<Vec<_>, _>>()?;
+        if algorithms.is_empty() {
+            return Err(invalid(
+                key,
+                "empty: list the algorithms the issuer signs with",
+            ));
+        }
+        Ok(algorithms)
+    }
+
+    /// `(require-mfa, mfa-amr)`: with MFA required (the default), some `acr` or `amr` value
+    /// must be accepted as proof of it.
+    fn mfa(&self, i: usize) -> Result<(bool, Vec<String>), ConfigError> {
+        let require_mfa = self.require_mfa.unwrap_or(true);
+        let mfa_amr = self.mfa_amr.clone().unwrap_or_else(|| vec!["mfa".into()]);
+        if require_mfa && self.mfa_acr.is_empty() && mfa_amr.is_empty() {
+            return Err(invalid(
+                issuer_key(i, "mfa-acr"),
+                "require-mfa is on but neither mfa-acr nor mfa-amr lists an accepted value",
+            ));
+        }
+        Ok((require_mfa, mfa_amr))
+    }
+}
+
+impl PolicySection {
+    /// Validates `auth.policies[i]`.
+    fn validate(&self, i: usize) -> Result<Policy, ConfigError> {
+        let k = |name: &str| format!("auth.policies[{i}].{name}");
+        let prefix = self
+            .prefix
+            .clone()
+            .filter(|p| p.starts_with('/'))
+            .ok_or_else(|| invalid(k("prefix"), "missing or not starting with /"))?;
+        let access = match self.access.as_deref() {
+            Some("public") => Access::Public,
+            Some("authenticated") => Access::Authenticated,
+            Some("owner") => Access::Owner,
+            Some("group") if !self.groups.is_empty() => Access::Group(self.groups.clone()),
+            Some("group") => {
+                return Err(invalid(
+                    k("groups"),
+                    "access = \"group\" needs a non-empty groups list",
+                ))
+            }
+            other => {
+                return Err(invalid(
+                    k("access"),
+                    format!("{other:?}: use public, authenticated, owner or group"),
+                ))
+            }
+        };
+        Ok(Policy { prefix, access })
     }
 }
 

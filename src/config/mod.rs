@@ -406,351 +406,25 @@ fn check_target(key: &str, url: &str) -> Result<(), ConfigError> {
 impl Config {
     /// Builds the validated configuration from the command line, the file and the environment.
     pub fn build(cli: &Cli, file: &FileConfig, env: &Env) -> Result<Config, ConfigError> {
-        let p = &file.proxy;
-
-        for (given, key, reason) in [
-            (
-                cli.ssl_ciphers.is_some(),
-                "--ssl-ciphers",
-                "rustls only offers modern AEAD suites and cannot take an OpenSSL cipher list; remove the flag",
-            ),
-            (
-                cli.ssl_dhparam.is_some(),
-                "--ssl-dhparam",
-                "rustls has no finite-field Diffie-Hellman suites, so DH parameters are never used; remove the flag",
-            ),
-        ] {
-            if given {
-                return Err(ConfigError::Unsupported {
-                    key: key.to_string(),
-                    reason: reason.to_string(),
-                });
-            }
-        }
-        let storage = check_storage(
-            name(&cli.storage_backend, "--storage-backend", "storage.backend"),
-            cli.storage_backend
-                .as_deref()
-                .or(file.storage.backend.as_deref()),
-            &file.storage,
-        )?;
-
-        // Public listener.
-        let socket = cli.socket.clone().or_else(|| p.socket.clone());
-        if socket.is_some() && (cli.ip.is_some() || cli.port.is_some()) && cli.socket.is_none() {
-            return Err(invalid(
-                "proxy.socket",
-                "conflicts with --ip/--port; give one or the other",
-            ));
-        }
-        let port = cli.port.or(p.port).unwrap_or(8000);
-        let proxy_listen = match socket {
-            Some(path) => Listen::Unix(path),
-            None => Listen::Tcp(resolve_ip(
-                name(&cli.ip, "--ip", "proxy.ip"),
-                cli.ip.as_deref().or(p.ip.as_deref()),
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                port,
-            )?),
-        };
-
-        // API listener.
-        let a = &file.api;
-        let api_socket = cli.api_socket.clone().or_else(|| a.socket.clone());
-        let api_port = cli.api_port.or(a.port).unwrap_or(match proxy_listen {
-            Listen::Tcp(_) => port.wrapping_add(1),
-            Listen::Unix(_) => 8001,
-        });
-        let api_listen = match api_socket {
-            Some(path) => Listen::Unix(path),
-            None => Listen::Tcp(resolve_ip(
-                name(&cli.api_ip, "--api-ip", "api.ip"),
-                Some(
-                    cli.api_ip
-                        .as_deref()
-                        .or(a.ip.as_deref())
-                        .unwrap_or("localhost"),
-                ),
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-                api_port,
-            )?),
-        };
-        if let (Listen::Tcp(pa), Listen::Tcp(aa)) = (&proxy_listen, &api_listen) {
-            if pa.port() == aa.port()
-                && (pa.ip() == aa.ip() || pa.ip().is_unspecified() || aa.ip().is_unspecified())
-            {
-                return Err(invalid(
-                    "--api-port",
-                    format!(
-                        "the API port {} is also the proxy port; choose another",
-                        aa.port()
-                    ),
-                ));
-            }
-        }
-
-        // node's TLS server (CHP) defaults `rejectUnauthorized` to true, and CHP leaves it
-        // unset without --ssl-reject-unauthorized: requesting a client certificate requires
-        // one. Only the config file can make it optional (`reject-unauthorized = false`).
-        let proxy_request_cert = cli.ssl_request_cert || p.tls.request_cert.unwrap_or(false);
-        let api_request_cert = cli.api_ssl_request_cert || a.tls.request_cert.unwrap_or(false);
-        let proxy_tls = Self::server_tls(
-            "--ssl-key/--ssl-cert",
-            cli.ssl_key.clone().or_else(|| p.tls.key.clone()),
-            cli.ssl_cert.clone().or_else(|| p.tls.cert.clone()),
-            cli.ssl_ca.clone().or_else(|| p.tls.ca.clone()),
-            proxy_request_cert,
-            cli.ssl_reject_unauthorized || p.tls.reject_unauthorized.unwrap_or(proxy_request_cert),
-            cli.ssl_protocol.as_deref().or(p.tls.protocol.as_deref()),
-            env.ssl_key_passphrase.clone(),
-        )?;
-        let api_tls = Self::server_tls(
-            "--api-ssl-key/--api-ssl-cert",
-            cli.api_ssl_key.clone().or_else(|| a.tls.key.clone()),
-            cli.api_ssl_cert.clone().or_else(|| a.tls.cert.clone()),
-            cli.api_ssl_ca.clone().or_else(|| a.tls.ca.clone()),
-            api_request_cert,
-            cli.api_ssl_reject_unauthorized
-                || a.tls.reject_unauthorized.unwrap_or(api_request_cert),
-            cli.ssl_protocol.as_deref().or(a.tls.protocol.as_deref()),
-            env.api_ssl_key_passphrase.clone(),
-        )?;
-
-        let auth_token = match (&env.auth_token, &a.auth_token_file) {
-            (Some(t), _) => Some(t.clone()),
-            (None, Some(path)) => {
-                let t = std::fs::read_to_string(path).map_err(|e| {
-                    invalid(
-                        "api.auth-token-file",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                Some(t.trim().to_string()).filter(|t| !t.is_empty())
-            }
-            (None, None) => None,
-        };
-
-        // Metrics.
-        let m = &file.metrics;
-        let metrics_listen = match (
-            cli.metrics_socket.clone().or_else(|| m.socket.clone()),
-            cli.metrics_port.or(m.port),
-        ) {
-            (Some(path), _) => Some(Listen::Unix(path)),
-            (None, Some(mport)) => Some(Listen::Tcp(resolve_ip(
-                name(&cli.metrics_ip, "--metrics-ip", "metrics.ip"),
-                cli.metrics_ip.as_deref().or(m.ip.as_deref()),
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-                mport,
-            )?)),
-            (None, None) => None,
-        };
-
-        // Redirect server.
-        let redirect_port = cli.redirect_port.or(p.redirect_port);
-        let redirect = match redirect_port {
-            None => None,
-            Some(rp) => {
-                if proxy_tls.is_none() {
-                    return Err(invalid(
-                        name(&cli.redirect_port, "--redirect-port", "proxy.redirect-port"),
-                        "needs TLS on the public listener (--ssl-key and --ssl-cert)",
-                    ));
-                }
-                let to = cli.redirect_to.or(p.redirect_to).unwrap_or(port);
-                match proxy_listen {
-                    Listen::Unix(_) => None,
-                    Listen::Tcp(_) if port == 80 => None,
-                    Listen::Tcp(_) => Some((rp, to)),
-                }
-            }
-        };
-
-        // Targets and error pages.
-        let default_target = cli
-            .default_target
-            .clone()
-            .or_else(|| p.default_target.clone());
-        if let Some(t) = &default_target {
-            check_target(
-                name(
-                    &cli.default_target,
-                    "--default-target",
-                    "proxy.default-target",
-                ),
-                t,
-            )?;
-        }
-        let error_target = cli.error_target.clone().or_else(|| p.error_target.clone());
-        let error_path = cli.error_path.clone().or_else(|| p.error_path.clone());
-        let error_pages = match (error_target, error_path) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "--error-target",
-                    "cannot be combined with --error-path; give one of them",
-                ))
-            }
-            (Some(t), None) => {
-                check_target(
-                    name(&cli.error_target, "--error-target", "proxy.error-target"),
-                    &t,
-                )?;
-                ErrorPages::Target(t)
-            }
-            (None, Some(dir)) => {
-                if !dir.is_dir() {
-                    return Err(invalid(
-                        name(&cli.error_path, "--error-path", "proxy.error-path"),
-                        format!("{} is not a directory", dir.display()),
-                    ));
-                }
-                ErrorPages::Path(dir)
-            }
-            (None, None) => ErrorPages::Builtin,
-        };
-
-        let mut custom_headers = Vec::new();
-        if let Some(map) = &p.custom_headers {
-            for (k, v) in map {
-                custom_headers.push(parse_custom_header(&format!("{k}:{v}")).map_err(|_| {
-                    invalid(
-                        "proxy.custom-headers",
-                        format!("{k:?} = {v:?} is not a valid header"),
-                    )
-                })?);
-            }
-        }
-        for raw in &cli.custom_header {
-            custom_headers.push(parse_custom_header(raw)?);
-        }
-
-        let protocol_rewrite = cli
-            .protocol_rewrite
-            .clone()
-            .or_else(|| p.protocol_rewrite.clone());
-        if let Some(proto) = &protocol_rewrite {
-            if proto.is_empty()
-                || !proto
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
-            {
-                return Err(invalid(
-                    name(
-                        &cli.protocol_rewrite,
-                        "--protocol-rewrite",
-                        "proxy.protocol-rewrite",
-                    ),
-                    format!("{proto:?} is not a URL scheme; use e.g. https"),
-                ));
-            }
-        }
-        let forwarding = Forwarding {
-            x_forward: !cli.no_x_forward && p.x_forward.unwrap_or(true),
-            prepend_path: !cli.no_prepend_path && p.prepend_path.unwrap_or(true),
-            include_prefix: !cli.no_include_prefix && p.include_prefix.unwrap_or(true),
-            change_origin: cli.change_origin || p.change_origin.unwrap_or(false),
-            auto_rewrite: cli.auto_rewrite || p.auto_rewrite.unwrap_or(false),
-            protocol_rewrite: protocol_rewrite.map(|s| s.trim_end_matches(':').to_string()),
-            custom_headers,
-            host_routing: cli.host_routing || p.host_routing.unwrap_or(false),
-        };
-
-        let ms = |v: Option<u64>| v.filter(|&v| v > 0).map(Duration::from_millis);
-        let connect_ms = p.connect_timeout_ms.unwrap_or(5_000);
-        if connect_ms == 0 {
-            return Err(invalid("proxy.connect-timeout-ms", "must be at least 1"));
-        }
-        let timeouts = Timeouts {
-            downstream: ms(cli.timeout.or(p.timeout_ms)),
-            upstream: ms(cli.proxy_timeout.or(p.proxy_timeout_ms)),
-            connect: Duration::from_millis(connect_ms),
-            keep_alive: Duration::from_millis(
-                cli.keep_alive_timeout
-                    .or(p.keep_alive_timeout_ms)
-                    .unwrap_or(5_000),
-            ),
-        };
-
-        let l = &file.limits;
-        let defaults = Limits::default();
-        let limits = Limits {
-            max_request_line: l
-                .max_request_line_bytes
-                .unwrap_or(defaults.max_request_line),
-            max_head: l.max_header_bytes.unwrap_or(defaults.max_head),
-            head_timeout: l
-                .header_timeout_ms
-                .map_or(defaults.head_timeout, Duration::from_millis),
-            idle: timeouts.downstream,
-            max_pending: l.max_pending_connections.unwrap_or(defaults.max_pending),
-        };
-        for (key, value, min) in [
-            ("limits.max-request-line-bytes", limits.max_request_line, 16),
-            ("limits.max-header-bytes", limits.max_head, 64),
-            ("limits.max-pending-connections", limits.max_pending, 1),
-        ] {
-            if value < min {
-                return Err(invalid(key, format!("must be at least {min}")));
-            }
-        }
-        if limits.max_request_line > limits.max_head {
-            return Err(invalid(
-                "limits.max-request-line-bytes",
-                "must not exceed limits.max-header-bytes (the head includes the request line)",
-            ));
-        }
-        if limits.head_timeout.is_zero() {
-            return Err(invalid("limits.header-timeout-ms", "must be at least 1"));
-        }
-
-        let c = &file.client_tls;
-        let client_tls = ClientTls {
-            cert: cli.client_ssl_cert.clone().or_else(|| c.cert.clone()),
-            key: cli.client_ssl_key.clone().or_else(|| c.key.clone()),
-            ca: cli.client_ssl_ca.clone().or_else(|| c.ca.clone()),
-            insecure: cli.insecure || p.insecure.unwrap_or(false),
-        };
-        if client_tls.cert.is_some() != client_tls.key.is_some() {
-            return Err(invalid(
-                "--client-ssl-key/--client-ssl-cert",
-                "give both the client key and the client certificate, or neither",
-            ));
-        }
-        for (key, path) in [
-            ("--client-ssl-key", &client_tls.key),
-            ("--client-ssl-cert", &client_tls.cert),
-            ("--client-ssl-ca", &client_tls.ca),
-        ] {
-            if let Some(path) = path {
-                check_readable(key, path)?;
-            }
-        }
-
-        let s = &file.server;
-        let log_level = match (&cli.log_level, &s.log_level) {
-            (Some(l), _) => parse_log_level("--log-level", l)?,
-            (None, Some(l)) => parse_log_level("server.log-level", l)?,
-            (None, None) => log::LevelFilter::Info,
-        };
-        let threads = s.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
-        if threads == 0 || threads > 1024 {
-            return Err(invalid("server.threads", "must be between 1 and 1024"));
-        }
-        let grace = s.shutdown_grace_seconds.unwrap_or(10);
-        if grace > 3600 {
-            return Err(invalid(
-                "server.shutdown-grace-seconds",
-                "must be at most 3600",
-            ));
-        }
-        let api_max_body = a.max_body_bytes.unwrap_or(10 * 1024 * 1024);
-        if api_max_body == 0 {
-            return Err(invalid("api.max-body-bytes", "must be at least 1"));
-        }
+        // The steps run in this order so that, of several mistakes, the same one is reported
+        // first every time.
+        reject_unsupported_flags(cli)?;
+        let storage = storage(cli, file)?;
+        let (proxy_listen, api_listen) = listeners(cli, file)?;
+        let (proxy_tls, api_tls) = listener_tls(cli, file, env)?;
+        let auth_token = api_token(file, env)?;
+        let metrics_listen = metrics_listen(cli, file)?;
+        let redirect = redirect(cli, file, &proxy_listen, proxy_tls.is_some())?;
+        let default_target = default_target(cli, file)?;
+        let error_pages = error_pages(cli, file)?;
+        let forwarding = forwarding(cli, file)?;
+        let timeouts = timeouts(cli, file)?;
+        let limits = limits(file, &timeouts)?;
+        let client_tls = client_tls(cli, file)?;
+        let server = server_settings(cli, file)?;
+        let api_max_body = api_max_body(file)?;
+        let auth = file.auth.as_ref().map(|a| a.validate()).transpose()?;
+        let access_log = access_log(file)?;
 
         Ok(Config {
             proxy_listen,
@@ -768,23 +442,16 @@ impl Config {
             limits,
             client_tls,
             ws_activity_on_server_frames: file.websocket.activity_on_server_frames.unwrap_or(false),
-            log_level,
-            pid_file: cli.pid_file.clone().or_else(|| s.pid_file.clone()),
-            shutdown_grace: Duration::from_secs(grace),
-            threads,
-            auth: file.auth.as_ref().map(|a| a.validate()).transpose()?,
+            log_level: server.log_level,
+            pid_file: cli
+                .pid_file
+                .clone()
+                .or_else(|| file.server.pid_file.clone()),
+            shutdown_grace: server.shutdown_grace,
+            threads: server.threads,
+            auth,
             storage,
-            access_log: match s.access_log.as_deref().unwrap_or("off") {
-                "off" => AccessLog::Off,
-                "combined" => AccessLog::Combined,
-                "json" => AccessLog::Json,
-                other => {
-                    return Err(invalid(
-                        "server.access-log",
-                        format!("{other:?}: use off, combined or json"),
-                    ))
-                }
-            },
+            access_log,
         })
     }
 
@@ -825,6 +492,457 @@ impl Config {
             request_cert,
             reject_unauthorized,
         }))
+    }
+}
+
+/// CHP flags that configure OpenSSL knobs rustls does not have.
+fn reject_unsupported_flags(cli: &Cli) -> Result<(), ConfigError> {
+    for (given, key, reason) in [
+        (
+            cli.ssl_ciphers.is_some(),
+            "--ssl-ciphers",
+            "rustls only offers modern AEAD suites and cannot take an OpenSSL cipher list; remove the flag",
+        ),
+        (
+            cli.ssl_dhparam.is_some(),
+            "--ssl-dhparam",
+            "rustls has no finite-field Diffie-Hellman suites, so DH parameters are never used; remove the flag",
+        ),
+    ] {
+        if given {
+            return Err(ConfigError::Unsupported {
+                key: key.to_string(),
+                reason: reason.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Where the route table is kept (`--storage-backend` / `[storage]`).
+fn storage(cli: &Cli, file: &FileConfig) -> Result<Storage, ConfigError> {
+    check_storage(
+        name(&cli.storage_backend, "--storage-backend", "storage.backend"),
+        cli.storage_backend
+            .as_deref()
+            .or(file.storage.backend.as_deref()),
+        &file.storage,
+    )
+}
+
+/// The public and the API listener; the API port defaults to the public port + 1.
+fn listeners(cli: &Cli, file: &FileConfig) -> Result<(Listen, Listen), ConfigError> {
+    let proxy_listen = public_listen(cli, file)?;
+    let api_listen = api_listen(cli, file, &proxy_listen)?;
+    if let (Listen::Tcp(pa), Listen::Tcp(aa)) = (&proxy_listen, &api_listen) {
+        if pa.port() == aa.port()
+            && (pa.ip() == aa.ip() || pa.ip().is_unspecified() || aa.ip().is_unspecified())
+        {
+            return Err(invalid(
+                "--api-port",
+                format!(
+                    "the API port {} is also the proxy port; choose another",
+                    aa.port()
+                ),
+            ));
+        }
+    }
+    Ok((proxy_listen, api_listen))
+}
+
+/// The public listener's port (CHP's 8000 by default).
+fn public_port(cli: &Cli, file: &FileConfig) -> u16 {
+    cli.port.or(file.proxy.port).unwrap_or(8000)
+}
+
+fn public_listen(cli: &Cli, file: &FileConfig) -> Result<Listen, ConfigError> {
+    let p = &file.proxy;
+    let socket = cli.socket.clone().or_else(|| p.socket.clone());
+    if socket.is_some() && (cli.ip.is_some() || cli.port.is_some()) && cli.socket.is_none() {
+        return Err(invalid(
+            "proxy.socket",
+            "conflicts with --ip/--port; give one or the other",
+        ));
+    }
+    Ok(match socket {
+        Some(path) => Listen::Unix(path),
+        None => Listen::Tcp(resolve_ip(
+            name(&cli.ip, "--ip", "proxy.ip"),
+            cli.ip.as_deref().or(p.ip.as_deref()),
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            public_port(cli, file),
+        )?),
+    })
+}
+
+fn api_listen(cli: &Cli, file: &FileConfig, proxy_listen: &Listen) -> Result<Listen, ConfigError> {
+    let a = &file.api;
+    let api_socket = cli.api_socket.clone().or_else(|| a.socket.clone());
+    let api_port = cli.api_port.or(a.port).unwrap_or(match proxy_listen {
+        Listen::Tcp(_) => public_port(cli, file).wrapping_add(1),
+        Listen::Unix(_) => 8001,
+    });
+    Ok(match api_socket {
+        Some(path) => Listen::Unix(path),
+        None => Listen::Tcp(resolve_ip(
+            name(&cli.api_ip, "--api-ip", "api.ip"),
+            Some(
+                cli.api_ip
+                    .as_deref()
+                    .or(a.ip.as_deref())
+                    .unwrap_or("localhost"),
+            ),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            api_port,
+        )?),
+    })
+}
+
+/// TLS on the public and on the API listener.
+fn listener_tls(
+    cli: &Cli,
+    file: &FileConfig,
+    env: &Env,
+) -> Result<(Option<ServerTls>, Option<ServerTls>), ConfigError> {
+    let (p, a) = (&file.proxy, &file.api);
+    // node's TLS server (CHP) defaults `rejectUnauthorized` to true, and CHP leaves it
+    // unset without --ssl-reject-unauthorized: requesting a client certificate requires
+    // one. Only the config file can make it optional (`reject-unauthorized = false`).
+    let proxy_request_cert = cli.ssl_request_cert || p.tls.request_cert.unwrap_or(false);
+    let api_request_cert = cli.api_ssl_request_cert || a.tls.request_cert.unwrap_or(false);
+    let proxy_tls = Config::server_tls(
+        "--ssl-key/--ssl-cert",
+        cli.ssl_key.clone().or_else(|| p.tls.key.clone()),
+        cli.ssl_cert.clone().or_else(|| p.tls.cert.clone()),
+        cli.ssl_ca.clone().or_else(|| p.tls.ca.clone()),
+        proxy_request_cert,
+        cli.ssl_reject_unauthorized || p.tls.reject_unauthorized.unwrap_or(proxy_request_cert),
+        cli.ssl_protocol.as_deref().or(p.tls.protocol.as_deref()),
+        env.ssl_key_passphrase.clone(),
+    )?;
+    let api_tls = Config::server_tls(
+        "--api-ssl-key/--api-ssl-cert",
+        cli.api_ssl_key.clone().or_else(|| a.tls.key.clone()),
+        cli.api_ssl_cert.clone().or_else(|| a.tls.cert.clone()),
+        cli.api_ssl_ca.clone().or_else(|| a.tls.ca.clone()),
+        api_request_cert,
+        cli.api_ssl_reject_unauthorized || a.tls.reject_unauthorized.unwrap_or(api_request_cert),
+        cli.ssl_protocol.as_deref().or(a.tls.protocol.as_deref()),
+        env.api_ssl_key_passphrase.clone(),
+    )?;
+    Ok((proxy_tls, api_tls))
+}
+
+/// The API token: `CONFIGPROXY_AUTH_TOKEN`, else the file `api.auth-token-file` names.
+fn api_token(file: &FileConfig, env: &Env) -> Result<Option<String>, ConfigError> {
+    Ok(match (&env.auth_token, &file.api.auth_token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(path)) => {
+            let t = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "api.auth-token-file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            Some(t.trim().to_string()).filter(|t| !t.is_empty())
+        }
+        (None, None) => None,
+    })
+}
+
+/// The metrics listener: off unless a port or a socket is given; loopback by default.
+fn metrics_listen(cli: &Cli, file: &FileConfig) -> Result<Option<Listen>, ConfigError> {
+    let m = &file.metrics;
+    Ok(
+        match (
+            cli.metrics_socket.clone().or_else(|| m.socket.clone()),
+            cli.metrics_port.or(m.port),
+        ) {
+            (Some(path), _) => Some(Listen::Unix(path)),
+            (None, Some(mport)) => Some(Listen::Tcp(resolve_ip(
+                name(&cli.metrics_ip, "--metrics-ip", "metrics.ip"),
+                cli.metrics_ip.as_deref().or(m.ip.as_deref()),
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                mport,
+            )?)),
+            (None, None) => None,
+        },
+    )
+}
+
+/// The http → https redirect server as `(listen port, redirect-to port)`.
+fn redirect(
+    cli: &Cli,
+    file: &FileConfig,
+    proxy_listen: &Listen,
+    proxy_has_tls: bool,
+) -> Result<Option<(u16, u16)>, ConfigError> {
+    let p = &file.proxy;
+    let Some(rp) = cli.redirect_port.or(p.redirect_port) else {
+        return Ok(None);
+    };
+    if !proxy_has_tls {
+        return Err(invalid(
+            name(&cli.redirect_port, "--redirect-port", "proxy.redirect-port"),
+            "needs TLS on the public listener (--ssl-key and --ssl-cert)",
+        ));
+    }
+    let port = public_port(cli, file);
+    let to = cli.redirect_to.or(p.redirect_to).unwrap_or(port);
+    Ok(match proxy_listen {
+        Listen::Unix(_) => None,
+        Listen::Tcp(_) if port == 80 => None,
+        Listen::Tcp(_) => Some((rp, to)),
+    })
+}
+
+fn default_target(cli: &Cli, file: &FileConfig) -> Result<Option<String>, ConfigError> {
+    let default_target = cli
+        .default_target
+        .clone()
+        .or_else(|| file.proxy.default_target.clone());
+    if let Some(t) = &default_target {
+        check_target(
+            name(
+                &cli.default_target,
+                "--default-target",
+                "proxy.default-target",
+            ),
+            t,
+        )?;
+    }
+    Ok(default_target)
+}
+
+/// How proxy errors are rendered: `--error-target`, `--error-path`, or the built-in pages.
+fn error_pages(cli: &Cli, file: &FileConfig) -> Result<ErrorPages, ConfigError> {
+    let p = &file.proxy;
+    let error_target = cli.error_target.clone().or_else(|| p.error_target.clone());
+    let error_path = cli.error_path.clone().or_else(|| p.error_path.clone());
+    Ok(match (error_target, error_path) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "--error-target",
+                "cannot be combined with --error-path; give one of them",
+            ))
+        }
+        (Some(t), None) => {
+            check_target(
+                name(&cli.error_target, "--error-target", "proxy.error-target"),
+                &t,
+            )?;
+            ErrorPages::Target(t)
+        }
+        (None, Some(dir)) => {
+            if !dir.is_dir() {
+                return Err(invalid(
+                    name(&cli.error_path, "--error-path", "proxy.error-path"),
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
+            ErrorPages::Path(dir)
+        }
+        (None, None) => ErrorPages::Builtin,
+    })
+}
+
+/// Headers added to every upstream request: the file's table first, then each
+/// `--custom-header`.
+fn custom_headers(
+    cli: &Cli,
+    file: &FileConfig,
+) -> Result<Vec<(HeaderName, HeaderValue)>, ConfigError> {
+    let mut custom_headers = Vec::new();
+    if let Some(map) = &file.proxy.custom_headers {
+        for (k, v) in map {
+            custom_headers.push(parse_custom_header(&format!("{k}:{v}")).map_err(|_| {
+                invalid(
+                    "proxy.custom-headers",
+                    format!("{k:?} = {v:?} is not a valid header"),
+                )
+            })?);
+        }
+    }
+    for raw in &cli.custom_header {
+        custom_headers.push(parse_custom_header(raw)?);
+    }
+    Ok(custom_headers)
+}
+
+/// How requests are rewritten on their way upstream and back.
+fn forwarding(cli: &Cli, file: &FileConfig) -> Result<Forwarding, ConfigError> {
+    let p = &file.proxy;
+    let custom_headers = custom_headers(cli, file)?;
+    let protocol_rewrite = cli
+        .protocol_rewrite
+        .clone()
+        .or_else(|| p.protocol_rewrite.clone());
+    if let Some(proto) = &protocol_rewrite {
+        if proto.is_empty()
+            || !proto
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+        {
+            return Err(invalid(
+                name(
+                    &cli.protocol_rewrite,
+                    "--protocol-rewrite",
+                    "proxy.protocol-rewrite",
+                ),
+                format!("{proto:?} is not a URL scheme; use e.g. https"),
+            ));
+        }
+    }
+    Ok(Forwarding {
+        x_forward: !cli.no_x_forward && p.x_forward.unwrap_or(true),
+        prepend_path: !cli.no_prepend_path && p.prepend_path.unwrap_or(true),
+        include_prefix: !cli.no_include_prefix && p.include_prefix.unwrap_or(true),
+        change_origin: cli.change_origin || p.change_origin.unwrap_or(false),
+        auto_rewrite: cli.auto_rewrite || p.auto_rewrite.unwrap_or(false),
+        protocol_rewrite: protocol_rewrite.map(|s| s.trim_end_matches(':').to_string()),
+        custom_headers,
+        host_routing: cli.host_routing || p.host_routing.unwrap_or(false),
+    })
+}
+
+/// Timeouts; `--timeout`/`--proxy-timeout` of 0 mean none, as in CHP.
+fn timeouts(cli: &Cli, file: &FileConfig) -> Result<Timeouts, ConfigError> {
+    let p = &file.proxy;
+    let ms = |v: Option<u64>| v.filter(|&v| v > 0).map(Duration::from_millis);
+    let connect_ms = p.connect_timeout_ms.unwrap_or(5_000);
+    if connect_ms == 0 {
+        return Err(invalid("proxy.connect-timeout-ms", "must be at least 1"));
+    }
+    Ok(Timeouts {
+        downstream: ms(cli.timeout.or(p.timeout_ms)),
+        upstream: ms(cli.proxy_timeout.or(p.proxy_timeout_ms)),
+        connect: Duration::from_millis(connect_ms),
+        keep_alive: Duration::from_millis(
+            cli.keep_alive_timeout
+                .or(p.keep_alive_timeout_ms)
+                .unwrap_or(5_000),
+        ),
+    })
+}
+
+/// The public listener's head-phase limits (`[limits]`); `--timeout` also bounds a silent
+/// client during the head.
+fn limits(file: &FileConfig, timeouts: &Timeouts) -> Result<Limits, ConfigError> {
+    let l = &file.limits;
+    let defaults = Limits::default();
+    let limits = Limits {
+        max_request_line: l
+            .max_request_line_bytes
+            .unwrap_or(defaults.max_request_line),
+        max_head: l.max_header_bytes.unwrap_or(defaults.max_head),
+        head_timeout: l
+            .header_timeout_ms
+            .map_or(defaults.head_timeout, Duration::from_millis),
+        idle: timeouts.downstream,
+        max_pending: l.max_pending_connections.unwrap_or(defaults.max_pending),
+    };
+    for (key, value, min) in [
+        ("limits.max-request-line-bytes", limits.max_request_line, 16),
+        ("limits.max-header-bytes", limits.max_head, 64),
+        ("limits.max-pending-connections", limits.max_pending, 1),
+    ] {
+        if value < min {
+            return Err(invalid(key, format!("must be at least {min}")));
+        }
+    }
+    if limits.max_request_line > limits.max_head {
+        return Err(invalid(
+            "limits.max-request-line-bytes",
+            "must not exceed limits.max-header-bytes (the head includes the request line)",
+        ));
+    }
+    if limits.head_timeout.is_zero() {
+        return Err(invalid("limits.header-timeout-ms", "must be at least 1"));
+    }
+    Ok(limits)
+}
+
+/// TLS toward https targets.
+fn client_tls(cli: &Cli, file: &FileConfig) -> Result<ClientTls, ConfigError> {
+    let c = &file.client_tls;
+    let client_tls = ClientTls {
+        cert: cli.client_ssl_cert.clone().or_else(|| c.cert.clone()),
+        key: cli.client_ssl_key.clone().or_else(|| c.key.clone()),
+        ca: cli.client_ssl_ca.clone().or_else(|| c.ca.clone()),
+        insecure: cli.insecure || file.proxy.insecure.unwrap_or(false),
+    };
+    if client_tls.cert.is_some() != client_tls.key.is_some() {
+        return Err(invalid(
+            "--client-ssl-key/--client-ssl-cert",
+            "give both the client key and the client certificate, or neither",
+        ));
+    }
+    for (key, path) in [
+        ("--client-ssl-key", &client_tls.key),
+        ("--client-ssl-cert", &client_tls.cert),
+        ("--client-ssl-ca", &client_tls.ca),
+    ] {
+        if let Some(path) = path {
+            check_readable(key, path)?;
+        }
+    }
+    Ok(client_tls)
+}
+
+/// The process-wide settings of `[server]` (and `--log-level`).
+struct ServerSettings {
+    log_level: log::LevelFilter,
+    threads: usize,
+    shutdown_grace: Duration,
+}
+
+fn server_settings(cli: &Cli, file: &FileConfig) -> Result<ServerSettings, ConfigError> {
+    let s = &file.server;
+    let log_level = match (&cli.log_level, &s.log_level) {
+        (Some(l), _) => parse_log_level("--log-level", l)?,
+        (None, Some(l)) => parse_log_level("server.log-level", l)?,
+        (None, None) => log::LevelFilter::Info,
+    };
+    let threads = s.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    if threads == 0 || threads > 1024 {
+        return Err(invalid("server.threads", "must be between 1 and 1024"));
+    }
+    let grace = s.shutdown_grace_seconds.unwrap_or(10);
+    if grace > 3600 {
+        return Err(invalid(
+            "server.shutdown-grace-seconds",
+            "must be at most 3600",
+        ));
+    }
+    Ok(ServerSettings {
+        log_level,
+        threads,
+        shutdown_grace: Duration::from_secs(grace),
+    })
+}
+
+/// The largest API request body accepted (10 MiB by default).
+fn api_max_body(file: &FileConfig) -> Result<usize, ConfigError> {
+    let api_max_body = file.api.max_body_bytes.unwrap_or(10 * 1024 * 1024);
+    if api_max_body == 0 {
+        return Err(invalid("api.max-body-bytes", "must be at least 1"));
+    }
+    Ok(api_max_body)
+}
+
+fn access_log(file: &FileConfig) -> Result<AccessLog, ConfigError> {
+    match file.server.access_log.as_deref().unwrap_or("off") {
+        "off" => Ok(AccessLog::Off),
+        "combined" => Ok(AccessLog::Combined),
+        "json" => Ok(AccessLog::Json),
+        other => Err(invalid(
+            "server.access-log",
+            format!("{other:?}: use off, combined or json"),
+        )),
     }
 }
 
