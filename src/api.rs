@@ -116,6 +116,46 @@ fn form_decode(s: &str) -> String {
         .into_owned()
 }
 
+/// A POST body as JSON, or the message of the 400 answer. Public for the fuzz targets
+/// (`fuzz/fuzz_targets/api_body.rs`).
+pub fn parse_body(body: &[u8]) -> Result<serde_json::Value, String> {
+    serde_json::from_slice::<serde_json::Value>(body).map_err(|e| {
+        // V8's wording for the commonest case (an empty body); serde's otherwise.
+        let why = if body.iter().all(u8::is_ascii_whitespace) {
+            "Unexpected end of JSON input".to_string()
+        } else {
+            e.to_string()
+        };
+        format!("Body not valid JSON: SyntaxError: {why}")
+    })
+}
+
+/// The route data of a POST: an object with a string `target`; `Err` gives the value back.
+pub fn route_data(
+    data: serde_json::Value,
+) -> Result<serde_json::Map<String, serde_json::Value>, serde_json::Value> {
+    match data {
+        serde_json::Value::Object(map) if map.get("target").is_some_and(|t| t.is_string()) => {
+            Ok(map)
+        }
+        other => Err(other),
+    }
+}
+
+/// The route path after `/api/routes` (`""` or `/…`), percent-decoded; `None` for the table.
+pub fn route_path(rest: &str) -> Result<Option<String>, canonical::PathError> {
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    canonical::decode(rest).map(|p| Some(p.into_owned()))
+}
+
+/// The key a POST stores its route under: CHP cleans the path twice on POST (once in the
+/// handler, once in the store).
+pub fn post_key(path: Option<&str>) -> String {
+    trim_prefix(&trim_prefix(path.unwrap_or("/")))
+}
+
 impl RoutesApi {
     /// Builds the API over a store.
     pub fn new(
@@ -216,20 +256,9 @@ impl RoutesApi {
                 Ok(b) => b,
                 Err(answer) => return answer,
             };
-            match serde_json::from_slice::<serde_json::Value>(&body) {
+            match parse_body(&body) {
                 Ok(v) => posted = Some(v),
-                Err(e) => {
-                    // V8's wording for the commonest case (an empty body); serde's otherwise.
-                    let why = if body.iter().all(u8::is_ascii_whitespace) {
-                        "Unexpected end of JSON input".to_string()
-                    } else {
-                        e.to_string()
-                    };
-                    return Answer::fail(
-                        StatusCode::BAD_REQUEST,
-                        &format!("Body not valid JSON: SyntaxError: {why}"),
-                    );
-                }
+                Err(why) => return Answer::fail(StatusCode::BAD_REQUEST, &why),
             }
         }
 
@@ -246,17 +275,13 @@ impl RoutesApi {
             }
         }
 
-        let route_path = if rest.is_empty() {
-            None
-        } else {
-            match canonical::decode(rest) {
-                Ok(p) => Some(p.into_owned()),
-                Err(_) => {
-                    return Answer::fail(
-                        StatusCode::BAD_REQUEST,
-                        "Invalid percent-encoding in route path",
-                    );
-                }
+        let route_path = match route_path(rest) {
+            Ok(p) => p,
+            Err(_) => {
+                return Answer::fail(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid percent-encoding in route path",
+                );
             }
         };
 
@@ -305,17 +330,14 @@ impl RoutesApi {
     }
 
     async fn post(&self, path: Option<&str>, data: serde_json::Value) -> Answer {
-        let mut data = match data {
-            serde_json::Value::Object(map) if map.get("target").is_some_and(|t| t.is_string()) => {
-                map
-            }
-            other => {
+        let mut data = match route_data(data) {
+            Ok(map) => map,
+            Err(other) => {
                 warn!("Bad POST data: {other}");
                 return Answer::fail(StatusCode::BAD_REQUEST, "Must specify 'target' as string");
             }
         };
-        // CHP cleans the path twice on POST (once in the handler, once in the store).
-        let key = trim_prefix(&trim_prefix(path.unwrap_or("/")));
+        let key = post_key(path);
         // Refused here what could never be proxied (CHP stores it and fails per request).
         if let Err(e) = check_key(&key) {
             warn!("Bad route path: {e}");

@@ -19,6 +19,17 @@ pub mod time;
 pub mod tls;
 pub mod web;
 
+/// Internals the fuzz targets (`fuzz/`) drive directly. Not an API: it exists so that parsers
+/// private to their modules can be fuzzed without making those modules public.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::api::{parse_body, post_key, route_data, route_path};
+    pub use crate::auth::session::{cookie_value, strip_own_cookies, CookieKey, SessionClaims};
+    pub use crate::auth::verify::{inspect, Unverified};
+    pub use crate::auth::{bearer_token, parse_key_set};
+    pub use crate::proxy::frames::FrameCounter;
+}
+
 /// The module layering (docs/design.md, "Module map"): leaves import no other hubgate module,
 /// and arrows point one way: `proxy` → `auth` → leaves; nothing but the wiring imports `proxy`.
 #[cfg(test)]

@@ -12,9 +12,9 @@ mod denial;
 mod keys;
 pub mod login;
 mod reason;
-mod session;
+pub(crate) mod session;
 mod upstream;
-mod verify;
+pub(crate) mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;

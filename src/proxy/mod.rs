@@ -17,7 +17,7 @@
 mod access_log;
 mod error_pages;
 mod forward;
-mod frames;
+pub(crate) mod frames;
 mod front_door;
 mod headers;
 mod refusal;
