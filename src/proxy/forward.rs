@@ -236,6 +236,11 @@ pub fn rewrite_location(
             }
         }
     }
+    // As node's URL setters in http-proxy's order: the host is set while the scheme is still
+    // the Location's (its default port is dropped then), and the protocol after (the new
+    // scheme's default port is dropped too). `Host: name:80` with `--protocol-rewrite https`
+    // thus gives `https://name/`.
+    let port = port.filter(|p| Some(p.as_str()) != default_port(&scheme_lc));
     let new_scheme = fwd.protocol_rewrite.clone().unwrap_or(scheme_lc);
     let port = port.filter(|p| Some(p.as_str()) != default_port(&new_scheme));
     Some(match port {
@@ -370,6 +375,15 @@ pub(super) mod tests {
             )
             .as_deref(),
             Some("https://other.example.org:8443/elsewhere")
+        );
+        // The Location scheme's default port goes before the protocol changes (as node).
+        assert_eq!(
+            rewrite_location(302, "http://127.0.0.1:19101/e", &t, Some("h.org:80"), &f).as_deref(),
+            Some("https://h.org/e")
+        );
+        assert_eq!(
+            rewrite_location(302, "http://127.0.0.1:19101/e", &t, Some("h.org:443"), &f).as_deref(),
+            Some("https://h.org/e")
         );
         assert_eq!(
             rewrite_location(200, "http://127.0.0.1:19101/x", &t, Some("a:1"), &f),
