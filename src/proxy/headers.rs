@@ -83,7 +83,11 @@ pub fn build(method: &Method, headers: &HeaderMap, i: &Inputs<'_>) -> UpstreamHe
     if i.websocket {
         return UpstreamHeaders { remove, set };
     }
-    remove.push(TRAILER);
+    // Only when sent: removing an absent name still hashes it, and pushing it would allocate
+    // the removal list on every request.
+    if headers.contains_key(TRAILER) {
+        remove.push(TRAILER);
+    }
     // As node's client does: the client's `close` is passed on, otherwise keep-alive.
     set.push((
         CONNECTION,
