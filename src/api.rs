@@ -469,6 +469,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn posted_numbers_are_listed_exactly_as_posted() {
+        // fuzz/regressions/api_body-float-roundtrip: without serde_json's `float_roundtrip`
+        // a long decimal parsed to a neighbouring f64, so the listed route differed from the
+        // posted one after a write and a re-read (the Redis store re-reads every route).
+        let body = br#"{"target":"http://127.0.0.1:1","n":[77777777777777777777777777777777777777777777777777772.5,1e300,0.1,-2.2250738585072014e-308,5e-324]}"#;
+        let data = route_data(parse_body(body).unwrap()).unwrap();
+        let route = crate::routes::Route::new(std::sync::Arc::from("/x"), data.clone());
+        let mut out = String::new();
+        route.write_json(&mut out);
+        let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(listed["n"], data["n"], "{out}");
+    }
+
+    #[test]
     fn posted_paths_are_checked_as_sent() {
         assert!(raw_key_error(b"/api/routes/user/alice/").is_none());
         assert!(raw_key_error(b"/api/routes/user/%E7%A7%80/").is_none());

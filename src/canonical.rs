@@ -168,6 +168,10 @@ fn rewrite(path: &[u8]) -> String {
             if i == last {
                 segments.push(b"");
             }
+        } else if seg.is_empty() && segments.is_empty() && i != last {
+            // `..` climbed back to the root and left an empty segment behind (`/x/..//y`):
+            // dropping it keeps the result free of leading `//`, as the collapse above does,
+            // so canonicalising a canonical path changes nothing (found by fuzzing).
         } else {
             segments.push(seg);
         }
@@ -236,6 +240,23 @@ mod tests {
         assert_eq!(canon("/a/..%2fb").0, "/a/..%2fb");
         assert_eq!(canon("//user/bob/").0, "/user/bob/");
         assert_eq!(canon("///x").0, "/x");
+    }
+
+    #[test]
+    fn climbing_to_the_root_leaves_no_leading_double_slash() {
+        // fuzz/regressions/canonical-not-idempotent: `//` was forwarded, then `/` on re-reading.
+        for (p, want) in [
+            ("/x/%2E%2e//", "/"),
+            ("/x/..//y", "/y"),
+            ("/a/../..//b", "/b"),
+            ("/x/..///y/", "/y/"),
+            ("/x/../", "/"),
+            ("/a//../b", "/a/b"),
+        ] {
+            let (forward, _) = canon(p);
+            assert_eq!(forward, want, "{p}");
+            assert_eq!(canon(&forward).0, forward, "not idempotent for {p}");
+        }
     }
 
     #[test]
