@@ -9,6 +9,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use pingora::connectors::TransportConnector;
+use pingora::protocols::l4::ext::TcpKeepalive;
+use pingora::protocols::Stream;
 use pingora::upstreams::peer::HttpPeer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
@@ -57,6 +60,10 @@ pub struct Connector {
     tls: Arc<ClientTlsMaterial>,
     /// Skip verification of targets' certificates (`--insecure`).
     insecure: bool,
+    /// pingora's connector, for TLS streams that hubgate then relays itself (websockets to
+    /// `https://` targets): the handshake, CA list, client certificate and verification are
+    /// exactly those of the forwarding path, since both start from [`Connector::peer`].
+    transport: Arc<TransportConnector>,
 }
 
 impl Connector {
@@ -66,6 +73,7 @@ impl Connector {
             resolver,
             tls,
             insecure,
+            transport: Arc::new(TransportConnector::new(None)),
         }
     }
 
@@ -107,6 +115,40 @@ impl Connector {
             peer.client_cert_key = self.tls.cert_key.clone();
         }
         Ok(peer)
+    }
+
+    /// A TLS stream to an `https://` target (the handshake done, verified as
+    /// [`Connector::peer`] says), within `t.connect` for TCP and `t.total_connect` in all.
+    /// TCP keep-alive probes after 60 s idle, as for [`Connector::stream`].
+    /// Errors are pingora's, so that [`super::FailureKind::of_pingora`] classifies them as it
+    /// does the forwarding path's.
+    pub async fn tls_stream(&self, target: &Target, t: &PeerTimeouts) -> pingora::Result<Stream> {
+        use pingora::{Error, ErrorType};
+        if !target.tls {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "TLS streams are for https targets",
+            );
+        }
+        let mut peer = self
+            .peer(target, t)
+            .await
+            .map_err(|e| Error::because(ErrorType::ConnectError, "resolving the target", e))?;
+        peer.options.tcp_keepalive = Some(TcpKeepalive {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(15),
+            count: 4,
+            #[cfg(target_os = "linux")]
+            user_timeout: Duration::ZERO,
+        });
+        // The relay has no idle limit (kernels sit idle for hours): no read/write timeouts.
+        peer.options.read_timeout = None;
+        peer.options.write_timeout = None;
+        let bound = t.total_connect.unwrap_or(t.connect + t.connect);
+        match tokio::time::timeout(bound, self.transport.new_stream(&peer)).await {
+            Ok(r) => r,
+            Err(_) => Error::e_explain(ErrorType::ConnectTimedout, "connect timed out"),
+        }
     }
 
     /// A bare stream to a plain (`http://` or `http+unix://`) target, within `timeout`

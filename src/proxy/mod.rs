@@ -204,17 +204,13 @@ impl ProxyHttp for HubProxy {
         let target = ctx
             .target()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route for request"))?;
-        let mut peer = self
+        // Websocket upgrades never get here: every target's go to hubgate's relay.
+        let peer = self
             .shared
             .connector
             .peer(target, &self.shared.peer_timeouts)
             .await
             .map_err(|e| Error::because(ErrorType::ConnectNoRoute, "resolving target", e))?;
-        if ctx.websocket {
-            // https targets keep pingora's upgrade path; it must not time out idle kernels.
-            peer.options.read_timeout = None;
-            peer.options.write_timeout = None;
-        }
         Ok(Box::new(peer))
     }
 

@@ -191,7 +191,7 @@ impl HubProxy {
             route.target_str()
         );
 
-        if ctx.websocket && !target.tls {
+        if ctx.websocket {
             return self
                 .hand_off_websocket(session, ctx, &route, &upstream_path, auth.as_deref())
                 .await;
@@ -268,7 +268,7 @@ impl HubProxy {
         found
     }
 
-    /// Step: a websocket upgrade to a plain target goes to hubgate's own relay.
+    /// Step: a websocket upgrade goes to hubgate's own relay (plain and `https://` targets).
     async fn hand_off_websocket(
         &self,
         session: &mut Session,

@@ -3,7 +3,8 @@
 //! pingora's upgraded-body path keeps ~70 KiB per idle websocket and applies its 60 s read
 //! timeout to upgraded connections; kernels sit idle for hours. So after routing, the
 //! downstream connection is taken from pingora (its session is swapped for an inert one),
-//! the upgrade request is written to the target by hand, and [`Relay`] copies bytes both
+//! the upgrade request is written to the target by hand (over a bare socket, or over a TLS
+//! stream from pingora's connector for `https://` targets), and [`Relay`] copies bytes both
 //! ways with no idle timeout. Failures before the upgrade answer with CHP's bare status line.
 
 use std::fmt;
@@ -299,7 +300,7 @@ pub struct Upgrade {
     pub close_at: Option<i64>,
 }
 
-/// Proxies a websocket upgrade for `route` (a plain target) with hubgate's own relay. Returns
+/// Proxies a websocket upgrade for `route` (any target) with hubgate's own relay. Returns
 /// the refusal when the upgrade never reached the target, for the caller to render.
 pub async fn proxy(
     shared: &Arc<Shared>,
@@ -320,12 +321,33 @@ pub async fn proxy(
         detail: e.to_string(),
         counted: false,
     };
-    let mut up = shared
-        .connector
-        .stream(target, shared.timeouts.connect)
-        .await
-        .map_err(upstream_failed)?;
-    if let Err(e) = up.write_all(&head).await {
+    let mut up = if target.tls {
+        // `https://` targets (JupyterHub's internal_ssl): pingora's connector does the
+        // handshake, the relay below is the same as for plain targets.
+        let stream = shared
+            .connector
+            .tls_stream(target, &shared.peer_timeouts)
+            .await
+            .map_err(|e| Refusal::Upstream {
+                kind: FailureKind::of_pingora(&e),
+                detail: e.to_string(),
+                counted: false,
+            })?;
+        Conn::Pingora(stream)
+    } else {
+        let stream = shared
+            .connector
+            .stream(target, shared.timeouts.connect)
+            .await
+            .map_err(upstream_failed)?;
+        Conn::Bare(stream)
+    };
+    // pingora's streams buffer writes (and TLS records): the head goes out on the flush.
+    let sent = match up.write_all(&head).await {
+        Ok(()) => up.flush().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = sent {
         // Counted as before this refactor: only connect failures count for websockets.
         return Err(Refusal::Upstream {
             kind: FailureKind::of_io(&e),
@@ -334,7 +356,6 @@ pub async fn proxy(
         });
     }
     drop(head);
-    let mut up = Conn::Bare(up);
     let Some(mut down) = take_downstream(session).await else {
         return Err(Refusal::Status(
             500,

@@ -8,8 +8,9 @@ use crate::support::backend::{echo_reply, Handshake};
 use crate::support::tls::{server_config, Ca, CertFiles, Usage};
 use crate::support::ws::{ws_recv_text, WsOptions};
 use crate::support::*;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 const T: Duration = Duration::from_secs(10);
@@ -177,4 +178,53 @@ async fn websocket_to_an_https_target_presents_the_client_certificate() {
         }]
     );
     let _ = c.close(None).await;
+}
+
+/// `https://` targets take hubgate's own relay, as plain ones do: on SIGTERM the kernel's
+/// websocket gets a close frame (1001, going away), which pingora's upgrade path never sent,
+/// and messages keep flowing both ways until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_to_an_https_target_is_relayed_by_hubgate_and_closed_with_1001_on_sigterm() {
+    let p = pki();
+    let ws = WsBackend::start_tls(
+        WsOptions::default(),
+        server_config(&p.server, Some(p.ca.cert())),
+    );
+    let mut hg = Hubgate::builder().args(&client_flags(&p)).start();
+    hg.add_route("/user/alice", &ws.url());
+
+    let (mut c, resp) = ws_connect(hg.port, "/user/alice/api/kernels/k/channels", &[])
+        .await
+        .unwrap_or_else(|e| panic!("upgrade through hubgate: {e}\n{}", hg.output()));
+    assert_eq!(resp.status().as_u16(), 101);
+    for i in 0..3 {
+        let text = format!("message {i}");
+        c.send(Message::Text(text.clone().into())).await.unwrap();
+        assert_eq!(
+            ws_recv_text(&mut c, T).await.as_deref(),
+            Some(text.as_str())
+        );
+    }
+
+    hg.signal(libc::SIGTERM);
+    let frame = tokio::time::timeout(T, async {
+        loop {
+            match c.next().await {
+                Some(Ok(Message::Close(frame))) => return Ok(frame),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(format!("error instead of a close frame: {e}")),
+                None => return Err("ended without a close frame".to_string()),
+            }
+        }
+    })
+    .await
+    .expect("close frame within 10 s")
+    .unwrap_or_else(|e| panic!("{e}\n{}", hg.output()));
+    let frame = frame.expect("close frame with a code");
+    assert_eq!(frame.code, CloseCode::Away, "{frame:?}");
+    assert!(
+        hg.wait_exit(T).is_some_and(|s| s.success()),
+        "{}",
+        hg.output()
+    );
 }
