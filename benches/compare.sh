@@ -32,10 +32,14 @@
 # Environment (defaults in brackets):
 #   REPS [3]  DURATION [10] (c64 runs, s)  C1_DURATION [5]  WS_DURATION [5]  WARMUP [1]
 #   C1_SAME_CORE [1] (also measure c1 with the proxy moved onto the load core)
-#   WS_HOLD_N [5000] (plain idle websockets)  WS_TLS_N [1000] (wss)  HOLD_IN_FLIGHT [256]
+#   WS_HOLD_N [5000] (plain idle websockets; 0: no idle-websocket measures)  WS_TLS_N [1000] (wss)  HOLD_IN_FLIGHT [256]
 #   PROXIES ["hubgate-auth hubgate nginx chp"] (hubgate-auth first: with the rotation, never
 #     right after hubgate's 5,000-websocket measures, so auth on/off are measured alike)
 #   TLS_PROXIES ["hubgate nginx chp"] (idle wss measures; empty: none)
+#     Two more targets may be named in PROXIES: nginx-tuned (nginx with `proxy_buffer_size 16k;
+#     proxy_buffers 8 16k`, buffers sized for a 64 KiB body as a site serving large notebooks
+#     would set them) and hubgate-2t (hubgate with two worker threads, pinned to both cores, the
+#     load core included: CPU per request against hubgate's one thread shows contention).
 #   HUBGATE [target/release/hubgate]  LOAD [target/release/hubgate-load]  HUBGATE_LABEL
 #   CHP [.tools/node_modules/.bin/configurable-http-proxy]  NGINX [nginx]
 #   PROXY_CPU [1]  LOAD_CPU [0]  QUIET_WAIT [600]  QUIET_TOTAL [1800]  QUIET_BUSY [30]
@@ -88,13 +92,13 @@ command -v openssl >/dev/null || die "openssl not found"
 [[ "$(nproc)" -ge 2 ]] || die "needs at least 2 CPUs (proxy and load generator on separate cores)"
 for p in $PROXIES $TLS_PROXIES; do
     case "$p" in
-    hubgate | chp) ;;
+    hubgate | hubgate-2t | chp) ;;
     hubgate-auth)
         [[ " $TLS_PROXIES " != *" hubgate-auth "* ]] ||
             die "hubgate-auth has no wss measure (its idle websockets cost what hubgate's do); remove it from TLS_PROXIES"
         ;;
-    nginx) command -v "$NGINX" >/dev/null || die "nginx not found (apt-get install nginx-light, or scripts/setup.sh)" ;;
-    *) die "unknown proxy '$p' (hubgate, hubgate-auth, nginx, chp)" ;;
+    nginx | nginx-tuned) command -v "$NGINX" >/dev/null || die "nginx not found (apt-get install nginx-light, or scripts/setup.sh)" ;;
+    *) die "unknown proxy '$p' (hubgate, hubgate-auth, hubgate-2t, nginx, nginx-tuned, chp)" ;;
     esac
 done
 if [[ " $PROXIES $TLS_PROXIES " == *" chp "* ]]; then
@@ -212,8 +216,10 @@ PROXY_PID=""
 PROXY_PORT=""
 PROXY_SCHEME=""
 
-write_nginx_conf() { # write_nginx_conf DIR PORT TLS(0|1)
-    local d="$1" port="$2" tls="$3" listen
+write_nginx_conf() { # write_nginx_conf DIR PORT TLS(0|1) [TUNED(0|1)]
+    local d="$1" port="$2" tls="$3" tuned="${4:-0}" listen buffers=""
+    [[ "$tuned" == 1 ]] && buffers="proxy_buffer_size 16k;
+            proxy_buffers 8 16k;"
     mkdir -p "$d"
     if [[ "$tls" == 1 ]]; then
         listen="listen 127.0.0.1:$port ssl;
@@ -257,6 +263,7 @@ http {
             proxy_read_timeout 3600s;
             proxy_send_timeout 3600s;
             proxy_max_temp_file_size 0;
+            $buffers
         }
     }
 }
@@ -279,7 +286,7 @@ check_auth_proxy() {
 
 # start_proxy NAME TLS(0|1): sets PROXY_PID, PROXY_PORT, PROXY_SCHEME; waits until it proxies
 start_proxy() {
-    local name="$1" tls="$2" api_port tls_args=() extra_args=() cred=() i code
+    local name="$1" tls="$2" api_port tls_args=() extra_args=() cred=() i code cpu="$PROXY_CPU"
     PROXY_PORT=$(free_port)
     PROXY_SCHEME=http
     [[ "$tls" == 1 ]] && PROXY_SCHEME=https
@@ -288,12 +295,17 @@ start_proxy() {
         extra_args=(--config "$AUTH_DIR/hubgate.toml")
         cred=(-H "@$AUTH_DIR/curl-header")
     fi
+    if [[ "$name" == hubgate-2t ]]; then
+        printf '[server]\nthreads = 2\n' >"$WORK/threads2.toml"
+        extra_args=(--config "$WORK/threads2.toml")
+        cpu="$LOAD_CPU,$PROXY_CPU"
+    fi
     case "$name" in
-    hubgate | hubgate-auth | chp)
+    hubgate | hubgate-auth | hubgate-2t | chp)
         local bin="$HUBGATE"
         [[ "$name" == chp ]] && bin="$CHP"
         api_port=$(free_port)
-        CONFIGPROXY_AUTH_TOKEN="$TOKEN" start_bg "$name-$tls" "$PROXY_CPU" "$bin" \
+        CONFIGPROXY_AUTH_TOKEN="$TOKEN" start_bg "$name-$tls" "$cpu" "$bin" \
             --ip 127.0.0.1 --port "$PROXY_PORT" --api-ip 127.0.0.1 --api-port "$api_port" \
             --default-target "$BACKEND" --log-level warn "${tls_args[@]}" "${extra_args[@]}"
         PROXY_PID=$BG_PID
@@ -319,10 +331,10 @@ start_proxy() {
             [[ "$code" == 201 ]] || die "$name: adding a route answered $code"
         fi
         ;;
-    nginx)
-        write_nginx_conf "$WORK/nginx-$tls" "$PROXY_PORT" "$tls"
-        start_bg "nginx-$tls" "$PROXY_CPU" "$NGINX" -p "$WORK/nginx-$tls" -c "$WORK/nginx-$tls/nginx.conf" \
-            -e "$WORK/nginx-$tls/error.log"
+    nginx | nginx-tuned)
+        write_nginx_conf "$WORK/$name-$tls" "$PROXY_PORT" "$tls" "$([[ "$name" == nginx-tuned ]] && echo 1 || echo 0)"
+        start_bg "$name-$tls" "$cpu" "$NGINX" -p "$WORK/$name-$tls" -c "$WORK/$name-$tls/nginx.conf" \
+            -e "$WORK/$name-$tls/error.log"
         PROXY_PID=$BG_PID
         ;;
     esac
@@ -512,12 +524,15 @@ for ((rep = 1; rep <= REPS; rep++)); do
         measure_http_ws "$rep" "$target" "http://127.0.0.1:$PROXY_PORT"
         unset HUBGATE_LOAD_TOKEN
         stop_proxy
-        # auth runs once per upgrade: held websockets cost what hubgate's do
-        [[ "$target" == hubgate-auth ]] && continue
-        # idle websockets, plain, fresh process
-        start_proxy "$target" 0
-        hold "$rep" "$target" hold "$WS_HOLD_N" "ws://127.0.0.1:$PROXY_PORT/user/bench/api/kernels/k/channels"
-        stop_proxy
+        # auth runs once per upgrade: held websockets cost what hubgate's do; the variants
+        # (2 threads, tuned nginx buffers) change nothing for an idle websocket
+        [[ "$target" == hubgate-auth || "$target" == hubgate-2t || "$target" == nginx-tuned ]] && continue
+        # idle websockets, plain, fresh process (WS_HOLD_N=0: none)
+        if [[ "$WS_HOLD_N" -gt 0 ]]; then
+            start_proxy "$target" 0
+            hold "$rep" "$target" hold "$WS_HOLD_N" "ws://127.0.0.1:$PROXY_PORT/user/bench/api/kernels/k/channels"
+            stop_proxy
+        fi
         # idle websockets over TLS, fresh process
         if [[ " $TLS_PROXIES " == *" $target "* && "$WS_TLS_N" -gt 0 ]]; then
             start_proxy "$target" 1

@@ -24,8 +24,10 @@ for r in records:
     if "json" in r:
         r["data"] = json.load(open(r["json"]))
 
-TARGETS = ["direct", "hubgate", "hubgate-auth", "nginx", "chp"]
-NAMES = {"direct": "direct", "hubgate": "hubgate", "hubgate-auth": "hubgate auth on", "nginx": "nginx", "chp": "CHP"}
+TARGETS = ["direct", "hubgate", "hubgate-auth", "hubgate-2t", "nginx", "nginx-tuned", "chp"]
+NAMES = {"direct": "direct", "hubgate": "hubgate", "hubgate-auth": "hubgate auth on",
+         "hubgate-2t": "hubgate 2 threads", "nginx": "nginx", "nginx-tuned": "nginx tuned buffers",
+         "chp": "CHP"}
 present = [t for t in TARGETS if any(r["target"] == t for r in records)]
 reps = sorted({r["rep"] for r in records})
 
@@ -146,10 +148,12 @@ def ratio(metric, a, b):
 
 
 # Ratio columns: hubgate against the others, and auth on against off (same binary, same run).
-RATIOS = [(a, b) for a, b in (("hubgate", "nginx"), ("hubgate", "chp"), ("hubgate-auth", "hubgate"))
+RATIOS = [(a, b) for a, b in (("hubgate", "nginx"), ("hubgate", "nginx-tuned"), ("hubgate", "chp"),
+                               ("hubgate-auth", "hubgate"), ("hubgate-2t", "hubgate"))
           if a in present and b in present]
-RATIO_NAMES = {("hubgate", "nginx"): "hubgate/nginx", ("hubgate", "chp"): "hubgate/CHP",
-               ("hubgate-auth", "hubgate"): "auth on/off"}
+RATIO_NAMES = {("hubgate", "nginx"): "hubgate/nginx", ("hubgate", "nginx-tuned"): "hubgate/nginx tuned",
+               ("hubgate", "chp"): "hubgate/CHP", ("hubgate-auth", "hubgate"): "auth on/off",
+               ("hubgate-2t", "hubgate"): "2 threads/1"}
 
 
 ws_n = env.get("ws_hold_n", "5000")
@@ -185,7 +189,7 @@ lines.append(f"# hubgate vs nginx vs CHP — {env.get('date', '')}")
 lines.append("")
 lines.append(
     f"Machine: {env.get('nproc')} CPUs ({env.get('cpu')}), {env.get('mem')}, kernel {env.get('kernel')}. "
-    f"hubgate {env.get('hubgate')}; nginx {env.get('nginx')} (1 worker); CHP {env.get('chp')} (node {env.get('node')})."
+    f"hubgate {env.get('hubgate')}; nginx {env.get('nginx')} (1 worker; nginx with its default proxy buffers, nginx tuned buffers with `proxy_buffer_size 16k; proxy_buffers 8 16k`); CHP {env.get('chp')} (node {env.get('node')})."
 )
 lines.append(
     f"Proxy pinned to core {env.get('proxy_cpu')}; load tool and echo backend (`hubgate-load`) on core {env.get('load_cpu')}. "
@@ -244,6 +248,7 @@ def target_row(name, goal, metric, limit=None, vs=None, unit=""):
 
 target_row("proxy CPU per small request", "", "small_cpu", vs="nginx", unit=" µs")
 target_row("proxy CPU per 64 KiB request", "", "big_cpu", vs="nginx", unit=" µs")
+target_row("proxy CPU per 64 KiB request, nginx with tuned buffers", "", "big_cpu", vs="nginx-tuned", unit=" µs")
 target_row("added latency c1 p50 vs direct", "", "c1_over", limit=25, unit=" µs")
 target_row("(same, proxy on the load core: no cross-core wakeups)", "", "c1same_over", limit=25, unit=" µs")
 target_row("proxy CPU per websocket message", "", "ws_cpu", vs="nginx", unit=" µs")
