@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use http::Response;
 use log::{error, info, warn};
 use pingora::apps::http_app::{HttpServer, ServeHttp};
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
@@ -57,6 +57,12 @@ pub struct Hubgate {
 
 fn listener(listen: &Listen, l4: Option<L4BufferSettings>) -> Result<ListenerConfig, StartError> {
     let cfg = match listen {
+        // `::` takes IPv4 too (see `config::all_interfaces`), whatever net.ipv6.bindv6only says
+        Listen::Tcp(addr) if addr.ip().is_unspecified() && addr.is_ipv6() => {
+            let mut options = TcpSocketOptions::default();
+            options.ipv6_only = Some(false);
+            ListenerConfig::tcp(addr.to_string()).tcp_socket_options(options)
+        }
         Listen::Tcp(addr) => ListenerConfig::tcp(addr.to_string()),
         Listen::Unix(path) => {
             // A socket file left by a previous run would make the bind fail.
@@ -521,7 +527,10 @@ fn redirect_service(
     to: u16,
     ready: &mut Readiness,
 ) -> Result<Service<HttpServer<RedirectApp>>, StartError> {
-    let listen = Listen::Tcp(std::net::SocketAddr::from(([0, 0, 0, 0], port)));
+    let listen = Listen::Tcp(std::net::SocketAddr::new(
+        crate::config::all_interfaces(),
+        port,
+    ));
     let mut svc = Service::new(
         "hubgate redirect".to_string(),
         HttpServer::new_app(RedirectApp { to_port: to }),

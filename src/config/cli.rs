@@ -10,7 +10,9 @@ use clap::{ArgAction, Parser};
 
 /// hubgate: a drop-in replacement for configurable-http-proxy in front of JupyterHub.
 #[derive(Debug, Default, Clone, Parser)]
-#[command(name = "hubgate", version, about, long_about = None)]
+// args_override_self: a flag given twice keeps its last value, as CHP's option parser
+// (commander) does; scripts that append an override to a base command line rely on it.
+#[command(name = "hubgate", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     /// hubgate's own settings (TOML); flags given on the command line override it.
     #[arg(long, value_name = "FILE")]
@@ -170,4 +172,32 @@ pub struct Cli {
     /// Keep-alive idle timeout (ms) of the public listener (default 5000).
     #[arg(long, value_name = "timeout")]
     pub keep_alive_timeout: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_flag_keeps_its_last_value_and_repeatable_ones_accumulate() {
+        let cli = Cli::try_parse_from([
+            "hubgate",
+            "--port",
+            "1",
+            "--port",
+            "2",
+            "--ip",
+            "127.0.0.1",
+            "--ip",
+            "::1",
+            "--custom-header",
+            "a: 1",
+            "--custom-header",
+            "b: 2",
+        ])
+        .expect("repeated flags parse");
+        assert_eq!(cli.port, Some(2));
+        assert_eq!(cli.ip.as_deref(), Some("::1"));
+        assert_eq!(cli.custom_header, vec!["a: 1", "b: 2"]);
+    }
 }

@@ -56,6 +56,8 @@ impl Listen {
     /// The listener as a URL-ish string for logs (`http://127.0.0.1:8000`).
     pub fn display(&self, scheme: &str) -> String {
         match self {
+            // CHP's spelling for all interfaces
+            Listen::Tcp(a) if a.ip().is_unspecified() => format!("{scheme}://*:{}", a.port()),
             Listen::Tcp(a) => format!("{scheme}://{a}"),
             Listen::Unix(p) => format!("{scheme}+unix://{}", p.display()),
         }
@@ -301,6 +303,20 @@ fn name<'a, T>(cli: &Option<T>, flag: &'a str, key: &'a str) -> &'a str {
     }
 }
 
+/// "All interfaces", as CHP (node) binds them: `::`, which on Linux also accepts IPv4
+/// (hubgate's listeners clear `IPV6_V6ONLY` on it), or `0.0.0.0` where the host has no IPv6
+/// (a kernel booted with `ipv6.disable=1`): probed once by binding a throwaway socket.
+pub fn all_interfaces() -> IpAddr {
+    static ALL: std::sync::OnceLock<IpAddr> = std::sync::OnceLock::new();
+    *ALL.get_or_init(|| {
+        let v6 = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+        match std::net::TcpListener::bind((v6, 0)) {
+            Ok(_) => v6,
+            Err(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        }
+    })
+}
+
 /// Resolves a listen host (`''`/`*` = all interfaces, an IP, or a host name).
 fn resolve_ip(
     key: &str,
@@ -310,9 +326,7 @@ fn resolve_ip(
 ) -> Result<SocketAddr, ConfigError> {
     let ip = match ip {
         None => return Ok(SocketAddr::new(default, port)),
-        Some("") | Some("*") => {
-            return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))
-        }
+        Some("") | Some("*") => return Ok(SocketAddr::new(all_interfaces(), port)),
         Some(ip) => ip.trim_start_matches('[').trim_end_matches(']'),
     };
     if let Ok(addr) = ip.parse::<IpAddr>() {
@@ -569,7 +583,7 @@ fn public_listen(cli: &Cli, file: &FileConfig) -> Result<Listen, ConfigError> {
         None => Listen::Tcp(resolve_ip(
             name(&cli.ip, "--ip", "proxy.ip"),
             cli.ip.as_deref().or(p.ip.as_deref()),
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            all_interfaces(),
             public_port(cli, file),
         )?),
     })
@@ -961,7 +975,10 @@ mod tests {
     #[test]
     fn chp_defaults() {
         let c = build(&[]).unwrap();
-        assert_eq!(c.proxy_listen, Listen::Tcp("0.0.0.0:8000".parse().unwrap()));
+        assert_eq!(
+            c.proxy_listen,
+            Listen::Tcp(SocketAddr::new(all_interfaces(), 8000))
+        );
         assert_eq!(c.api_listen, Listen::Tcp("127.0.0.1:8001".parse().unwrap()));
         assert!(c.metrics_listen.is_none());
         assert!(c.forwarding.x_forward && c.forwarding.prepend_path && c.forwarding.include_prefix);
@@ -1036,7 +1053,10 @@ mod tests {
         .unwrap();
         let cli = Cli::try_parse_from(["hubgate", "--port", "9200"]).unwrap();
         let c = Config::build(&cli, &file, &Env::default()).unwrap();
-        assert_eq!(c.proxy_listen, Listen::Tcp("0.0.0.0:9200".parse().unwrap()));
+        assert_eq!(
+            c.proxy_listen,
+            Listen::Tcp(SocketAddr::new(all_interfaces(), 9200))
+        );
         assert!(!c.forwarding.x_forward);
         assert_eq!(c.log_level, log::LevelFilter::Debug);
         let bad = toml::from_str::<FileConfig>("[proxy]\nport = \"notanumber\"\n")

@@ -346,3 +346,35 @@ fn check_config_does_not_listen() {
         "--check-config must not start listeners"
     );
 }
+
+/// GET /_chp_healthz over a plain socket to `addr`; the status code, or None.
+fn healthz_status(addr: std::net::SocketAddr) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, EXIT).ok()?;
+    s.set_read_timeout(Some(EXIT)).ok()?;
+    s.write_all(b"GET /_chp_healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.get(9..12)?.parse().ok()
+}
+
+#[test]
+fn empty_ip_listens_on_every_family_and_a_repeated_flag_keeps_the_last_value() {
+    // The z2jh chart passes `--ip=`; CHP then takes IPv4 and IPv6. The builder's own
+    // `--ip 127.0.0.1` comes first: the later `--ip=` wins, as in CHP.
+    let hg = Hubgate::builder().arg("--ip=").start();
+    let line = format!("Proxying http://*:{}", hg.port);
+    assert!(
+        hg.wait_for_stdout(&line, EXIT),
+        "stdout lacks {line:?}:\n{}",
+        hg.output()
+    );
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], hg.port));
+    assert_eq!(healthz_status(v4), Some(200), "{}", hg.output());
+    // Only where this host has IPv6 at all (a kernel may be booted without it).
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, hg.port));
+        assert_eq!(healthz_status(v6), Some(200), "{}", hg.output());
+    }
+}
