@@ -190,6 +190,13 @@ struct HeadState {
     slot: Arc<Slot>,
     deadline: Pin<Box<Sleep>>,
     idle: Option<Pin<Box<Sleep>>>,
+    scan: HeadScan,
+}
+
+/// How far a head has been scanned: plain counters, so that a head can be scanned before
+/// anything is allocated or registered for it.
+#[derive(Debug, Default)]
+struct HeadScan {
     /// Bytes of the head so far, and of the current line (without CR).
     total: usize,
     line: usize,
@@ -205,7 +212,7 @@ enum Scan {
     Refuse(HeadRefusal),
 }
 
-impl HeadState {
+impl HeadScan {
     fn scan(&mut self, bytes: &[u8], limits: &Limits) -> Scan {
         for (i, &b) in bytes.iter().enumerate() {
             match b {
@@ -265,7 +272,8 @@ impl FrontStream {
         &self.inner
     }
 
-    fn start_head(&mut self) {
+    /// Registers the connection as one with an incomplete head, with its deadlines.
+    fn start_head(&mut self, scan: HeadScan) {
         let (id, slot) = self.door.pending.enter();
         let limits = &self.door.limits;
         let now = Instant::now();
@@ -276,9 +284,7 @@ impl FrontStream {
             idle: limits
                 .idle
                 .map(|t| Box::pin(tokio::time::sleep_until(now + t))),
-            total: 0,
-            line: 0,
-            lines: 0,
+            scan,
         }));
     }
 
@@ -312,19 +318,18 @@ impl FrontStream {
         };
     }
 
-    /// Scans newly read head bytes; returns a refusal when a limit is passed.
-    fn scan(&mut self, bytes: &[u8]) -> Option<HeadRefusal> {
-        let Phase::Head(h) = &mut self.phase else {
-            return None;
-        };
-        match h.scan(bytes, &self.door.limits) {
-            Scan::More => None,
-            Scan::Complete => {
-                self.leave_head();
-                None
-            }
-            Scan::Refuse(why) => Some(why),
-        }
+    /// Refuses a head whose newest bytes (from `before` in `buf`) passed a limit: nothing of
+    /// it reaches pingora.
+    fn refuse_read(
+        &mut self,
+        why: HeadRefusal,
+        buf: &mut ReadBuf<'_>,
+        before: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        buf.set_filled(before);
+        self.refuse(why);
+        self.poll_refusing(cx)
     }
 
     /// Drives a refusal: write it, shut the write side, read and discard what the client
@@ -438,20 +443,32 @@ impl AsyncRead for FrontStream {
             this.leave_head();
             return res;
         }
-        if matches!(this.phase, Phase::Idle) {
-            this.start_head();
-        }
-        if let Phase::Head(h) = &mut this.phase {
-            if let (Some(idle), Some(t)) = (h.idle.as_mut(), this.door.limits.idle) {
-                idle.as_mut().reset(Instant::now() + t);
+        match &mut this.phase {
+            // The first bytes of a request on a reused connection. Nearly every request
+            // arrives whole in one read, so its bytes are scanned before anything is set up:
+            // a head complete here never takes the registry's lock (shared by every worker
+            // thread), allocates its slot or creates its timers. Only a head still incomplete
+            // after this read is registered and given its deadlines.
+            Phase::Idle => {
+                let mut scan = HeadScan::default();
+                match scan.scan(&buf.filled()[before..], &this.door.limits) {
+                    Scan::Complete => this.phase = Phase::Done,
+                    Scan::More => this.start_head(scan),
+                    Scan::Refuse(why) => return this.refuse_read(why, buf, before, cx),
+                }
             }
-        }
-        let fresh = buf.filled()[before..].to_vec();
-        if let Some(why) = this.scan(&fresh) {
-            // Nothing of an over-long head reaches pingora.
-            buf.set_filled(before);
-            this.refuse(why);
-            return this.poll_refusing(cx);
+            Phase::Head(h) => {
+                if let (Some(idle), Some(t)) = (h.idle.as_mut(), this.door.limits.idle) {
+                    idle.as_mut().reset(Instant::now() + t);
+                }
+                match h.scan.scan(&buf.filled()[before..], &this.door.limits) {
+                    Scan::More => {}
+                    Scan::Complete => this.leave_head(),
+                    Scan::Refuse(why) => return this.refuse_read(why, buf, before, cx),
+                }
+            }
+            // Body, response, upgraded bytes: not looked at.
+            Phase::Done | Phase::Refusing { .. } | Phase::Closed => {}
         }
         res
     }
@@ -596,7 +613,9 @@ where
             phase: Phase::Done,
             next_request: next_request.clone(),
         };
-        front.start_head();
+        // A new connection counts as pending from its accept: one that never sends a byte
+        // holds a slot and meets the head deadline.
+        front.start_head(HeadScan::default());
         let mut session = ServerSession::new_http1(Box::new(front));
         if *shutdown.borrow() {
             session.set_keepalive(None);
@@ -629,23 +648,12 @@ where
 mod tests {
     use super::*;
 
-    fn head() -> HeadState {
-        HeadState {
-            id: 0,
-            slot: Arc::new(Slot {
-                evicted: AtomicBool::new(false),
-                waker: Mutex::new(None),
-            }),
-            deadline: Box::pin(tokio::time::sleep(Duration::from_secs(60))),
-            idle: None,
-            total: 0,
-            line: 0,
-            lines: 0,
-        }
+    fn head() -> HeadScan {
+        HeadScan::default()
     }
 
-    #[tokio::test]
-    async fn the_head_is_measured_until_the_blank_line() {
+    #[test]
+    fn the_head_is_measured_until_the_blank_line() {
         let limits = Limits {
             max_request_line: 20,
             max_head: 60,
