@@ -9,6 +9,7 @@
 mod cache;
 mod credential;
 mod denial;
+mod groups;
 mod keys;
 pub mod login;
 mod reason;
@@ -234,7 +235,13 @@ impl Auth {
         expect_aud: Option<&[String]>,
         nonce: Option<&str>,
     ) -> Result<Verified, Reason> {
-        let head = verify::inspect(token)?;
+        // Only the login callback passes a nonce: its ID token comes from the token endpoint.
+        let limit = if nonce.is_some() {
+            verify::MAX_ID_TOKEN_BYTES
+        } else {
+            MAX_TOKEN_BYTES
+        };
+        let head = verify::inspect_within(token, limit)?;
         let (index, issuer) = self
             .issuers
             .iter()

@@ -15,6 +15,11 @@ use super::Reason;
 /// Tokens longer than this are refused before any decoding.
 pub const MAX_TOKEN_BYTES: usize = 8192;
 
+/// The limit for an ID token at the login callback. It comes from the issuer's token endpoint
+/// over hubgate's own connection (body at most 1 MiB), not from a client, and a user in
+/// hundreds of groups gets an ID token well over [`MAX_TOKEN_BYTES`].
+pub const MAX_ID_TOKEN_BYTES: usize = 64 * 1024;
+
 /// Who a verified credential belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -120,7 +125,12 @@ pub struct Unverified {
 
 /// Shape, header and issuer checks (steps 2–4); no key needed yet.
 pub fn inspect(token: &str) -> Result<Unverified, Reason> {
-    if token.len() > MAX_TOKEN_BYTES {
+    inspect_within(token, MAX_TOKEN_BYTES)
+}
+
+/// [`inspect`] with another size limit (ID tokens at the login callback).
+pub fn inspect_within(token: &str, max_bytes: usize) -> Result<Unverified, Reason> {
+    if token.len() > max_bytes {
         return Err(Reason::TooLarge);
     }
     let mut parts = token.split('.');
