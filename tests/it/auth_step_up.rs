@@ -74,6 +74,10 @@ pub(crate) fn through_idp(env: &Env, b: &mut Browser, auth_url: &str, who: &Logi
 /// The step-up redirect a callback answered with: to the provider, asking for MFA and a fresh
 /// login, with a new login state and no session.
 fn assert_step_up_request(env: &Env, r: &Response, what: &str) -> String {
+    assert_step_up_with(env, r, what, "43200")
+}
+
+fn assert_step_up_with(env: &Env, r: &Response, what: &str, max_age: &str) -> String {
     assert_eq!(r.status, 302, "{what}: {}", r.describe());
     let to = r.header("location").unwrap().to_string();
     assert!(
@@ -83,7 +87,7 @@ fn assert_step_up_request(env: &Env, r: &Response, what: &str) -> String {
     assert_eq!(query_param(&to, "prompt").as_deref(), Some("login"), "{to}");
     assert_eq!(
         query_param(&to, "max_age").as_deref(),
-        Some("43200"),
+        Some(max_age),
         "{to}"
     );
     assert_eq!(
@@ -255,4 +259,65 @@ fn api_clients_get_the_rfc9470_challenge_and_step_up_can_be_off() {
     assert_eq!(r.status, 403, "{}", r.describe());
     assert!(r.header("location").is_none());
     assert!(r.text().contains("second factor"), "{}", r.describe());
+}
+
+#[test]
+fn a_session_that_became_too_old_steps_up_from_the_proxy() {
+    let env = env(true, |_| {});
+    let port = env.port;
+    let mut b = Browser::html();
+    // An MFA login 50 minutes ago: fine under max-auth-age 12 h.
+    let earlier = LoginAs::user("alice")
+        .acr(MFA_ACR)
+        .amr("pwd,otp")
+        .auth_time(now() - 3000);
+    let start = login_start(&mut b, port, "/user/alice/");
+    let r = through_idp(&env, &mut b, &start.auth_url, &earlier);
+    assert_eq!(r.status, 302, "{}", r.describe());
+    assert_eq!(b.send(port, Req::get("/user/alice/")).status, 200);
+
+    // The operator tightens max-auth-age to 10 minutes (SIGHUP): the session is now too old.
+    let text = std::fs::read_to_string(&env.px.config).unwrap();
+    assert!(text.contains("max-auth-age-seconds = 43200"), "{text}");
+    std::fs::write(
+        &env.px.config,
+        text.replace("max-auth-age-seconds = 43200", "max-auth-age-seconds = 600"),
+    )
+    .unwrap();
+    let reloads = env.px.output().matches("[auth] reloaded").count();
+    env.px.hg.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(15), || env
+            .px
+            .output()
+            .matches("[auth] reloaded")
+            .count()
+            > reloads),
+        "no reload: {}",
+        env.px.output()
+    );
+
+    // A script with the cookie gets the challenge; the browser goes to the step-up login.
+    let r = b.send(
+        port,
+        Req::get("/user/alice/api/x").header("Accept", "application/json"),
+    );
+    assert_api_denial(&r, 401, "session too old, script");
+    assert!(r
+        .header("www-authenticate")
+        .is_some_and(|w| w.contains("max_age=600")));
+    let r = b.send(port, Req::get("/user/alice/lab"));
+    assert_eq!(r.status, 302, "{}", r.describe());
+    let login = r.header("location").unwrap().to_string();
+    assert_eq!(
+        login,
+        "/_hubgate/login?next=%2Fuser%2Falice%2Flab&idp=0&step_up=1"
+    );
+    let r = b.send(port, Req::get(&login));
+    let step_up = assert_step_up_with(&env, &r, "session too old", "600");
+    let r = through_idp(&env, &mut b, &step_up, &LoginAs::user("alice"));
+    assert_eq!(r.status, 302, "{}", r.describe());
+    assert_eq!(r.header("location"), Some("/user/alice/lab"));
+    let r = b.send(port, Req::get("/user/alice/lab"));
+    assert_eq!(r.status, 200, "{}", r.describe());
 }
