@@ -115,7 +115,7 @@ impl Auth {
                     cfg.step_up_acr_values.join(" ")
                 ));
             }
-            challenge.push_str(&format!(", max_age={}", cfg.max_auth_age.as_secs()));
+            challenge.push_str(&format!(", max_age=\"{}\"", cfg.max_auth_age.as_secs()));
         }
         // RFC 9470 §3 answers 401; a browser's page and a websocket upgrade keep the 403 they
         // always had (neither can act on the challenge; scripts watching for 403 stay right).
@@ -352,7 +352,7 @@ mod tests {
             );
         }
         // An API client: RFC 9470, 401 with what the issuer requires.
-        let want = r#"Bearer realm="hubgate", error="insufficient_user_authentication", error_description="A fresh multi-factor authentication is required", acr_values="https://refeds.org/profile/mfa", max_age=3600"#;
+        let want = r#"Bearer realm="hubgate", error="insufficient_user_authentication", error_description="A fresh multi-factor authentication is required", acr_values="https://refeds.org/profile/mfa", max_age="3600""#;
         let r = auth.denial(&with(&[]), Reason::AuthTooOld, true, false);
         assert_eq!(r.status, 401);
         assert_eq!(header(&r, "WWW-Authenticate"), Some(want));
@@ -403,7 +403,7 @@ mod tests {
             false,
         );
         assert_eq!(r.status, 403);
-        assert!(header(&r, "WWW-Authenticate").is_some_and(|c| c.contains("max_age=3600")));
+        assert!(header(&r, "WWW-Authenticate").is_some_and(|c| c.contains(r#"max_age="3600""#)));
         assert!(r.body.contains("second factor"));
     }
 

@@ -174,7 +174,7 @@ def test_mfa_tokens_in_front_of_jupyterhub(deployment_factory, idp):
         challenge = r.headers.get("WWW-Authenticate", "")
         assert 'error="insufficient_user_authentication"' in challenge, challenge
         assert 'acr_values="https://refeds.org/profile/mfa"' in challenge, challenge
-        assert "max_age=43200" in challenge, challenge
+        assert 'max_age="43200"' in challenge, challenge
         r = requests.get(f"{base}{path}", headers=bearer(expired), timeout=HTTP_TIMEOUT)
         assert_hubgate_denial(r, 401)
         r = requests.get(f"{base}{path}", timeout=HTTP_TIMEOUT)

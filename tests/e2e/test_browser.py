@@ -11,7 +11,10 @@ auth journey), redirects it follows, and the websockets JupyterLab itself opens.
    factor included: without the one-time code the provider refuses), then the same
    notebook journey;
 3. hubgate's own 401/403/404/503 pages render readably (screenshot kept in
-   tmp/test-artifacts/browser/, heading and explanation checked as displayed).
+   tmp/test-artifacts/browser/, heading and explanation checked as displayed);
+4. step-up and many groups: with a provider that adds the second factor only when asked,
+   erin (300 project groups) is sent back to it once and then reaches JupyterLab with a small
+   session cookie; carol (no second factor) ends on hubgate's "Second factor needed" page.
 """
 
 from __future__ import annotations

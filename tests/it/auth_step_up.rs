@@ -225,7 +225,7 @@ fn api_clients_get_the_rfc9470_challenge_and_step_up_can_be_off() {
     let tokens = env.idp.login(&LoginAs::user("alice"));
     let want = "Bearer realm=\"hubgate\", error=\"insufficient_user_authentication\", \
                 error_description=\"A fresh multi-factor authentication is required\", \
-                acr_values=\"https://refeds.org/profile/mfa gold\", max_age=3600";
+                acr_values=\"https://refeds.org/profile/mfa gold\", max_age=\"3600\"";
     for (what, req) in [
         ("script", Req::get("/user/alice/api/contents")),
         (
@@ -305,7 +305,7 @@ fn a_session_that_became_too_old_steps_up_from_the_proxy() {
     assert_api_denial(&r, 401, "session too old, script");
     assert!(r
         .header("www-authenticate")
-        .is_some_and(|w| w.contains("max_age=600")));
+        .is_some_and(|w| w.contains("max_age=\"600\"")));
     let r = b.send(port, Req::get("/user/alice/lab"));
     assert_eq!(r.status, 302, "{}", r.describe());
     let login = r.header("location").unwrap().to_string();

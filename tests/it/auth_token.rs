@@ -768,7 +768,7 @@ fn mfa_rule_acr_amr_and_auth_time() {
             assert!(
                 wa.contains("insufficient_user_authentication")
                     && wa.contains(&format!("acr_values=\"{MFA_ACR}\""))
-                    && wa.contains("max_age=43200"),
+                    && wa.contains("max_age=\"43200\""),
                 "{what}: RFC 9470 error expected in WWW-Authenticate, got {wa:?}"
             );
         }
