@@ -39,7 +39,7 @@ fn is_browser(req: &RequestHeader, websocket: bool) -> bool {
 
 /// Whether a refusal can be cured by authenticating again, with MFA and recently
 /// (RFC 9470 step-up); every other refusal is about who the user is, not how they logged in.
-pub fn is_step_up(reason: Reason) -> bool {
+pub(super) fn is_step_up(reason: Reason) -> bool {
     matches!(reason, Reason::MfaRequired | Reason::AuthTooOld)
 }
 

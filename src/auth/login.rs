@@ -363,7 +363,7 @@ impl Auth {
     fn refused_login(&self, reason: Reason, login: LoginClaims) -> Reply {
         warn!("login refused: ID token {}", reason.label());
         self.count_denial(reason);
-        let step_up_able = matches!(reason, Reason::MfaRequired | Reason::AuthTooOld);
+        let step_up_able = super::denial::is_step_up(reason);
         let issuer = &self.issuers[login.idp].config;
         if step_up_able && issuer.step_up && !login.step_up {
             info!(

@@ -143,10 +143,10 @@ impl Auth {
             .issuers
             .iter()
             .map(|i| {
-                let login = if i.config.client_id.is_some() {
-                    ", browser login"
-                } else {
-                    ""
+                let login = match (i.config.client_id.is_some(), i.config.step_up) {
+                    (true, true) => ", browser login, step-up",
+                    (true, false) => ", browser login",
+                    _ => "",
                 };
                 format!(
                     "{} (MFA {}{login})",

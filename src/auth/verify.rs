@@ -335,6 +335,25 @@ mod tests {
     }
 
     #[test]
+    fn id_tokens_may_be_larger_than_bearer_tokens() {
+        // An ID token of a user in 300 groups: over the Bearer limit, within the ID-token one.
+        let groups: Vec<String> = (0..300)
+            .map(|i| format!("project-hpc-{i:05}-climate-modelling"))
+            .collect();
+        let h = seg(r#"{"alg":"RS256","kid":"k1"}"#);
+        let p = seg(&serde_json::json!({"iss": "https://idp", "groups": groups}).to_string());
+        let token = format!("{h}.{p}.c2ln");
+        assert!(token.len() > MAX_TOKEN_BYTES);
+        assert_eq!(inspect(&token).err(), Some(Reason::TooLarge));
+        assert!(inspect_within(&token, MAX_ID_TOKEN_BYTES).is_ok());
+        let huge = "a".repeat(MAX_ID_TOKEN_BYTES + 1);
+        assert_eq!(
+            inspect_within(&huge, MAX_ID_TOKEN_BYTES).err(),
+            Some(Reason::TooLarge)
+        );
+    }
+
+    #[test]
     fn mfa_rule() {
         let m = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
         let acr = vec!["https://refeds.org/profile/mfa".to_string()];
