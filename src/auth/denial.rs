@@ -5,7 +5,7 @@
 
 use pingora::http::RequestHeader;
 
-use super::{Auth, Reason};
+use super::{Auth, CredentialKind, Reason};
 use crate::web::{self, Reply};
 
 /// The HTML page for an authentication denial or a login problem.
@@ -37,6 +37,12 @@ fn is_browser(req: &RequestHeader, websocket: bool) -> bool {
         && !req.headers.contains_key("x-requested-with")
 }
 
+/// Whether a refusal can be cured by authenticating again, with MFA and recently
+/// (RFC 9470 step-up); every other refusal is about who the user is, not how they logged in.
+pub(super) fn is_step_up(reason: Reason) -> bool {
+    matches!(reason, Reason::MfaRequired | Reason::AuthTooOld)
+}
+
 impl Auth {
     /// The response refusing `req` for `reason`; `presented` says whether a credential was sent
     /// (a 401 then says `error="invalid_token"`).
@@ -48,33 +54,103 @@ impl Auth {
         websocket: bool,
     ) -> Reply {
         let browser = is_browser(req, websocket);
+        if is_step_up(reason) {
+            return self.step_up_denial(req, reason, browser, websocket);
+        }
         let status = reason.status();
         if status == 401 && browser && self.login_available() {
             // The credential parameter never goes into a URL hubgate builds.
-            let raw = String::from_utf8_lossy(req.raw_path());
-            let next = self.extractor().strip_target(&raw);
-            return Reply::redirect(self.login_url(&next));
+            return Reply::redirect(self.login_url(&self.next_of(req)));
         }
-        let challenge = match (status, reason) {
-            (401, _) if presented => Some(r#"Bearer realm="hubgate", error="invalid_token""#),
-            (401, _) => Some(r#"Bearer realm="hubgate""#),
-            (_, Reason::MfaRequired | Reason::AuthTooOld) => {
-                Some(r#"Bearer realm="hubgate", error="insufficient_user_authentication""#)
-            }
+        let challenge = match status {
+            401 if presented => Some(r#"Bearer realm="hubgate", error="invalid_token""#),
+            401 => Some(r#"Bearer realm="hubgate""#),
             _ => None,
         };
-        let reply = if browser {
-            Reply::html(status, page(status, reason.message()))
-        } else {
-            Reply::json(
-                status,
-                serde_json::json!({"status": status, "message": reason.message()}).to_string(),
-            )
-        };
+        let reply = body(status, reason, browser);
         match challenge {
             Some(c) => reply.with_header("WWW-Authenticate", c.to_string()),
             None => reply,
         }
+    }
+
+    /// The request's own target without the credential parameter, for `next`.
+    fn next_of(&self, req: &RequestHeader) -> String {
+        let raw = String::from_utf8_lossy(req.raw_path());
+        self.extractor().strip_target(&raw).into_owned()
+    }
+
+    /// A genuine credential that fails only the MFA or authentication-age rule. A browser with
+    /// hubgate's session is sent through the login of its issuer asking for what is missing
+    /// (when that issuer has `step-up`); anything else gets the RFC 9470 challenge: 401 with
+    /// `error="insufficient_user_authentication"` and the issuer's `acr_values` and `max_age`
+    /// (a browser without step-up, and a websocket upgrade, get the same challenge on a 403).
+    fn step_up_denial(
+        &self,
+        req: &RequestHeader,
+        reason: Reason,
+        browser: bool,
+        websocket: bool,
+    ) -> Reply {
+        // This is the rare path: reading the credential's issuer again here keeps the
+        // per-request outcome unchanged.
+        let (kind, issuer) = self.credential_issuer(req, websocket).unzip();
+        let cfg = issuer.and_then(|i| self.issuers.get(i)).map(|i| &i.config);
+        // Only hubgate's own session is replaced by a login: a browser that sends a Bearer
+        // token would send the same token again after it and loop.
+        let session = kind == Some(CredentialKind::Session);
+        if let (true, true, Some(i), Some(true)) =
+            (browser, session, issuer, cfg.map(|c| c.step_up))
+        {
+            return Reply::redirect(self.step_up_url(&self.next_of(req), i));
+        }
+        let mut challenge = String::from(
+            r#"Bearer realm="hubgate", error="insufficient_user_authentication", error_description="A fresh multi-factor authentication is required""#,
+        );
+        if let Some(cfg) = cfg.filter(|c| c.require_mfa) {
+            if !cfg.step_up_acr_values.is_empty() {
+                // Validated in src/config/auth.rs: no quotes, backslashes or spaces inside.
+                challenge.push_str(&format!(
+                    r#", acr_values="{}""#,
+                    cfg.step_up_acr_values.join(" ")
+                ));
+            }
+            challenge.push_str(&format!(", max_age=\"{}\"", cfg.max_auth_age.as_secs()));
+        }
+        // RFC 9470 §3 answers 401; a browser's page and a websocket upgrade keep the 403 they
+        // always had (neither can act on the challenge; scripts watching for 403 stay right).
+        let status = if browser || websocket { 403 } else { 401 };
+        body(status, reason, browser).with_header("WWW-Authenticate", challenge)
+    }
+
+    /// The issuer of the request's credential (a session cookie's login issuer, a token's
+    /// `iss`), if it names a configured one.
+    fn credential_issuer(
+        &self,
+        req: &RequestHeader,
+        websocket: bool,
+    ) -> Option<(CredentialKind, usize)> {
+        let (kind, value) = self.extractor().extract(req, websocket).ok()??;
+        let issuer = match kind {
+            CredentialKind::Session => self.cookie_key.read_session(&value)?.idp,
+            _ => {
+                let iss = super::verify::inspect(&value).ok()?.iss;
+                self.issuers.iter().position(|i| i.config.issuer == iss)?
+            }
+        };
+        Some((kind, issuer))
+    }
+}
+
+/// A denial's body: a page for browsers, JSON for everything else.
+fn body(status: u16, reason: Reason, browser: bool) -> Reply {
+    if browser {
+        Reply::html(status, page(status, reason.message()))
+    } else {
+        Reply::json(
+            status,
+            serde_json::json!({"status": status, "message": reason.message()}).to_string(),
+        )
     }
 }
 
@@ -155,7 +231,9 @@ mod tests {
         assert_eq!(r.status, 403);
         assert_eq!(
             header(&r, "WWW-Authenticate"),
-            Some(r#"Bearer realm="hubgate", error="insufficient_user_authentication""#)
+            Some(
+                r#"Bearer realm="hubgate", error="insufficient_user_authentication", error_description="A fresh multi-factor authentication is required""#
+            )
         );
         assert!(r.body.contains("403: Access denied"));
         let r = auth.denial(
@@ -228,6 +306,105 @@ mod tests {
             false,
         );
         assert_eq!(r.status, 403);
+    }
+
+    /// A session cookie of issuer 0 signed with `auth`'s key.
+    fn session_cookie(auth: &Auth) -> String {
+        let now = crate::time::now_secs();
+        let value = auth
+            .cookie_key
+            .sign_session(crate::auth::session::SessionClaims {
+                iss: String::new(),
+                aud: String::new(),
+                sub: "a".into(),
+                email: None,
+                groups: vec![],
+                idp: 0,
+                iat: now,
+                exp: now + 60,
+                auth_time: now - 7200,
+            })
+            .expect("signed");
+        format!("{}={value}", crate::auth::SESSION_COOKIE)
+    }
+
+    const STEP_UP_ISSUER: &str = "client-id = \"hubgate\"\nmfa-acr = [\"https://refeds.org/profile/mfa\"]\nmax-auth-age-seconds = 3600\n";
+
+    #[test]
+    fn step_up_redirects_sessions_and_challenges_everything_else() {
+        let auth = crate::auth::test_support::auth_from(
+            "public-url = \"https://hub.example.org\"\n",
+            STEP_UP_ISSUER,
+        );
+        let cookie = session_cookie(&auth);
+        let with = |extra: &[(&str, &str)]| {
+            let mut h = vec![("Cookie", cookie.as_str())];
+            h.extend_from_slice(extra);
+            req("GET", "/user/a/lab?x=1", &h)
+        };
+        // A browser with hubgate's session: back through the login, asking for MFA.
+        for reason in [Reason::AuthTooOld, Reason::MfaRequired] {
+            let r = auth.denial(&with(&[HTML]), reason, true, false);
+            assert_eq!(r.status, 302, "{reason:?}");
+            assert_eq!(
+                header(&r, "Location"),
+                Some("/_hubgate/login?next=%2Fuser%2Fa%2Flab%3Fx%3D1&idp=0&step_up=1")
+            );
+        }
+        // An API client: RFC 9470, 401 with what the issuer requires.
+        let want = r#"Bearer realm="hubgate", error="insufficient_user_authentication", error_description="A fresh multi-factor authentication is required", acr_values="https://refeds.org/profile/mfa", max_age="3600""#;
+        let r = auth.denial(&with(&[]), Reason::AuthTooOld, true, false);
+        assert_eq!(r.status, 401);
+        assert_eq!(header(&r, "WWW-Authenticate"), Some(want));
+        assert_eq!(header(&r, "Content-Type"), Some("application/json"));
+        // A websocket upgrade: no redirect, the 403 it always had, with the challenge.
+        let r = auth.denial(&with(&[HTML]), Reason::MfaRequired, true, true);
+        assert_eq!(r.status, 403);
+        assert_eq!(header(&r, "WWW-Authenticate"), Some(want));
+        // A browser sending a Bearer token would send it again after a login: a page.
+        let seg =
+            |v: &str| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, v);
+        let token = format!(
+            "{}.{}.c2ln",
+            seg(r#"{"alg":"RS256","kid":"k1"}"#),
+            seg(r#"{"iss":"https://idp"}"#)
+        );
+        let bearer = format!("Bearer {token}");
+        let r = auth.denial(
+            &req(
+                "GET",
+                "/user/a/",
+                &[HTML, ("Authorization", bearer.as_str())],
+            ),
+            Reason::MfaRequired,
+            true,
+            false,
+        );
+        assert_eq!(r.status, 403);
+        assert_eq!(header(&r, "WWW-Authenticate"), Some(want));
+        assert!(r.body.contains("403: Access denied"));
+        // Other refusals are not step-up-able.
+        let r = auth.denial(&with(&[HTML]), Reason::NotOwner, true, false);
+        assert_eq!(r.status, 403);
+        assert_eq!(header(&r, "WWW-Authenticate"), None);
+    }
+
+    #[test]
+    fn step_up_off_gives_the_page_with_the_challenge() {
+        let auth = crate::auth::test_support::auth_from(
+            "public-url = \"https://hub.example.org\"\n",
+            &format!("{STEP_UP_ISSUER}step-up = false\n"),
+        );
+        let cookie = session_cookie(&auth);
+        let r = auth.denial(
+            &req("GET", "/user/a/", &[HTML, ("Cookie", cookie.as_str())]),
+            Reason::AuthTooOld,
+            true,
+            false,
+        );
+        assert_eq!(r.status, 403);
+        assert!(header(&r, "WWW-Authenticate").is_some_and(|c| c.contains(r#"max_age="3600""#)));
+        assert!(r.body.contains("second factor"));
     }
 
     fn auth_with_login() -> Auth {

@@ -13,6 +13,7 @@ use log::{info, warn};
 use pingora::http::RequestHeader;
 use sha2::{Digest, Sha256};
 
+use super::groups::{session_groups, MAX_SESSION_COOKIE_BYTES};
 use super::session::{set_cookie, LoginClaims, SessionClaims, LOGIN_COOKIE, SESSION_COOKIE};
 use super::{Auth, Reason};
 use crate::net::Fetch;
@@ -141,6 +142,24 @@ impl Auth {
         let Some(idp) = self.login_issuer(query_param(raw, "idp").as_deref()) else {
             return page(404, "Login is not configured here.");
         };
+        // `step_up=1` comes from hubgate's own redirect of a browser whose credential lacked
+        // MFA or was too old; a forged one only makes the user authenticate again.
+        let step_up =
+            self.issuers[idp].config.step_up && query_param(raw, "step_up").as_deref() == Some("1");
+        self.authorization_redirect(idp, next, step_up)
+    }
+
+    /// Where a browser with a step-up-able refusal is sent: the login through `idp`, asking
+    /// for MFA and a fresh authentication.
+    pub fn step_up_url(&self, next: &str, idp: usize) -> String {
+        format!("{PREFIX}login?next={}&idp={idp}&step_up=1", enc(next))
+    }
+
+    /// The redirect to `idp`'s authorization endpoint with a new login-state cookie. A step-up
+    /// request also carries `prompt=login`, `max_age` (the issuer's `max-auth-age-seconds`)
+    /// and `acr_values` (its `step-up-acr-values`), and marks the login state so that a
+    /// second failure ends on a page.
+    fn authorization_redirect(&self, idp: usize, next: String, step_up: bool) -> Reply {
         let issuer = &self.issuers[idp];
         let Some(endpoint) = issuer
             .endpoints()
@@ -162,18 +181,31 @@ impl Auth {
             verifier,
             next,
             idp,
+            step_up,
         };
         let Some(login_cookie) = self.cookie_key.sign_login(claims) else {
             return page(500, "Cannot start a login right now.");
         };
         let cfg = &issuer.config;
         let sep = if endpoint.contains('?') { '&' } else { '?' };
-        let location = format!(
+        let mut location = format!(
             "{endpoint}{sep}response_type=code&client_id={}&redirect_uri={}&scope={}&state={state}&nonce={nonce}&code_challenge={challenge}&code_challenge_method=S256",
             enc(cfg.client_id.as_deref().unwrap_or_default()),
             enc(&self.redirect_uri()),
             enc(&cfg.scopes.join(" ")),
         );
+        if step_up {
+            location.push_str(&format!(
+                "&prompt=login&max_age={}",
+                cfg.max_auth_age.as_secs()
+            ));
+            if !cfg.step_up_acr_values.is_empty() {
+                location.push_str(&format!(
+                    "&acr_values={}",
+                    enc(&cfg.step_up_acr_values.join(" "))
+                ));
+            }
+        }
         let mut r = Reply::redirect(location);
         r.headers.push((
             "Set-Cookie",
@@ -279,12 +311,7 @@ impl Auth {
             .await
         {
             Ok(v) => v,
-            Err(reason) => {
-                warn!("login refused: ID token {}", reason.label());
-                self.count_denial(reason);
-                let status = reason.status();
-                return page(status, reason.message());
-            }
+            Err(reason) => return self.refused_login(reason, login),
         };
         let now = now_secs();
         let auth_time = verified.auth_time.unwrap_or(now);
@@ -298,7 +325,7 @@ impl Auth {
             aud: String::new(),
             sub: identity.user.clone(),
             email: identity.email.clone(),
-            groups: identity.groups.clone(),
+            groups: session_groups(&self.config, login.idp, &identity.groups),
             idp: login.idp,
             iat: now,
             exp,
@@ -307,6 +334,17 @@ impl Auth {
         let Some(value) = self.cookie_key.sign_session(session) else {
             return page(500, "Cannot finish the login right now.");
         };
+        if value.len() > MAX_SESSION_COOKIE_BYTES {
+            // Browsers drop a cookie this large and the user would loop through the login:
+            // refuse once, clearly, instead (fail closed: no partial group list).
+            warn!(
+                "login refused: user={} session cookie would be {} bytes (limit {MAX_SESSION_COOKIE_BYTES}); too many groups named by admin-groups/[[auth.policies]]",
+                identity.user,
+                value.len()
+            );
+            self.count_denial(Reason::SessionTooLarge);
+            return page(403, Reason::SessionTooLarge.message());
+        }
         info!("login: user={} via {}", identity.user, cfg.issuer);
         let mut r = Reply::redirect(login.next);
         r.headers
@@ -316,6 +354,49 @@ impl Auth {
         r
     }
 }
+
+impl Auth {
+    /// The answer to a login whose ID token was refused. MFA missing or authentication too
+    /// old, with step-up on and not yet tried: back to the issuer asking for what is missing.
+    /// Already a step-up: the issuer cannot or will not provide it, so a page that says what
+    /// to do next (never another redirect: no loop).
+    fn refused_login(&self, reason: Reason, login: LoginClaims) -> Reply {
+        warn!("login refused: ID token {}", reason.label());
+        self.count_denial(reason);
+        let step_up_able = super::denial::is_step_up(reason);
+        let issuer = &self.issuers[login.idp].config;
+        if step_up_able && issuer.step_up && !login.step_up {
+            info!(
+                "step-up: asking {} for a fresh multi-factor login ({})",
+                issuer.issuer,
+                reason.label()
+            );
+            return self.authorization_redirect(login.idp, login.next, true);
+        }
+        if step_up_able && login.step_up {
+            warn!(
+                "step-up not satisfied: {} answered a step-up request with an ID token that still fails the rule ({})",
+                issuer.issuer,
+                reason.label()
+            );
+            let mut r = Reply::html(
+                403,
+                crate::web::page(
+                    "403: Second factor needed",
+                    STEP_UP_FAILED,
+                    Some((&self.login_url(&login.next), "Try again")),
+                ),
+            );
+            r.headers
+                .push(("Set-Cookie", set_cookie(LOGIN_COOKIE, "", 0)));
+            return r;
+        }
+        page(reason.status(), reason.message())
+    }
+}
+
+/// What a researcher reads when the identity provider did not provide MFA even when asked.
+const STEP_UP_FAILED: &str = "You signed in, but your identity provider did not confirm a second factor (or a recent sign-in), although this service asked it to. What to do next: make sure a second factor (an authenticator app or security key) is set up in your account at your identity provider, sign out there, then use \"Try again\" and sign in with the second factor. If your account has no second factor, ask your institution's IT support to enable one.";
 
 #[cfg(test)]
 mod tests {

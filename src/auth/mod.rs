@@ -9,6 +9,7 @@
 mod cache;
 mod credential;
 mod denial;
+mod groups;
 mod keys;
 pub mod login;
 mod reason;
@@ -142,10 +143,10 @@ impl Auth {
             .issuers
             .iter()
             .map(|i| {
-                let login = if i.config.client_id.is_some() {
-                    ", browser login"
-                } else {
-                    ""
+                let login = match (i.config.client_id.is_some(), i.config.step_up) {
+                    (true, true) => ", browser login, step-up",
+                    (true, false) => ", browser login",
+                    _ => "",
                 };
                 format!(
                     "{} (MFA {}{login})",
@@ -234,7 +235,13 @@ impl Auth {
         expect_aud: Option<&[String]>,
         nonce: Option<&str>,
     ) -> Result<Verified, Reason> {
-        let head = verify::inspect(token)?;
+        // Only the login callback passes a nonce: its ID token comes from the token endpoint.
+        let limit = if nonce.is_some() {
+            verify::MAX_ID_TOKEN_BYTES
+        } else {
+            MAX_TOKEN_BYTES
+        };
+        let head = verify::inspect_within(token, limit)?;
         let (index, issuer) = self
             .issuers
             .iter()

@@ -27,10 +27,12 @@ pub enum Reason {
     OriginMismatch,
     BadSession,
     BadPath,
+    /// A login whose session cookie would be too large for browsers (too many used groups).
+    SessionTooLarge,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::MissingCredential,
         Reason::MultipleCredentials,
         Reason::Malformed,
@@ -54,6 +56,7 @@ impl Reason {
         Reason::OriginMismatch,
         Reason::BadSession,
         Reason::BadPath,
+        Reason::SessionTooLarge,
     ];
 
     /// The metric label.
@@ -82,6 +85,7 @@ impl Reason {
             Reason::OriginMismatch => "origin_mismatch",
             Reason::BadSession => "bad_session",
             Reason::BadPath => "bad_path",
+            Reason::SessionTooLarge => "session_too_large",
         }
     }
 
@@ -95,7 +99,8 @@ impl Reason {
             | Reason::NoUsername
             | Reason::NotOwner
             | Reason::NotInGroup
-            | Reason::OriginMismatch => 403,
+            | Reason::OriginMismatch
+            | Reason::SessionTooLarge => 403,
             _ => 401,
         }
     }
@@ -112,6 +117,7 @@ impl Reason {
             Reason::MultipleCredentials => "More than one credential was sent; send exactly one.",
             Reason::KeysUnavailable => "The login service is not available right now. Please try again in a minute.",
             Reason::BadPath => "This address is not valid.",
+            Reason::SessionTooLarge => "Your account is a member of more of this service's groups than a login session can hold. Please contact the service's support: the administrators' log names the cause.",
             // Every 401 says the same: expired and forged credentials are not told apart.
             _ => "Please log in: your login is missing or has expired.",
         }

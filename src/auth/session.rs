@@ -45,6 +45,10 @@ pub struct LoginClaims {
     pub verifier: String,
     pub next: String,
     pub idp: usize,
+    /// This login is a step-up (it asked the issuer for MFA / a fresh login): if its ID token
+    /// still fails the MFA rule, the user gets a page, never another redirect.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub step_up: bool,
 }
 
 /// Signs and checks hubgate's cookies.
@@ -184,6 +188,7 @@ mod tests {
                 verifier: "v".into(),
                 next: "/".into(),
                 idp: 0,
+                step_up: false,
             })
             .unwrap();
         assert!(key.read_session(&login).is_none());

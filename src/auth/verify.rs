@@ -15,6 +15,11 @@ use super::Reason;
 /// Tokens longer than this are refused before any decoding.
 pub const MAX_TOKEN_BYTES: usize = 8192;
 
+/// The limit for an ID token at the login callback. It comes from the issuer's token endpoint
+/// over hubgate's own connection (body at most 1 MiB), not from a client, and a user in
+/// hundreds of groups gets an ID token well over [`MAX_TOKEN_BYTES`].
+pub const MAX_ID_TOKEN_BYTES: usize = 64 * 1024;
+
 /// Who a verified credential belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -120,7 +125,12 @@ pub struct Unverified {
 
 /// Shape, header and issuer checks (steps 2–4); no key needed yet.
 pub fn inspect(token: &str) -> Result<Unverified, Reason> {
-    if token.len() > MAX_TOKEN_BYTES {
+    inspect_within(token, MAX_TOKEN_BYTES)
+}
+
+/// [`inspect`] with another size limit (ID tokens at the login callback).
+pub fn inspect_within(token: &str, max_bytes: usize) -> Result<Unverified, Reason> {
+    if token.len() > max_bytes {
         return Err(Reason::TooLarge);
     }
     let mut parts = token.split('.');
@@ -320,6 +330,25 @@ mod tests {
         );
         assert_eq!(
             inspect(&"a".repeat(MAX_TOKEN_BYTES + 1)).err(),
+            Some(Reason::TooLarge)
+        );
+    }
+
+    #[test]
+    fn id_tokens_may_be_larger_than_bearer_tokens() {
+        // An ID token of a user in 300 groups: over the Bearer limit, within the ID-token one.
+        let groups: Vec<String> = (0..300)
+            .map(|i| format!("project-hpc-{i:05}-climate-modelling"))
+            .collect();
+        let h = seg(r#"{"alg":"RS256","kid":"k1"}"#);
+        let p = seg(&serde_json::json!({"iss": "https://idp", "groups": groups}).to_string());
+        let token = format!("{h}.{p}.c2ln");
+        assert!(token.len() > MAX_TOKEN_BYTES);
+        assert_eq!(inspect(&token).err(), Some(Reason::TooLarge));
+        assert!(inspect_within(&token, MAX_ID_TOKEN_BYTES).is_ok());
+        let huge = "a".repeat(MAX_ID_TOKEN_BYTES + 1);
+        assert_eq!(
+            inspect_within(&huge, MAX_ID_TOKEN_BYTES).err(),
             Some(Reason::TooLarge)
         );
     }

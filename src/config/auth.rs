@@ -60,6 +60,8 @@ pub struct IssuerSection {
     pub client_id: Option<String>,
     pub client_secret_file: Option<PathBuf>,
     pub scopes: Option<Vec<String>>,
+    pub step_up: Option<bool>,
+    pub step_up_acr_values: Option<Vec<String>>,
 }
 
 /// `[[auth.policies]]` as written in the file.
@@ -106,6 +108,11 @@ pub struct IssuerConfig {
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
     pub scopes: Vec<String>,
+    /// A browser whose login lacks MFA or is too old is sent back through this issuer's login
+    /// with `prompt=login`, `max_age` and `acr_values` (once; see docs/security.md, "Step-up").
+    pub step_up: bool,
+    /// `acr_values` of a step-up request and of the RFC 9470 challenge (default `mfa-acr`).
+    pub step_up_acr_values: Vec<String>,
 }
 
 /// Who may use a path.
@@ -381,6 +388,7 @@ impl IssuerSection {
         }
         let client_secret = self.browser_login(i, public_origin)?;
         let (require_mfa, mfa_amr) = self.mfa(i)?;
+        let (step_up, step_up_acr_values) = self.step_up(i)?;
         Ok(IssuerConfig {
             issuer,
             audiences: self.audiences.clone(),
@@ -407,7 +415,39 @@ impl IssuerSection {
                 .scopes
                 .clone()
                 .unwrap_or_else(|| vec!["openid".into(), "profile".into(), "email".into()]),
+            step_up,
+            step_up_acr_values,
         })
+    }
+
+    /// `(step-up, step-up-acr-values)`. Step-up sends the browser through this issuer's login,
+    /// so it needs `client-id`; it is on by default where there is one. The ACR values go into
+    /// a URL parameter (space-separated) and a quoted challenge parameter, so they may not
+    /// contain spaces, quotes, backslashes or control characters.
+    fn step_up(&self, i: usize) -> Result<(bool, Vec<String>), ConfigError> {
+        let has_login = self.client_id.is_some();
+        let step_up = self.step_up.unwrap_or(has_login);
+        if step_up && !has_login {
+            return Err(invalid(
+                issuer_key(i, "step-up"),
+                "step-up sends the browser back through this issuer's login and needs client-id",
+            ));
+        }
+        let values = self
+            .step_up_acr_values
+            .clone()
+            .unwrap_or_else(|| self.mfa_acr.clone());
+        if let Some(bad) = values.iter().find(|v| {
+            v.is_empty()
+                || v.chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\\')
+        }) {
+            return Err(invalid(
+                issuer_key(i, "step-up-acr-values"),
+                format!("{bad:?}: an ACR value must be non-empty, without spaces, quotes or backslashes"),
+            ));
+        }
+        Ok((step_up, values))
     }
 
     /// The browser login's client secret, if any; the login needs `auth.public-url` for its
@@ -549,6 +589,48 @@ mod tests {
             .policies
             .iter()
             .any(|p| p.prefix == "/user/" && p.access == Access::Owner));
+    }
+
+    #[test]
+    fn step_up_defaults_and_errors() {
+        let base = "[auth]\npublic-url = \"https://hub.example.org\"\n[[auth.issuers]]\nissuer = \"https://idp\"\naudiences = [\"jupyterhub\"]\nmfa-acr = [\"https://refeds.org/profile/mfa\"]\n";
+        // No browser login: no step-up redirect (the API challenge needs none).
+        let c = section(base).validate().unwrap();
+        assert!(!c.issuers[0].step_up);
+        // With a login: on, asking for the issuer's mfa-acr.
+        let c = section(&format!("{base}client-id = \"hubgate\"\n"))
+            .validate()
+            .unwrap();
+        assert!(c.issuers[0].step_up);
+        assert_eq!(
+            c.issuers[0].step_up_acr_values,
+            vec!["https://refeds.org/profile/mfa".to_string()]
+        );
+        let c = section(&format!(
+            "{base}client-id = \"hubgate\"\nstep-up = false\nstep-up-acr-values = [\"gold\", \"silver\"]\n"
+        ))
+        .validate()
+        .unwrap();
+        assert!(!c.issuers[0].step_up);
+        assert_eq!(c.issuers[0].step_up_acr_values, vec!["gold", "silver"]);
+        let e = section(&format!("{base}step-up = true\n"))
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("auth.issuers[0].step-up") && e.contains("client-id"),
+            "{e}"
+        );
+        for bad in ["", "a b", "a\\\"b"] {
+            let e = section(&format!("{base}step-up-acr-values = [\"{bad}\"]\n"))
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("auth.issuers[0].step-up-acr-values"),
+                "{bad:?}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -70,8 +70,10 @@ class OidcProvider:
         key: dict,
         access_token_ttl: int = 900,
         redirect_uris: list[str] | None = None,
+        step_up_mfa: bool = False,
     ):
-        """`redirect_uris`: registered for the `hubgate` client (hubgate's browser login)."""
+        """`redirect_uris`: registered for the `hubgate` client (hubgate's browser login);
+        `step_up_mfa`: MFA claims only when the request asks (provider.mjs, "step-up")."""
         _require_node_modules()
         self.key = key
         self.jwks_file = workdir / "idp-jwks.json"
@@ -85,6 +87,7 @@ class OidcProvider:
                 "--jwks", str(self.jwks_file),
                 "--at-ttl", str(access_token_ttl),
                 *[a for u in redirect_uris or [] for a in ("--redirect-uri", u)],
+                *(["--step-up-mfa"] if step_up_mfa else []),
             ],  # fmt: skip
             cwd=OIDC_DIR,
             stdin=subprocess.DEVNULL,
@@ -232,10 +235,15 @@ class OidcProvider:
 
 
 def hubgate_auth_toml(
-    public_url: str, issuer: str, audit: str = "all", client_id: str | None = None
+    public_url: str,
+    issuer: str,
+    audit: str = "all",
+    client_id: str | None = None,
+    extra: str = "",
 ) -> str:
     """The [auth] section for a hubgate in front of JupyterHub (hub-managed); with
-    `client_id`, hubgate's browser login through the provider is on."""
+    `client_id`, hubgate's browser login through the provider is on; `extra` is appended
+    (e.g. [[auth.policies]] tables)."""
     return (
         "[auth]\n"
         f'public-url = "{public_url}"\n'
@@ -253,6 +261,7 @@ def hubgate_auth_toml(
         'mfa-acr = ["https://refeds.org/profile/mfa"]\n'
         'mfa-amr = ["mfa", "otp", "hwk"]\n'
         + (f'client-id = "{client_id}"\n' if client_id else "")
+        + extra
     )
 
 
@@ -261,12 +270,18 @@ class AuthSetup:
     token for the harness's own readiness probes."""
 
     def __init__(
-        self, issuer: str, bearer: str, audit: str = "all", client_id: str | None = None
+        self,
+        issuer: str,
+        bearer: str,
+        audit: str = "all",
+        client_id: str | None = None,
+        extra: str = "",
     ):
         self.issuer = issuer
         self.bearer = bearer
         self.audit = audit
         self.client_id = client_id
+        self.extra = extra
 
     def toml(self, public_url: str) -> str:
-        return hubgate_auth_toml(public_url, self.issuer, self.audit, self.client_id)
+        return hubgate_auth_toml(public_url, self.issuer, self.audit, self.client_id, self.extra)

@@ -8,7 +8,8 @@ own cookies (websocket upgrades included).
 - alice (MFA) logs in, spawns, runs print(6*7) in a kernel through hubgate;
 - bob (MFA) gets 403 from hubgate for alice's server (HTTP and websocket), and alice's
   single-user server never sees those requests (its log, and hubgate's audit line);
-- carol (no MFA) gets 403, an expired token 401, no token 401.
+- carol (no MFA) gets 401 with the RFC 9470 step-up challenge (403 on a websocket
+  upgrade), an expired token 401, no token 401.
 """
 
 from __future__ import annotations
@@ -166,11 +167,14 @@ def test_mfa_tokens_in_front_of_jupyterhub(deployment_factory, idp):
     r = bs.get(f"{base}/hub/api/", timeout=HTTP_TIMEOUT)
     assert r.status_code == 200, describe(r)
 
-    # ---- no MFA: 403; expired: 401; none: 401
+    # ---- no MFA: 401 with the RFC 9470 step-up challenge; expired: 401; none: 401
     for path in ("/user/alice/api/contents", "/hub/api/"):
         r = requests.get(f"{base}{path}", headers=bearer(carol), timeout=HTTP_TIMEOUT)
-        assert_hubgate_denial(r, 403)
-        assert "insufficient_user_authentication" in r.headers.get("WWW-Authenticate", "")
+        assert_hubgate_denial(r, 401)
+        challenge = r.headers.get("WWW-Authenticate", "")
+        assert 'error="insufficient_user_authentication"' in challenge, challenge
+        assert 'acr_values="https://refeds.org/profile/mfa"' in challenge, challenge
+        assert 'max_age="43200"' in challenge, challenge
         r = requests.get(f"{base}{path}", headers=bearer(expired), timeout=HTTP_TIMEOUT)
         assert_hubgate_denial(r, 401)
         r = requests.get(f"{base}{path}", timeout=HTTP_TIMEOUT)
@@ -181,7 +185,9 @@ def test_mfa_tokens_in_front_of_jupyterhub(deployment_factory, idp):
             header=[f"Authorization: Bearer {carol}"],
             timeout=HTTP_TIMEOUT,
         )
-    assert exc.value.status_code == 403
+    assert exc.value.status_code == 403  # an upgrade keeps its 403, with the challenge
+    ws_headers = {k.lower(): v for k, v in (exc.value.resp_headers or {}).items()}
+    assert "insufficient_user_authentication" in ws_headers.get("www-authenticate", ""), ws_headers
 
     # ---- the logs: hubgate audited bob's denial; alice's server never saw bob
     def audit_line():

@@ -11,7 +11,10 @@ auth journey), redirects it follows, and the websockets JupyterLab itself opens.
    factor included: without the one-time code the provider refuses), then the same
    notebook journey;
 3. hubgate's own 401/403/404/503 pages render readably (screenshot kept in
-   tmp/test-artifacts/browser/, heading and explanation checked as displayed).
+   tmp/test-artifacts/browser/, heading and explanation checked as displayed);
+4. step-up and many groups: with a provider that adds the second factor only when asked,
+   erin (300 project groups) is sent back to it once and then reaches JupyterLab with a small
+   session cookie; carol (no second factor) ends on hubgate's "Second factor needed" page.
 """
 
 from __future__ import annotations
@@ -152,6 +155,108 @@ def test_browser_oidc_login_then_notebook(deployment_factory, idp_for_port, new_
 
     # The browser's requests carried the session cookie only; the hub's log never has it.
     assert session["value"] not in dep.hub_log.read_text(errors="replace")
+
+
+def idp_login(page, issuer: str, user: str, prompt: str | None = None, after: str = "") -> str:
+    """The test provider's login form, second factor included (the provider decides whether
+    it counts: with --step-up-mfa only when hubgate asked for it). `after`: the previous
+    form's URL, so a second form is waited for rather than the first one found again.
+    Returns this form's URL."""
+    prefix = f"{issuer}/interaction/"
+    page.wait_for_url(lambda u: u.startswith(prefix) and u != after)
+    url = page.url
+    heading = page.locator("h1").inner_text()
+    if prompt is not None:
+        assert heading == f"Test IdP (prompt: {prompt})", heading
+    page.fill('input[name="login"]', user)
+    page.fill('input[name="password"]', IDP_PASSWORD)
+    page.fill('input[name="otp"]', "123456")
+    page.click('button[type="submit"]')
+    return url
+
+
+@pytest.fixture
+def step_up_idp_for_port(tmp_path):
+    """Like idp_for_port, with a provider that adds the second factor only when asked."""
+    started = []
+
+    def make(port: int) -> OidcProvider:
+        p = OidcProvider(
+            tmp_path,
+            generate_key("e2e-step-up-rs256"),
+            access_token_ttl=900,
+            redirect_uris=[f"http://127.0.0.1:{port}/_hubgate/oidc/callback"],
+            step_up_mfa=True,
+        )
+        started.append(p)
+        return p
+
+    yield make
+    for p in started:
+        p.stop()
+
+
+CLIMATE = "project-hpc-00123-climate-modelling"
+
+
+@pytest.mark.timeout(420)
+def test_browser_step_up_with_300_groups_then_notebook(
+    request, deployment_factory, step_up_idp_for_port, new_page
+):
+    """erin (300 project groups) signs in; the provider's first answer has no second factor,
+    hubgate asks it again (prompt=login, acr_values) and the second answer has it; the session
+    cookie the browser keeps is small, and JupyterLab works with it. carol, who has no second
+    factor, ends on hubgate's page saying what to do next, not in a redirect loop."""
+    port = free_port()
+    idp = step_up_idp_for_port(port)
+    probe = idp.access_token("dave", acr="https://refeds.org/profile/mfa")
+    policy = f'\n[[auth.policies]]\nprefix = "/services/climate/"\naccess = "group"\ngroups = ["{CLIMATE}"]\n'
+    dep = deployment_factory(
+        "hubgate",
+        "hub-managed",
+        auth=AuthSetup(idp.issuer, probe, client_id="hubgate", extra=policy),
+        public_port=port,
+    )
+    page = new_page()
+    callbacks: list[int] = []
+    page.on(
+        "response",
+        lambda r: callbacks.append(r.status) if "/_hubgate/oidc/callback" in r.url else None,
+    )
+    page.goto(f"{dep.public_url}/hub/")
+    first = idp_login(page, idp.issuer, "erin", prompt="login")
+    # hubgate found no second factor and asked again: the provider's login once more.
+    idp_login(page, idp.issuer, "erin", prompt="login", after=first)
+    hub_login(page, "erin")
+    assert callbacks == [302, 302], callbacks
+    cookies = {c["name"]: c for c in page.context.cookies(dep.public_url)}
+    session = cookies.get("__Host-hubgate-session")
+    assert session is not None, f"browser kept no hubgate session cookie: {list(cookies)}"
+    assert len(session["name"]) + len(session["value"]) < 1024, len(session["value"])
+    notebook_journey(page, dep.public_url, "erin")
+    log = dep.hub_log.read_text(errors="replace")
+    assert "step-up: asking" in log, "hubgate did not log the step-up"
+
+    # carol: no second factor at all. One step-up, then a page (no loop).
+    page = new_page()
+    callbacks.clear()
+    page.on(
+        "response",
+        lambda r: callbacks.append(r.status) if "/_hubgate/oidc/callback" in r.url else None,
+    )
+    page.goto(f"{dep.public_url}/hub/home")
+    first = idp_login(page, idp.issuer, "carol")
+    idp_login(page, idp.issuer, "carol", prompt="login", after=first)
+    h1 = page.locator("h1")
+    h1.wait_for(state="visible")
+    shot = artifact_path(request.node.nodeid, "-step-up-failed.png")
+    page.screenshot(path=str(shot), full_page=True)
+    assert h1.inner_text().strip() == "403: Second factor needed", page.content()[:800]
+    assert "What to do next" in page.locator("p").first.inner_text()
+    assert page.locator("a", has_text="Try again").is_visible()
+    assert callbacks == [302, 403], callbacks
+    names = [c["name"] for c in page.context.cookies(dep.public_url)]
+    assert "__Host-hubgate-session" not in names, names
 
 
 # ------------------------------------------------------------------ 3. hubgate's own pages

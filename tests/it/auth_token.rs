@@ -81,10 +81,13 @@ fn bearer_access_token_from_real_provider() {
     assert_api_denial(&r, 403, "alice on bob's server");
     assert_not_called(&bob_be, "alice on bob's server");
 
-    // carol logs in without MFA: valid token, 403.
+    // carol logs in without MFA: valid token, 401 with the RFC 9470 step-up challenge.
     let c = idp.login(&LoginAs::user("carol"));
     let r = px.get_bearer("/user/alice/", &c.access_token);
-    assert_api_denial(&r, 403, "carol without MFA");
+    assert_api_denial(&r, 401, "carol without MFA");
+    assert!(r
+        .header("www-authenticate")
+        .is_some_and(|w| w.contains("error=\"insufficient_user_authentication\"")));
     // carol with a hardware key as second factor passes the amr rule (not hers: owner).
     let c2 = idp.login(&LoginAs::user("carol").amr("pwd,hwk"));
     let r = px.get_bearer("/user/alice/", &c2.access_token);
@@ -759,10 +762,13 @@ fn mfa_rule_acr_amr_and_auth_time() {
     let d = delta(&env, "mfa_required", || {
         for (what, f) in &no_mfa {
             let tok = env.token_with("alice", |c| f(c));
-            let r = env.assert_denied("/user/alice/", &tok, 403, what);
+            // RFC 9470 §3: 401 with the step-up challenge.
+            let r = env.assert_denied("/user/alice/", &tok, 401, what);
             let wa = r.header("www-authenticate").unwrap_or("");
             assert!(
-                wa.contains("insufficient_user_authentication"),
+                wa.contains("insufficient_user_authentication")
+                    && wa.contains(&format!("acr_values=\"{MFA_ACR}\""))
+                    && wa.contains("max_age=\"43200\""),
                 "{what}: RFC 9470 error expected in WWW-Authenticate, got {wa:?}"
             );
         }
@@ -773,7 +779,7 @@ fn mfa_rule_acr_amr_and_auth_time() {
         let tok = env.token_with("alice", |c| {
             c.insert("auth_time".into(), json!(t - 43200 - 120));
         });
-        let r = env.assert_denied("/user/alice/", &tok, 403, "auth_time 12 h + 2 min ago");
+        let r = env.assert_denied("/user/alice/", &tok, 401, "auth_time 12 h + 2 min ago");
         let wa = r.header("www-authenticate").unwrap_or("");
         assert!(wa.contains("insufficient_user_authentication"), "{wa:?}");
         env.px.assert_not_logged(&tok);

@@ -18,7 +18,7 @@
 //
 // Usage: node provider.mjs --jwks FILE [--redirect-uri URI]... [--client-secret S]
 //                          [--id-token-alg RS256|ES256|EdDSA] [--at-alg ALG]
-//                          [--at-ttl SECONDS] [--port N]
+//                          [--at-ttl SECONDS] [--port N] [--step-up-mfa]
 // Prints `listening http://127.0.0.1:<port>` on stdout once it accepts connections,
 // and `reloaded <n> keys` after each SIGHUP.
 import http from 'node:http';
@@ -48,6 +48,7 @@ const opts = {
       case '--at-alg': opts.atAlg = v; i += 1; break;
       case '--at-ttl': opts.atTtl = Number(v); i += 1; break;
       case '--port': opts.port = Number(v); i += 1; break;
+      case '--step-up-mfa': opts.stepUpMfa = true; break; // see "step-up" below
       default:
         console.error(`provider.mjs: unknown argument ${a[i]}`);
         process.exit(2);
@@ -73,6 +74,34 @@ const ACCOUNTS = {
   carol: { amr: ['pwd'], acr: SFA, groups: ['physics'] },
   dave: { amr: ['pwd', 'hwk'], acr: MFA, groups: ['hub-admins'] },
 };
+
+// ------------------------------------------------------------------ step-up (hubgate issue 12)
+// With --step-up-mfa the provider adds the second factor only when asked, as many real
+// providers do: a login whose authorization request does not list the MFA profile in
+// `acr_values` is password-only (acr SFA, amr ["pwd"]); when asked, the account's own MFA
+// claims are issued — except for accounts without a second factor (carol), which stay
+// password-only and so exercise a provider that cannot satisfy the request. Overrides typed
+// into the login form still win. Without the flag nothing here changes any claim.
+//
+// Also: erin, a member of 300 project groups (hubgate's "many groups" tests), and physics.
+ACCOUNTS.erin = {
+  amr: ['pwd', 'otp'],
+  acr: MFA,
+  groups: [
+    ...Array.from({ length: 300 }, (_, i) => `project-hpc-${String(i).padStart(5, '0')}-climate-modelling`),
+    'physics',
+  ],
+};
+
+function stepUpClaims(details, form, claims) {
+  if (!opts.stepUpMfa) return claims;
+  const asked = String(details.params.acr_values || '').split(' ').includes(MFA);
+  const out = asked ? claims : { amr: ['pwd'], acr: SFA };
+  if (form.get('amr')) out.amr = claims.amr;
+  if (form.get('acr')) out.acr = claims.acr;
+  return out;
+}
+// ------------------------------------------------------------------ end of step-up
 
 function accountClaims(id) {
   const a = ACCOUNTS[id];
@@ -327,8 +356,10 @@ async function interaction(current, req, res, uid, action) {
       send(res, 401, 'text/html; charset=utf-8', '<p>invalid credentials</p>');
       return;
     }
-    const amr = f.get('amr') ? f.get('amr').split(',').map((s) => s.trim()).filter(Boolean) : acct.amr;
-    const acr = f.get('acr') || acct.acr;
+    const { amr, acr } = stepUpClaims(details, f, {
+      amr: f.get('amr') ? f.get('amr').split(',').map((s) => s.trim()).filter(Boolean) : acct.amr,
+      acr: f.get('acr') || acct.acr,
+    });
     const ts = f.get('auth_time') ? Number(f.get('auth_time')) : Math.floor(Date.now() / 1000);
     await provider.interactionFinished(req, res, {
       login: { accountId: id, amr, acr, ts, remember: true },

@@ -105,6 +105,8 @@ pub struct ProviderOptions {
     pub id_token_alg: Option<String>,
     pub at_alg: Option<String>,
     pub at_ttl: Option<u64>,
+    /// `--step-up-mfa`: MFA claims only when the request asks for them (`acr_values`).
+    pub step_up_mfa: bool,
 }
 
 impl ProviderOptions {
@@ -116,7 +118,13 @@ impl ProviderOptions {
             id_token_alg: None,
             at_alg: None,
             at_ttl: None,
+            step_up_mfa: false,
         }
+    }
+    /// The provider adds the second factor only when asked (see provider.mjs, "step-up").
+    pub fn step_up_mfa(mut self) -> Self {
+        self.step_up_mfa = true;
+        self
     }
     /// Registers hubgate's callback on `port` for the `hubgate` clients.
     pub fn hubgate_port(mut self, port: u16) -> Self {
@@ -175,6 +183,9 @@ impl OidcProvider {
         }
         if let Some(t) = opts.at_ttl {
             cmd.arg("--at-ttl").arg(t.to_string());
+        }
+        if opts.step_up_mfa {
+            cmd.arg("--step-up-mfa");
         }
         cmd.current_dir(oidc_dir())
             .stdin(Stdio::null())
