@@ -266,9 +266,13 @@ impl Route {
         self.last_activity_ms.load(Ordering::Relaxed)
     }
 
-    /// Records activity now.
+    /// Records activity now. Written at most once per millisecond: a store on every request
+    /// would pull the route's cache line away from the other worker threads reading it.
     pub fn touch(&self) {
-        self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+        let now = now_ms();
+        if self.last_activity_ms.load(Ordering::Relaxed) != now {
+            self.last_activity_ms.store(now, Ordering::Relaxed);
+        }
     }
 
     /// Records activity at a given time (used by stores that merge activity from elsewhere).
