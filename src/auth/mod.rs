@@ -12,6 +12,7 @@ mod denial;
 mod keys;
 pub mod login;
 mod reason;
+pub mod revocation;
 pub(crate) mod session;
 mod upstream;
 pub(crate) mod verify;
@@ -26,6 +27,7 @@ use prometheus::IntCounter;
 pub use credential::{bearer_token, CredentialKind, Extractor};
 pub use keys::{parse_key_set, IssuerKeys, KeyError};
 pub use reason::Reason;
+pub use revocation::{Revocation, Revocations, RevokeError};
 pub use session::{strip_own_cookies, CookieKey, LOGIN_COOKIE, SESSION_COOKIE};
 pub use upstream::{drop_own_set_cookies, IDENTITY_HEADERS};
 pub use verify::{Identity, Verified, MAX_TOKEN_BYTES};
@@ -92,6 +94,8 @@ pub struct Auth {
     cache: cache::VerifiedCache,
     pub client: Arc<HttpClient>,
     counters: Counters,
+    /// The process's revocation list (kept across reloads: see [`Auth::with_revocations`]).
+    pub revocations: Arc<Revocations>,
 }
 
 impl Auth {
@@ -133,7 +137,28 @@ impl Auth {
             issuers,
             client,
             counters: Counters { deny, allow },
+            revocations: Revocations::unregistered(),
         }
+    }
+
+    /// Uses the process's revocation list (shared by every `[auth]` generation) with this
+    /// configuration's limits.
+    pub fn with_revocations(mut self, revocations: Arc<Revocations>) -> Auth {
+        revocations.configure(
+            self.config.revocation_lifetime,
+            self.config.revocation_capacity,
+        );
+        self.revocations = revocations;
+        self
+    }
+
+    /// Whether a verified identity's credential was revoked.
+    pub fn revoked(&self, identity: &Identity) -> bool {
+        let issuer = self
+            .issuers
+            .get(identity.issuer)
+            .map_or("", |i| i.config.issuer.as_str());
+        self.revocations.is_revoked(identity, issuer, now_secs())
     }
 
     /// A one-line description for the startup log.
@@ -282,6 +307,9 @@ impl Auth {
                 groups: claims.groups,
                 admin,
                 issuer: claims.idp,
+                issued_at: Some(claims.iat),
+                sid: claims.sid,
+                idp_sid: claims.psid,
             }),
             expires_at: claims.exp,
             auth_time: Some(claims.auth_time),
@@ -345,6 +373,10 @@ impl Auth {
             Err(r) => return deny(r, None, true),
         };
         let identity = verified.identity;
+        // After verification and after the cache: a cached credential is revoked too.
+        if self.revoked(&identity) {
+            return deny(Reason::Revoked, Some(identity), true);
+        }
         if websocket && kind == CredentialKind::Session && !self.origin_ok(req) {
             return deny(Reason::OriginMismatch, Some(identity), true);
         }

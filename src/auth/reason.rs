@@ -27,10 +27,11 @@ pub enum Reason {
     OriginMismatch,
     BadSession,
     BadPath,
+    Revoked,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::MissingCredential,
         Reason::MultipleCredentials,
         Reason::Malformed,
@@ -54,6 +55,7 @@ impl Reason {
         Reason::OriginMismatch,
         Reason::BadSession,
         Reason::BadPath,
+        Reason::Revoked,
     ];
 
     /// The metric label.
@@ -82,6 +84,7 @@ impl Reason {
             Reason::OriginMismatch => "origin_mismatch",
             Reason::BadSession => "bad_session",
             Reason::BadPath => "bad_path",
+            Reason::Revoked => "revoked",
         }
     }
 
@@ -112,6 +115,9 @@ impl Reason {
             Reason::MultipleCredentials => "More than one credential was sent; send exactly one.",
             Reason::KeysUnavailable => "The login service is not available right now. Please try again in a minute.",
             Reason::BadPath => "This address is not valid.",
+            Reason::Revoked => {
+                "Your login was ended (you logged out, or an administrator ended your sessions). Please log in again."
+            }
             // Every 401 says the same: expired and forged credentials are not told apart.
             _ => "Please log in: your login is missing or has expired.",
         }

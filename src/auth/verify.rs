@@ -26,6 +26,13 @@ pub struct Identity {
     pub admin: bool,
     /// Index of the issuer in the configuration.
     pub issuer: usize,
+    /// When the credential was issued (`iat`, else `auth_time`): a user's revocation refuses
+    /// credentials issued at or before it.
+    pub issued_at: Option<i64>,
+    /// hubgate's session id (session cookies only), for revoking one session.
+    pub sid: Option<String>,
+    /// The identity provider's session id (`sid` claim), for back-channel logout.
+    pub idp_sid: Option<String>,
 }
 
 /// A verified credential: identity and the instants that bound its use.
@@ -266,6 +273,12 @@ pub fn verify_with(
         .get("email")
         .and_then(Value::as_str)
         .map(str::to_string);
+    let issued_at = number(&claims, "iat")?.or(auth_time);
+    let idp_sid = claims
+        .get("sid")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 256)
+        .map(str::to_string);
     Ok(Verified {
         identity: Arc::new(Identity {
             user,
@@ -273,6 +286,9 @@ pub fn verify_with(
             groups,
             admin,
             issuer: issuer_index,
+            issued_at,
+            sid: None,
+            idp_sid,
         }),
         expires_at: exp + leeway,
         auth_time,

@@ -299,6 +299,17 @@ impl HubProxy {
             (Some(a), Some(auth)) if auth.config.close_websockets_on_expiry => Some(a.expires_at),
             _ => None,
         };
+        let revocation = match (&ctx.allowed, auth) {
+            (Some(a), Some(auth)) => Some(websocket::RevocationWatch {
+                list: auth.revocations.clone(),
+                identity: a.identity.clone(),
+                issuer: auth
+                    .issuers
+                    .get(a.identity.issuer)
+                    .map_or_else(String::new, |i| i.config.issuer.clone()),
+            }),
+            _ => None,
+        };
         let head = edits.head(session.req_header(), upstream_path);
         websocket::proxy(
             sh,
@@ -307,6 +318,7 @@ impl HubProxy {
                 route: route.clone(),
                 head,
                 close_at,
+                revocation,
             },
         )
         .await?;

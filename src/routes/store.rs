@@ -43,6 +43,11 @@ pub trait RouteStore: Send + Sync {
     /// The store's metrics, to register with the server's registry. Every store exports
     /// [`store_up_gauge`], so dashboards and the store-down alert read the same series
     /// whichever backend is configured.
+    /// Where replicas share revocations (`None`: this process is alone).
+    fn revocation_store(&self) -> Option<Arc<dyn crate::auth::revocation::RevocationStore>> {
+        None
+    }
+
     fn collectors(&self) -> prometheus::Result<Vec<Box<dyn Collector>>>;
 }
 
