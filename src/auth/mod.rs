@@ -6,6 +6,7 @@
 //! policy and the matched route's owner. The decision is made on the canonical path, which
 //! is also what is forwarded. Reasons go to the log and metrics, never to the client.
 
+pub mod backchannel;
 mod cache;
 mod credential;
 mod denial;
@@ -252,14 +253,12 @@ impl Auth {
         &Access::Authenticated
     }
 
-    /// Verifies an identity-provider token (Bearer or query parameter).
-    pub async fn verify_token(
+    /// The issuer a token names and the key its header picks (fetching the key set again
+    /// for an unknown key id, within the issuer's refetch limit).
+    async fn key_for(
         &self,
-        token: &str,
-        expect_aud: Option<&[String]>,
-        nonce: Option<&str>,
-    ) -> Result<Verified, Reason> {
-        let head = verify::inspect(token)?;
+        head: &verify::Unverified,
+    ) -> Result<(usize, &Arc<IssuerKeys>, Arc<keys::VerifyKey>), Reason> {
         let (index, issuer) = self
             .issuers
             .iter()
@@ -282,6 +281,18 @@ impl Auth {
                 }
             }
         };
+        Ok((index, issuer, key))
+    }
+
+    /// Verifies an identity-provider token (Bearer or query parameter).
+    pub async fn verify_token(
+        &self,
+        token: &str,
+        expect_aud: Option<&[String]>,
+        nonce: Option<&str>,
+    ) -> Result<Verified, Reason> {
+        let head = verify::inspect(token)?;
+        let (index, issuer, key) = self.key_for(&head).await?;
         let expect = verify::Expect {
             audiences: expect_aud.unwrap_or(&issuer.config.audiences),
             nonce,

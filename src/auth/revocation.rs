@@ -160,6 +160,8 @@ pub struct Revocations {
     metrics: RevocationMetrics,
     /// The shared store, when replicas share one.
     store: std::sync::OnceLock<Arc<dyn RevocationStore>>,
+    /// Back-channel logout tokens seen (`issuer` + `jti` → until when kept).
+    seen_jti: DashMap<String, i64>,
 }
 
 impl Revocations {
@@ -208,6 +210,7 @@ impl Revocations {
                 websockets_closed,
             },
             store: std::sync::OnceLock::new(),
+            seen_jti: DashMap::new(),
         });
         Ok((list, collectors))
     }
@@ -370,12 +373,32 @@ impl Revocations {
         });
     }
 
+    /// Whether this logout token id is new (it is then remembered until `until`). A full
+    /// cache forgets old ids: a replayed logout token only revokes the same session again.
+    pub fn first_use(&self, issuer: &str, jti: &str, until: i64, now: i64) -> bool {
+        let key = format!("{issuer}\u{1f}{jti}");
+        if self.seen_jti.len() >= self.capacity.load(Ordering::Relaxed) {
+            self.seen_jti.retain(|_, u| *u > now);
+            if self.seen_jti.len() >= self.capacity.load(Ordering::Relaxed) {
+                self.seen_jti.clear();
+            }
+        }
+        match self.seen_jti.entry(key) {
+            dashmap::mapref::entry::Entry::Occupied(e) if *e.get() > now => false,
+            e => {
+                e.insert(until);
+                true
+            }
+        }
+    }
+
     /// Drops entries past their `until`.
     pub fn expire(&self, now: i64) {
         let before = self.len();
         self.users.retain(|_, e| e.until > now);
         self.sessions.retain(|_, until| *until > now);
         self.idp_sessions.retain(|_, e| e.until > now);
+        self.seen_jti.retain(|_, u| *u > now);
         let after = self.len();
         self.metrics
             .expired

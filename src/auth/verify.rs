@@ -125,8 +125,19 @@ pub struct Unverified {
     pub iss: String,
 }
 
+/// The `typ` header values of access and ID tokens.
+const TOKEN_TYPES: &[&str] = &["jwt", "at+jwt", "application/at+jwt", "application/jwt"];
+/// The `typ` of a back-channel logout token (OpenID Connect Back-Channel Logout 1.0 §2.4):
+/// accepted only where a logout token is expected, so one is never taken for a credential.
+pub const LOGOUT_TOKEN_TYPES: &[&str] = &["logout+jwt", "application/logout+jwt", "jwt"];
+
 /// Shape, header and issuer checks (steps 2–4); no key needed yet.
 pub fn inspect(token: &str) -> Result<Unverified, Reason> {
+    inspect_typed(token, TOKEN_TYPES)
+}
+
+/// [`inspect`] accepting the `typ` values in `types` (lowercase).
+pub fn inspect_typed(token: &str, types: &[&str]) -> Result<Unverified, Reason> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(Reason::TooLarge);
     }
@@ -153,10 +164,7 @@ pub fn inspect(token: &str) -> Result<Unverified, Reason> {
         .ok_or(Reason::BadAlgorithm)?;
     if let Some(typ) = header.get("typ") {
         let typ = typ.as_str().ok_or(Reason::Malformed)?.to_ascii_lowercase();
-        if !matches!(
-            typ.as_str(),
-            "jwt" | "at+jwt" | "application/at+jwt" | "application/jwt"
-        ) {
+        if !types.contains(&typ.as_str()) {
             return Err(Reason::Malformed);
         }
     }
@@ -183,16 +191,14 @@ pub struct Expect<'a> {
     pub nonce: Option<&'a str>,
 }
 
-/// Signature and claim checks (steps 5–9) with the key already selected.
-pub fn verify_with(
+/// The claims of a token whose signature checks with `key` under the issuer's algorithms
+/// (step 5); no claim is checked here.
+pub fn signed_claims(
     token: &str,
     head: &Unverified,
     issuer: &IssuerKeys,
-    issuer_index: usize,
     key: &super::keys::VerifyKey,
-    expect: &Expect<'_>,
-    now: i64,
-) -> Result<Verified, Reason> {
+) -> Result<Map<String, Value>, Reason> {
     let cfg = &issuer.config;
     if !cfg.algorithms.contains(&head.alg) || !key.algorithms.contains(&head.alg) {
         return Err(Reason::BadAlgorithm);
@@ -213,25 +219,46 @@ pub fn verify_with(
                 _ => Reason::Malformed,
             }
         })?;
-    let claims = data.claims;
+    Ok(data.claims)
+}
+
+/// Whether `claims`' `aud` (a string or an array of strings) names one of `audiences`.
+pub fn audience_ok(claims: &Map<String, Value>, audiences: &[String]) -> Result<bool, Reason> {
+    match claims.get("aud") {
+        Some(Value::String(a)) => Ok(audiences.iter().any(|x| x == a)),
+        Some(Value::Array(items)) => Ok(items.iter().all(Value::is_string)
+            && items
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|a| audiences.iter().any(|x| x == a))),
+        None => Err(Reason::MissingClaim),
+        Some(_) => Ok(false),
+    }
+}
+
+/// A numeric date claim (`exp`, `iat`, …), if present; a non-number is malformed.
+pub fn date_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, Reason> {
+    number(claims, name)
+}
+
+/// Signature and claim checks (steps 5–9) with the key already selected.
+pub fn verify_with(
+    token: &str,
+    head: &Unverified,
+    issuer: &IssuerKeys,
+    issuer_index: usize,
+    key: &super::keys::VerifyKey,
+    expect: &Expect<'_>,
+    now: i64,
+) -> Result<Verified, Reason> {
+    let cfg = &issuer.config;
+    let claims = signed_claims(token, head, issuer, key)?;
     let leeway = cfg.leeway.as_secs() as i64;
 
     if claims.get("iss").and_then(Value::as_str) != Some(cfg.issuer.as_str()) {
         return Err(Reason::WrongIssuer);
     }
-    let aud_ok = match claims.get("aud") {
-        Some(Value::String(a)) => expect.audiences.iter().any(|x| x == a),
-        Some(Value::Array(items)) => {
-            items.iter().all(Value::is_string)
-                && items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .any(|a| expect.audiences.iter().any(|x| x == a))
-        }
-        None => return Err(Reason::MissingClaim),
-        Some(_) => false,
-    };
-    if !aud_ok {
+    if !audience_ok(&claims, expect.audiences)? {
         return Err(Reason::WrongAudience);
     }
     let exp = number(&claims, "exp")?.ok_or(Reason::MissingClaim)?;
