@@ -250,14 +250,16 @@ impl RoutesApi {
         let body = serde_json::json!({ what: who, "not_before": now }).to_string();
         match list.revoke(&revocation, "api").await {
             Ok(()) => {
-                info!("audit revocation {what}={who} not_before={now} source=api");
+                // The audit log's line shape (`decision=`), whatever `audit-log` says: a
+                // revocation is always recorded.
+                info!("audit {what}={who} route=- path={REVOCATIONS_PATH} decision=revoke reason=api not_before={now}");
                 let mut a = Answer::json(body);
                 a.status = StatusCode::CREATED;
                 a
             }
             Err(e @ RevokeError::Invalid) => Answer::fail(StatusCode::BAD_REQUEST, &e.to_string()),
             Err(e) => {
-                warn!("audit revocation {what}={who} not_before={now} source=api: {e}");
+                warn!("audit {what}={who} route=- path={REVOCATIONS_PATH} decision=revoke reason=api not_before={now} error: {e}");
                 Answer::fail(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
             }
         }

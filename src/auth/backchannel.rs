@@ -117,7 +117,7 @@ impl Auth {
     pub async fn backchannel_logout(&self, body: &[u8]) -> Reply {
         match self.logout_token(body).await {
             Ok(done) => {
-                info!("audit back-channel logout: {done}");
+                info!("audit {done} route=- path={PATH} decision=revoke reason=backchannel");
                 Reply::json(200, String::new())
             }
             Err(e) => {
@@ -196,7 +196,7 @@ impl Auth {
             }
         }
         Ok(match &revocation {
-            Revocation::IdpSession { issuer, sid } => format!("issuer={issuer} sid={sid}"),
+            Revocation::IdpSession { issuer, sid } => format!("idp_session={sid} issuer={issuer}"),
             Revocation::User { user, .. } => format!("user={user}"),
             Revocation::Session { sid } => format!("session={sid}"),
         })
