@@ -14,6 +14,7 @@ mod api_tls;
 mod auth;
 mod auth_keys;
 mod auth_login;
+mod auth_logout;
 mod auth_revocation;
 mod auth_token;
 mod auth_websocket;

@@ -20,6 +20,8 @@ pub const MFA_ACR: &str = "https://refeds.org/profile/mfa";
 pub const SFA_ACR: &str = "https://refeds.org/profile/sfa";
 pub const AUDIENCE: &str = "jupyterhub";
 pub const SESSION_COOKIE: &str = "__Host-hubgate-session";
+/// hubgate's cookie holding the ID token for the provider's logout (`Path=/_hubgate/logout`).
+pub const LOGOUT_HINT_COOKIE: &str = "__Secure-hubgate-logout";
 pub const LOGIN_COOKIE: &str = "__Host-hubgate-login";
 /// Password of every account of the test provider (alice also needs OTP 123456).
 pub const IDP_PASSWORD: &str = "test-password";
@@ -105,6 +107,8 @@ pub struct ProviderOptions {
     pub id_token_alg: Option<String>,
     pub at_alg: Option<String>,
     pub at_ttl: Option<u64>,
+    /// hubgate's origin for RP-initiated and back-channel logout (`--logout-origin`).
+    pub logout_origin: Option<String>,
 }
 
 impl ProviderOptions {
@@ -116,7 +120,13 @@ impl ProviderOptions {
             id_token_alg: None,
             at_alg: None,
             at_ttl: None,
+            logout_origin: None,
         }
+    }
+    /// Registers hubgate on `port` for RP-initiated and back-channel logout.
+    pub fn logout_port(mut self, port: u16) -> Self {
+        self.logout_origin = Some(format!("http://127.0.0.1:{port}"));
+        self
     }
     /// Registers hubgate's callback on `port` for the `hubgate` clients.
     pub fn hubgate_port(mut self, port: u16) -> Self {
@@ -175,6 +185,9 @@ impl OidcProvider {
         }
         if let Some(t) = opts.at_ttl {
             cmd.arg("--at-ttl").arg(t.to_string());
+        }
+        if let Some(o) = &opts.logout_origin {
+            cmd.arg("--logout-origin").arg(o);
         }
         cmd.current_dir(oidc_dir())
             .stdin(Stdio::null())
