@@ -115,9 +115,6 @@ impl Reason {
             Reason::MultipleCredentials => "More than one credential was sent; send exactly one.",
             Reason::KeysUnavailable => "The login service is not available right now. Please try again in a minute.",
             Reason::BadPath => "This address is not valid.",
-            Reason::Revoked => {
-                "Your login was ended (you logged out, or an administrator ended your sessions). Please log in again."
-            }
             // Every 401 says the same: expired and forged credentials are not told apart.
             _ => "Please log in: your login is missing or has expired.",
         }
