@@ -70,8 +70,11 @@ class OidcProvider:
         key: dict,
         access_token_ttl: int = 900,
         redirect_uris: list[str] | None = None,
+        logout_origin: str | None = None,
     ):
-        """`redirect_uris`: registered for the `hubgate` client (hubgate's browser login)."""
+        """`redirect_uris`: registered for the `hubgate` client (hubgate's browser login).
+        `logout_origin`: hubgate's public origin, registered for RP-initiated and
+        back-channel logout (provider.mjs `--logout-origin`)."""
         _require_node_modules()
         self.key = key
         self.jwks_file = workdir / "idp-jwks.json"
@@ -85,6 +88,7 @@ class OidcProvider:
                 "--jwks", str(self.jwks_file),
                 "--at-ttl", str(access_token_ttl),
                 *[a for u in redirect_uris or [] for a in ("--redirect-uri", u)],
+                *(["--logout-origin", logout_origin] if logout_origin else []),
             ],  # fmt: skip
             cwd=OIDC_DIR,
             stdin=subprocess.DEVNULL,

@@ -10,7 +10,9 @@ auth journey), redirects it follows, and the websockets JupyterLab itself opens.
 2. with [auth]: hubgate's login through the test OpenID provider's own pages (the second
    factor included: without the one-time code the provider refuses), then the same
    notebook journey;
-3. hubgate's own 401/403/404/503 pages render readably (screenshot kept in
+3. logout from the hub's own logout: the hub's cookies, hubgate's session (a copy of its
+   cookie included) and the provider's session all end, and the page says what to do next;
+4. hubgate's own 401/403/404/503 pages render readably (screenshot kept in
    tmp/test-artifacts/browser/, heading and explanation checked as displayed).
 """
 
@@ -154,7 +156,96 @@ def test_browser_oidc_login_then_notebook(deployment_factory, idp_for_port, new_
     assert session["value"] not in dep.hub_log.read_text(errors="replace")
 
 
-# ------------------------------------------------------------------ 3. hubgate's own pages
+# ------------------------------------------------------------------ 3. logout
+
+# The README's recipe: the hub's /hub/logout clears the hub's cookies, then sends the browser
+# to hubgate's logout instead of the hub's login page.
+HUB_LOGOUT_TO_HUBGATE = """
+from jupyterhub.auth import DummyAuthenticator
+from jupyterhub.handlers.login import LogoutHandler
+
+
+class HubgateLogoutHandler(LogoutHandler):
+    async def render_logout_page(self):
+        self.redirect("/_hubgate/logout", permanent=False)
+
+
+class HubgateLogoutAuthenticator(DummyAuthenticator):
+    def get_handlers(self, app):
+        return super().get_handlers(app) + [("/logout", HubgateLogoutHandler)]
+
+
+c.JupyterHub.authenticator_class = HubgateLogoutAuthenticator
+"""
+
+
+def provider_login(page, issuer: str, user: str = "alice"):
+    """The test provider's login form, with alice's second factor."""
+    page.wait_for_url(re.compile(re.escape(issuer) + r"/interaction/.*"))
+    page.fill('input[name="login"]', user)
+    page.fill('input[name="password"]', IDP_PASSWORD)
+    page.fill('input[name="otp"]', "123456")
+    page.click('button[type="submit"]')
+
+
+@pytest.mark.timeout(300)
+def test_browser_logout_from_the_hub_ends_every_session(deployment_factory, tmp_path, new_page):
+    port = free_port()
+    idp = OidcProvider(
+        tmp_path,
+        generate_key("e2e-logout-rs256"),
+        access_token_ttl=900,
+        redirect_uris=[f"http://127.0.0.1:{port}/_hubgate/oidc/callback"],
+        logout_origin=f"http://127.0.0.1:{port}",
+    )
+    try:
+        probe = idp.access_token("dave")
+        dep = deployment_factory(
+            "hubgate",
+            "hub-managed",
+            auth=AuthSetup(idp.issuer, probe, client_id="hubgate"),
+            public_port=port,
+            hub_config=HUB_LOGOUT_TO_HUBGATE,
+        )
+        page = new_page()
+        # /hub/home is protected (unlike /hub/login): hubgate's login first, then the hub's.
+        page.goto(f"{dep.public_url}/hub/home")
+        provider_login(page, idp.issuer)
+        hub_login(page, "alice")
+        page.wait_for_url(re.compile(r".*/hub/home.*"))
+        cookies = {c["name"]: c["value"] for c in page.context.cookies(dep.public_url)}
+        session = cookies["__Host-hubgate-session"]
+        assert "jupyterhub-hub-login" in cookies, list(cookies)
+
+        # The hub's logout → hubgate's → the provider's confirmation → hubgate's page.
+        page.goto(f"{dep.public_url}/hub/logout")
+        page.wait_for_url(re.compile(re.escape(idp.issuer) + r"/session/end.*"))
+        page.click('button[name="logout"]')
+        page.wait_for_url(re.compile(re.escape(dep.public_url) + r"/_hubgate/logged-out.*"))
+        text = page.locator("body").inner_text()
+        assert "You are logged out" in text, text
+        assert page.locator("a", has_text="Log in again").count() == 1, page.content()
+
+        left = {c["name"] for c in page.context.cookies(dep.public_url)}
+        assert not left & {"__Host-hubgate-session", "jupyterhub-hub-login"}, left
+        # A copy of the old session cookie is refused by hubgate (not by the hub).
+        r = requests.get(
+            f"{dep.public_url}/hub/api/user",
+            headers={"Cookie": f"__Host-hubgate-session={session}"},
+            timeout=10,
+        )
+        assert r.status_code == 401, (r.status_code, r.text[:300])
+        # (hub-managed: hubgate's log is in the hub's)
+        log = dep.hub_log.read_text(errors="replace")
+        assert "logout: user=alice" in log and "decision=deny reason=revoked" in log
+        # The provider's session is over too: the next visit asks for the password again.
+        page.goto(f"{dep.public_url}/hub/home")
+        page.wait_for_url(re.compile(re.escape(idp.issuer) + r"/interaction/.*"))
+    finally:
+        idp.stop()
+
+
+# ------------------------------------------------------------------ 4. hubgate's own pages
 
 
 class StandaloneHubgate:
