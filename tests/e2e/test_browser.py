@@ -213,7 +213,8 @@ def test_browser_logout_from_the_hub_ends_every_session(deployment_factory, tmp_
         provider_login(page, idp.issuer)
         hub_login(page, "alice")
         page.wait_for_url(re.compile(r".*/hub/home.*"))
-        cookies = {c["name"]: c["value"] for c in page.context.cookies(dep.public_url)}
+        # (the hub's login cookie has Path=/hub/)
+        cookies = {c["name"]: c["value"] for c in page.context.cookies(f"{dep.public_url}/hub/")}
         session = cookies["__Host-hubgate-session"]
         assert "jupyterhub-hub-login" in cookies, list(cookies)
 
@@ -226,7 +227,7 @@ def test_browser_logout_from_the_hub_ends_every_session(deployment_factory, tmp_
         assert "You are logged out" in text, text
         assert page.locator("a", has_text="Log in again").count() == 1, page.content()
 
-        left = {c["name"] for c in page.context.cookies(dep.public_url)}
+        left = {c["name"] for c in page.context.cookies(f"{dep.public_url}/hub/")}
         assert not left & {"__Host-hubgate-session", "jupyterhub-hub-login"}, left
         # A copy of the old session cookie is refused by hubgate (not by the hub).
         r = requests.get(
