@@ -15,12 +15,12 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use dashmap::DashMap;
 use log::{info, warn};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 
 use super::verify::Identity;
+use crate::routes::RevocationStore;
 
 /// One revocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,19 +43,6 @@ pub enum RevokeError {
     /// In force on this replica, but the shared store did not take it.
     #[error("revoked on this replica only: the shared store did not accept it ({0})")]
     NotReplicated(String),
-}
-
-/// Where revocations are shared between replicas (the Redis route store).
-#[async_trait]
-pub trait RevocationStore: Send + Sync {
-    /// Stores one entry (`field`/`value` from [`Revocation::encode`]) until `until`.
-    async fn put(&self, field: &str, value: &str, until: i64) -> Result<(), String>;
-    /// Every stored entry when the store changed since `version` (which is updated), else
-    /// `None`.
-    async fn load(
-        &self,
-        version: &mut Option<String>,
-    ) -> Result<Option<Vec<(String, String)>>, String>;
 }
 
 /// How often a replica looks for revocations made elsewhere.

@@ -416,7 +416,7 @@ impl RedisStore {
 
 #[async_trait]
 impl RouteStore for RedisStore {
-    fn revocation_store(&self) -> Option<Arc<dyn crate::auth::revocation::RevocationStore>> {
+    fn revocation_store(&self) -> Option<Arc<dyn super::store::RevocationStore>> {
         Some(Arc::new(revocations::RedisRevocations(self.inner.clone())))
     }
 

@@ -1,7 +1,7 @@
-//! Revocations shared between replicas: `{prefix}:v1:revocations` (hash, field → value in
-//! [`Revocation::encode`](crate::auth::Revocation::encode)'s form) and
+//! Revocations shared between replicas: `{prefix}:v1:revocations` (hash, field → value, both
+//! opaque here: the revocation list's text form) and
 //! `{prefix}:v1:revocations-rev` (incremented by every write). Each replica polls the counter
-//! every [`POLL_INTERVAL`](crate::auth::revocation::POLL_INTERVAL) over the route store's
+//! every 250 ms (the revocation list's poll interval) over the route store's
 //! command connection and reads the hash when it moved, so a revocation made on one replica
 //! is in force on all within about a quarter of a second, and a replica that starts later
 //! reads every entry still in force. Entries past their `until` are pruned by writers.
@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use redis::Script;
 
 use super::Inner;
-use crate::auth::revocation::RevocationStore;
+use crate::routes::RevocationStore;
 
 /// Writes one entry, keeping the later `until` and (for a user) the later not-before when
 /// the field exists, bumps the counter and, every 64th write, drops expired entries.
