@@ -149,16 +149,6 @@ impl Auth {
             cfg.leeway.as_secs() as i64,
             now,
         )?;
-        let jti = claims
-            .get("jti")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if !self
-            .revocations
-            .first_use(&cfg.issuer, jti, now + MAX_AGE * 2, now)
-        {
-            return Err(LogoutError::Replayed);
-        }
         let sid = claims
             .get("sid")
             .and_then(Value::as_str)
@@ -184,6 +174,17 @@ impl Auth {
             },
             _ => return Err(LogoutError::Unmatched),
         };
+        let jti = claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !self
+            .revocations
+            .first_use(&cfg.issuer, jti, now + MAX_AGE * 2, now)
+        {
+            return Err(LogoutError::Replayed);
+        }
+
         match self.revocations.revoke(&revocation, "backchannel").await {
             Ok(()) => {}
             // Recorded here: the provider need not retry; the log says it did not spread.
@@ -192,6 +193,8 @@ impl Auth {
             }
             Err(e) => {
                 warn!("back-channel logout not recorded: {e}");
+                // Not done: the provider may send the same token again.
+                self.revocations.forget_jti(&cfg.issuer, jti);
                 return Err(LogoutError::Token("hubgate cannot record it now"));
             }
         }

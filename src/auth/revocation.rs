@@ -135,9 +135,9 @@ pub type Collectors = Vec<Box<dyn prometheus::core::Collector>>;
 pub struct Revocations {
     users: DashMap<String, UserEntry>,
     sessions: DashMap<String, i64>,
-    /// Keyed by the provider's `sid`; the issuer is compared on lookup (no key built per
-    /// request).
-    idp_sessions: DashMap<String, IdpEntry>,
+    /// Keyed by the provider's `sid`, one entry per issuer that used it; the issuer is
+    /// compared on lookup (no key built per request).
+    idp_sessions: DashMap<String, Vec<IdpEntry>>,
     /// Whether any entry exists: the per-request check is one load while the list is empty.
     active: AtomicBool,
     lifetime: AtomicI64,
@@ -223,6 +223,17 @@ impl Revocations {
         now + self.lifetime.load(Ordering::Relaxed)
     }
 
+    fn contains(&self, r: &Revocation) -> bool {
+        match r {
+            Revocation::User { user, .. } => self.users.contains_key(user.as_str()),
+            Revocation::Session { sid } => self.sessions.contains_key(sid.as_str()),
+            Revocation::IdpSession { issuer, sid } => self
+                .idp_sessions
+                .get(sid.as_str())
+                .is_some_and(|v| v.iter().any(|e| e.issuer == *issuer)),
+        }
+    }
+
     fn len(&self) -> usize {
         self.users.len() + self.sessions.len() + self.idp_sessions.len()
     }
@@ -242,7 +253,8 @@ impl Revocations {
         if until <= now {
             return Ok(false);
         }
-        if self.len() >= self.capacity.load(Ordering::Relaxed) {
+        // Only a new entry needs room: a replica's copy of one already here never fails.
+        if !self.contains(r) && self.len() >= self.capacity.load(Ordering::Relaxed) {
             self.expire(now);
             if self.len() >= self.capacity.load(Ordering::Relaxed) {
                 self.metrics.refused.inc();
@@ -266,19 +278,36 @@ impl Revocations {
                     });
                 changed
             }
-            Revocation::Session { sid } => self.sessions.insert(sid.clone(), until).is_none(),
-            Revocation::IdpSession { issuer, sid } => self
-                .idp_sessions
-                .insert(
-                    sid.clone(),
-                    IdpEntry {
-                        issuer: issuer.clone(),
-                        until,
-                    },
-                )
-                .is_none(),
+            Revocation::Session { sid } => {
+                let mut changed = true;
+                self.sessions
+                    .entry(sid.clone())
+                    .and_modify(|u| {
+                        changed = false;
+                        *u = (*u).max(until);
+                    })
+                    .or_insert(until);
+                changed
+            }
+            Revocation::IdpSession { issuer, sid } => {
+                let mut entries = self.idp_sessions.entry(sid.clone()).or_default();
+                match entries.iter_mut().find(|e| e.issuer == *issuer) {
+                    Some(e) => {
+                        e.until = e.until.max(until);
+                        false
+                    }
+                    None => {
+                        entries.push(IdpEntry {
+                            issuer: issuer.clone(),
+                            until,
+                        });
+                        true
+                    }
+                }
+            }
         };
-        self.active.store(true, Ordering::Release);
+        // After the entry is in (see `expire`).
+        self.active.store(true, Ordering::SeqCst);
         self.metrics.entries.set(self.len() as i64);
         if changed {
             self.metrics
@@ -360,6 +389,11 @@ impl Revocations {
         });
     }
 
+    /// Forgets a logout token id (its logout could not be recorded: the provider may retry).
+    pub fn forget_jti(&self, issuer: &str, jti: &str) {
+        self.seen_jti.remove(&format!("{issuer}\u{1f}{jti}"));
+    }
+
     /// Whether this logout token id is new (it is then remembered until `until`). A full
     /// cache forgets old ids: a replayed logout token only revokes the same session again.
     pub fn first_use(&self, issuer: &str, jti: &str, until: i64, now: i64) -> bool {
@@ -384,7 +418,10 @@ impl Revocations {
         let before = self.len();
         self.users.retain(|_, e| e.until > now);
         self.sessions.retain(|_, until| *until > now);
-        self.idp_sessions.retain(|_, e| e.until > now);
+        self.idp_sessions.retain(|_, v| {
+            v.retain(|e| e.until > now);
+            !v.is_empty()
+        });
         self.seen_jti.retain(|_, u| *u > now);
         let after = self.len();
         self.metrics
@@ -392,13 +429,18 @@ impl Revocations {
             .inc_by(before.saturating_sub(after) as u64);
         self.metrics.entries.set(after as i64);
         if after == 0 {
-            self.active.store(false, Ordering::Release);
+            self.active.store(false, Ordering::SeqCst);
+            // An entry added meanwhile set `active` before or after this store; if before,
+            // it is counted here and `active` is set again.
+            if self.len() > 0 {
+                self.active.store(true, Ordering::SeqCst);
+            }
         }
     }
 
     /// Whether a verified credential is revoked. `issuer` is the URL of the identity's issuer.
     pub fn is_revoked(&self, identity: &Identity, issuer: &str, now: i64) -> bool {
-        if !self.active.load(Ordering::Acquire) {
+        if !self.active.load(Ordering::SeqCst) {
             return false;
         }
         if let Some(e) = self.users.get(identity.user.as_str()) {
@@ -416,7 +458,7 @@ impl Revocations {
             if self
                 .idp_sessions
                 .get(sid.as_str())
-                .is_some_and(|e| now < e.until && e.issuer == issuer)
+                .is_some_and(|v| v.iter().any(|e| now < e.until && e.issuer == issuer))
             {
                 return true;
             }
@@ -524,6 +566,9 @@ mod tests {
         let c = Revocation::Session { sid: "c".into() };
         assert_eq!(list.add(&c, 50, "api", 0), Err(RevokeError::Full));
         assert_eq!(list.metrics.refused.get(), 1);
+        // An entry already here is not refused (a replica's copy).
+        let a = Revocation::Session { sid: "a".into() };
+        assert_eq!(list.add(&a, 50, "replica", 0), Ok(false));
         // Once the others expired there is room again.
         assert_eq!(list.add(&c, 200, "api", 60), Ok(true));
         assert_eq!(list.metrics.expired.get(), 2);
