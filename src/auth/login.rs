@@ -34,6 +34,9 @@ use crate::web::{form_encode, query_value, Reply};
 pub const PREFIX: &str = "/_hubgate/";
 const LOGIN_LIFETIME: i64 = 600;
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest ID token kept for `id_token_hint` (with the cookie's name and attributes it
+/// stays under browsers' 4096-byte cookie limit).
+const MAX_HINT_BYTES: usize = 3900;
 
 /// A page from one of hubgate's own endpoints (the same page as a denial's).
 fn page(status: u16, text: &str) -> Reply {
@@ -394,9 +397,12 @@ impl Auth {
             .push(("Set-Cookie", set_cookie(SESSION_COOKIE, &value, exp - now)));
         r.headers
             .push(("Set-Cookie", set_cookie(LOGIN_COOKIE, "", 0)));
-        if issuer
-            .endpoints()
-            .is_some_and(|e| e.end_session_endpoint.is_some())
+        // Browsers drop cookies over 4 KiB (an ID token with many groups): then the logout
+        // goes without `id_token_hint` (`client_id` alone is allowed by RP-Initiated Logout).
+        if id_token.len() <= MAX_HINT_BYTES
+            && issuer
+                .endpoints()
+                .is_some_and(|e| e.end_session_endpoint.is_some())
         {
             r.headers.push((
                 "Set-Cookie",
