@@ -246,6 +246,7 @@ impl RoutesApi {
             Revocation::User { user, .. } => ("user", user.as_str()),
             Revocation::Session { sid } => ("session", sid.as_str()),
             Revocation::IdpSession { sid, .. } => ("idp_session", sid.as_str()),
+            Revocation::IdpSubject { sub, .. } => ("idp_subject", sub.as_str()),
         };
         let body = serde_json::json!({ what: who, "not_before": now }).to_string();
         match list.revoke(&revocation, "api").await {

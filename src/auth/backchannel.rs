@@ -33,7 +33,7 @@ pub enum LogoutError {
     NoToken,
     #[error("logout_token: {0}")]
     Token(&'static str),
-    #[error("logout_token names neither a provider session (sid) hubgate can match nor a subject it can map to a user")]
+    #[error("logout_token names neither a provider session (sid) nor a subject (sub)")]
     Unmatched,
     #[error("logout_token was already used (jti)")]
     Replayed,
@@ -162,8 +162,9 @@ impl Auth {
                 issuer: cfg.issuer.clone(),
                 sid: sid.to_string(),
             },
-            // Without a session id, every session of the subject ends: possible when the
-            // subject is the JupyterHub user name (username-claim = "sub").
+            // Without a session id, every credential of the subject issued until now ends:
+            // by user name when it is the subject (username-claim = "sub"), else by the
+            // provider subject that tokens carry and sessions keep (`psub`).
             (None, Some(sub)) if cfg.username_claim == "sub" => Revocation::User {
                 user: if cfg.username_lowercase {
                     sub.to_lowercase()
@@ -172,7 +173,12 @@ impl Auth {
                 },
                 not_before: now,
             },
-            _ => return Err(LogoutError::Unmatched),
+            (None, Some(sub)) => Revocation::IdpSubject {
+                issuer: cfg.issuer.clone(),
+                sub: sub.to_string(),
+                not_before: now,
+            },
+            (None, None) => return Err(LogoutError::Unmatched),
         };
         let jti = claims
             .get("jti")
@@ -202,6 +208,9 @@ impl Auth {
             Revocation::IdpSession { issuer, sid } => format!("idp_session={sid} issuer={issuer}"),
             Revocation::User { user, .. } => format!("user={user}"),
             Revocation::Session { sid } => format!("session={sid}"),
+            Revocation::IdpSubject { issuer, sub, .. } => {
+                format!("idp_subject={sub} issuer={issuer}")
+            }
         })
     }
 }

@@ -384,6 +384,11 @@ impl Auth {
             auth_time,
             sid: Some(sid.clone()),
             psid: identity.idp_sid.clone(),
+            // Kept only when the user name is not the subject (the cookie stays small).
+            psub: identity
+                .idp_sub
+                .clone()
+                .filter(|_| cfg.username_claim != "sub"),
         };
         let Some(value) = self.cookie_key.sign_session(session) else {
             return page(500, "Cannot finish the login right now.");

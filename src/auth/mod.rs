@@ -321,6 +321,9 @@ impl Auth {
                 issued_at: Some(claims.iat),
                 sid: claims.sid,
                 idp_sid: claims.psid,
+                // Absent when the user name is the subject (`username-claim = "sub"`): a logout
+                // by subject then revokes the user.
+                idp_sub: claims.psub,
             }),
             expires_at: claims.exp,
             auth_time: Some(claims.auth_time),

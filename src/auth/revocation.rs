@@ -31,6 +31,13 @@ pub enum Revocation {
     Session { sid: String },
     /// Every session tied to this identity-provider session.
     IdpSession { issuer: String, sid: String },
+    /// Every credential of the provider's subject `sub` issued at or before `not_before`
+    /// (back-channel logout without `sid`, when the user name is another claim).
+    IdpSubject {
+        issuer: String,
+        sub: String,
+        not_before: i64,
+    },
 }
 
 /// Why a revocation was not recorded.
@@ -61,6 +68,14 @@ impl Revocation {
             Revocation::IdpSession { issuer, sid } => {
                 (format!("p\u{1f}{issuer}\u{1f}{sid}"), until.to_string())
             }
+            Revocation::IdpSubject {
+                issuer,
+                sub,
+                not_before,
+            } => (
+                format!("b\u{1f}{issuer}\u{1f}{sub}"),
+                format!("{until} {not_before}"),
+            ),
         }
     }
 
@@ -84,6 +99,14 @@ impl Revocation {
                     sid: sid.to_string(),
                 }
             }
+            "b" => {
+                let (issuer, sub) = rest.split_once('\u{1f}')?;
+                Revocation::IdpSubject {
+                    issuer: issuer.to_string(),
+                    sub: sub.to_string(),
+                    not_before: parts.next()?.parse().ok()?,
+                }
+            }
             _ => return None,
         };
         r.valid().then_some((r, until))
@@ -95,6 +118,7 @@ impl Revocation {
             Revocation::User { user, .. } => ok(user),
             Revocation::Session { sid } => ok(sid),
             Revocation::IdpSession { issuer, sid } => ok(sid) && !issuer.contains('\u{1f}'),
+            Revocation::IdpSubject { issuer, sub, .. } => ok(sub) && !issuer.contains('\u{1f}'),
         }
     }
 
@@ -104,6 +128,7 @@ impl Revocation {
             Revocation::User { .. } => "user",
             Revocation::Session { .. } => "session",
             Revocation::IdpSession { .. } => "idp_session",
+            Revocation::IdpSubject { .. } => "idp_subject",
         }
     }
 }
@@ -118,6 +143,8 @@ struct UserEntry {
 struct IdpEntry {
     issuer: String,
     until: i64,
+    /// For subjects: credentials issued at or before this are refused (unused for sessions).
+    not_before: i64,
 }
 
 struct RevocationMetrics {
@@ -138,6 +165,8 @@ pub struct Revocations {
     /// Keyed by the provider's `sid`, one entry per issuer that used it; the issuer is
     /// compared on lookup (no key built per request).
     idp_sessions: DashMap<String, Vec<IdpEntry>>,
+    /// Keyed by the provider's `sub`, one entry per issuer.
+    idp_subjects: DashMap<String, Vec<IdpEntry>>,
     /// Whether any entry exists: the per-request check is one load while the list is empty.
     active: AtomicBool,
     lifetime: AtomicI64,
@@ -185,6 +214,7 @@ impl Revocations {
             users: DashMap::new(),
             sessions: DashMap::new(),
             idp_sessions: DashMap::new(),
+            idp_subjects: DashMap::new(),
             active: AtomicBool::new(false),
             lifetime: AtomicI64::new(24 * 3600),
             capacity: AtomicUsize::new(100_000),
@@ -231,11 +261,15 @@ impl Revocations {
                 .idp_sessions
                 .get(sid.as_str())
                 .is_some_and(|v| v.iter().any(|e| e.issuer == *issuer)),
+            Revocation::IdpSubject { issuer, sub, .. } => self
+                .idp_subjects
+                .get(sub.as_str())
+                .is_some_and(|v| v.iter().any(|e| e.issuer == *issuer)),
         }
     }
 
     fn len(&self) -> usize {
-        self.users.len() + self.sessions.len() + self.idp_sessions.len()
+        self.users.len() + self.sessions.len() + self.idp_sessions.len() + self.idp_subjects.len()
     }
 
     /// Records a revocation until `until`; `source` is the metric label. Returns whether it
@@ -290,21 +324,13 @@ impl Revocations {
                 changed
             }
             Revocation::IdpSession { issuer, sid } => {
-                let mut entries = self.idp_sessions.entry(sid.clone()).or_default();
-                match entries.iter_mut().find(|e| e.issuer == *issuer) {
-                    Some(e) => {
-                        e.until = e.until.max(until);
-                        false
-                    }
-                    None => {
-                        entries.push(IdpEntry {
-                            issuer: issuer.clone(),
-                            until,
-                        });
-                        true
-                    }
-                }
+                Self::add_idp(&self.idp_sessions, sid, issuer, 0, until)
             }
+            Revocation::IdpSubject {
+                issuer,
+                sub,
+                not_before,
+            } => Self::add_idp(&self.idp_subjects, sub, issuer, *not_before, until),
         };
         // After the entry is in (see `expire`).
         self.active.store(true, Ordering::SeqCst);
@@ -317,6 +343,33 @@ impl Revocations {
             self.changed.send_modify(|n| *n += 1);
         }
         Ok(changed)
+    }
+
+    /// Adds or tightens the entry of `issuer` under `key`; whether it changed what is refused.
+    fn add_idp(
+        map: &DashMap<String, Vec<IdpEntry>>,
+        key: &str,
+        issuer: &str,
+        not_before: i64,
+        until: i64,
+    ) -> bool {
+        let mut entries = map.entry(key.to_string()).or_default();
+        match entries.iter_mut().find(|e| e.issuer == issuer) {
+            Some(e) => {
+                let changed = not_before > e.not_before;
+                e.not_before = e.not_before.max(not_before);
+                e.until = e.until.max(until);
+                changed
+            }
+            None => {
+                entries.push(IdpEntry {
+                    issuer: issuer.to_string(),
+                    until,
+                    not_before,
+                });
+                true
+            }
+        }
     }
 
     /// Records a revocation here and in the shared store (if any). An entry the store did
@@ -418,10 +471,12 @@ impl Revocations {
         let before = self.len();
         self.users.retain(|_, e| e.until > now);
         self.sessions.retain(|_, until| *until > now);
-        self.idp_sessions.retain(|_, v| {
-            v.retain(|e| e.until > now);
-            !v.is_empty()
-        });
+        for map in [&self.idp_sessions, &self.idp_subjects] {
+            map.retain(|_, v| {
+                v.retain(|e| e.until > now);
+                !v.is_empty()
+            });
+        }
         self.seen_jti.retain(|_, u| *u > now);
         let after = self.len();
         self.metrics
@@ -463,6 +518,15 @@ impl Revocations {
                 return true;
             }
         }
+        if let Some(sub) = &identity.idp_sub {
+            let older = |e: &IdpEntry| identity.issued_at.is_none_or(|t| t <= e.not_before);
+            if self.idp_subjects.get(sub.as_str()).is_some_and(|v| {
+                v.iter()
+                    .any(|e| now < e.until && e.issuer == issuer && older(e))
+            }) {
+                return true;
+            }
+        }
         false
     }
 
@@ -496,6 +560,7 @@ mod tests {
             issued_at,
             sid: sid.map(str::to_string),
             idp_sid: idp_sid.map(str::to_string),
+            idp_sub: Some(format!("sub-{user}")),
         }
     }
 
@@ -556,6 +621,33 @@ mod tests {
     }
 
     #[test]
+    fn provider_subject_not_before() {
+        let list = Revocations::unregistered();
+        let r = Revocation::IdpSubject {
+            issuer: "https://idp".into(),
+            sub: "sub-alice".into(),
+            not_before: 200,
+        };
+        assert_eq!(list.add(&r, 1000, "backchannel", 200), Ok(true));
+        assert!(list.is_revoked(
+            &identity("alice", Some(150), None, None),
+            "https://idp",
+            201
+        ));
+        assert!(!list.is_revoked(
+            &identity("alice", Some(201), None, None),
+            "https://idp",
+            202
+        ));
+        assert!(!list.is_revoked(
+            &identity("alice", Some(150), None, None),
+            "https://other",
+            201
+        ));
+        assert!(!list.is_revoked(&identity("bob", Some(150), None, None), "https://idp", 201));
+    }
+
+    #[test]
     fn capacity_refuses_instead_of_evicting() {
         let list = Revocations::unregistered();
         list.configure(std::time::Duration::from_secs(100), 2);
@@ -585,6 +677,11 @@ mod tests {
             Revocation::IdpSession {
                 issuer: "https://idp".into(),
                 sid: "s-1".into(),
+            },
+            Revocation::IdpSubject {
+                issuer: "https://idp".into(),
+                sub: "sub-alice".into(),
+                not_before: 7,
             },
         ] {
             let (f, v) = r.encode(99);

@@ -44,6 +44,10 @@ pub struct SessionClaims {
     /// The identity provider's session id from the ID token (back-channel logout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub psid: Option<String>,
+    /// The identity provider's subject, when the user name is another claim (back-channel
+    /// logout by subject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psub: Option<String>,
 }
 
 /// What the login-state cookie holds.
@@ -170,6 +174,7 @@ mod tests {
             auth_time: crate::time::now_secs(),
             sid: Some("s1".into()),
             psid: None,
+            psub: None,
         }
     }
 

@@ -144,6 +144,7 @@ mod tests {
                 issued_at: None,
                 sid: None,
                 idp_sid: None,
+                idp_sub: None,
             }),
             expires_at: 0,
             kind,

@@ -33,6 +33,8 @@ pub struct Identity {
     pub sid: Option<String>,
     /// The identity provider's session id (`sid` claim), for back-channel logout.
     pub idp_sid: Option<String>,
+    /// The identity provider's subject (`sub`), for back-channel logout by subject.
+    pub idp_sub: Option<String>,
 }
 
 /// A verified credential: identity and the instants that bound its use.
@@ -316,6 +318,10 @@ pub fn verify_with(
             issued_at,
             sid: None,
             idp_sid,
+            idp_sub: claims
+                .get("sub")
+                .and_then(Value::as_str)
+                .map(str::to_string),
         }),
         expires_at: exp + leeway,
         auth_time,

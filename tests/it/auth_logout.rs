@@ -393,7 +393,39 @@ fn backchannel_logout_refuses_bad_tokens_and_replays() {
     assert_eq!(r.status, 200, "{}", r.describe());
     bad(format!("logout_token={good}"), "already used");
     px.assert_not_logged(&good);
+
+    // Without sid: every credential of that provider subject issued until now is refused
+    // (the user name here is preferred_username, not the subject); other users' are not.
+    let alice = mint(&key, &claims(&stub.issuer, "alice"));
+    let bob = mint(&key, &claims(&stub.issuer, "bob"));
+    let status = |t: &str| px.get_bearer("/hub/api/user", t).status;
+    // (no routes: an allowed request ends in 404)
+    assert_eq!(status(&alice), 404);
+    let by_subject = token(&|c| {
+        c.remove("sid");
+        c.insert("sub".into(), jwt_claims(&alice)["sub"].clone());
+    });
+    let r = post(format!("logout_token={by_subject}"));
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(
+        status(&alice),
+        401,
+        "alice's token after a logout of her subject"
+    );
+    assert_eq!(status(&bob), 404, "bob's token");
+    px.wait_audit(&[
+        "audit idp_subject=sub-alice",
+        "decision=revoke reason=backchannel",
+    ]);
     let m = px.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "hubgate_auth_revocations_total",
+            &[("kind", "idp_subject"), ("source", "backchannel")]
+        ),
+        1.0
+    );
     assert_eq!(
         metric_sum(
             &m,
