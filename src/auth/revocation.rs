@@ -52,6 +52,9 @@ pub enum RevokeError {
     NotReplicated(String),
 }
 
+/// Where revocations come from (the `source` label).
+const SOURCES: [&str; 4] = ["api", "logout", "backchannel", "replica"];
+
 /// How often a replica looks for revocations made elsewhere.
 pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -190,6 +193,12 @@ impl Revocations {
             ),
             &["kind", "source"],
         )?;
+        // Every series exists from the start (at 0), so dashboards and alerts see them.
+        for kind in ["user", "session", "idp_session", "idp_subject"] {
+            for source in SOURCES {
+                added.with_label_values(&[kind, source]);
+            }
+        }
         let refused = IntCounter::new(
             "hubgate_auth_revocations_refused_total",
             "Revocations not recorded because the list was full (auth.revocation-capacity)",
