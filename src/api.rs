@@ -3,6 +3,9 @@
 //! Status codes, bodies and the order of checks follow configurable-http-proxy 5.3
 //! (`docs/chp-compatibility.md`, "REST API"), except where CHP never answers
 //! (`DELETE /api/routes`, a bad escape in the path): hubgate answers 400 there.
+//!
+//! hubgate's own addition: `POST /api/_hubgate/revocations` (same token) revokes every
+//! credential of a user issued until now, or one session (README, "Revoking sessions").
 
 use std::sync::Arc;
 
@@ -13,6 +16,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use subtle::ConstantTimeEq;
 
+use crate::auth::{Revocation, Revocations, RevokeError};
 use crate::canonical;
 use crate::metrics::Metrics;
 use crate::net::Target;
@@ -26,6 +30,21 @@ pub struct RoutesApi {
     max_body: usize,
     host_routing: bool,
     metrics: Arc<Metrics>,
+    /// The revocation list (`POST /api/_hubgate/revocations`), when authentication is on.
+    revocations: Option<Arc<Revocations>>,
+}
+
+/// The path of the revocation endpoint.
+pub const REVOCATIONS_PATH: &str = "/api/_hubgate/revocations";
+
+/// `POST /api/_hubgate/revocations`'s body: exactly one of `user` (every credential of that
+/// JupyterHub user issued until now) or `session` (one hubgate session id, as logged at
+/// login).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    user: Option<String>,
+    session: Option<String>,
 }
 
 /// An API answer before it becomes an HTTP response.
@@ -171,6 +190,79 @@ impl RoutesApi {
             max_body,
             host_routing,
             metrics,
+            revocations: None,
+        }
+    }
+
+    /// Serves `POST /api/_hubgate/revocations` on this list.
+    pub fn with_revocations(mut self, revocations: Arc<Revocations>) -> RoutesApi {
+        self.revocations = Some(revocations);
+        self
+    }
+
+    /// `POST /api/_hubgate/revocations`: token first (no CHP body-before-token parity to keep
+    /// here), then a bounded JSON body.
+    async fn revoke(&self, session: &mut ServerSession) -> Answer {
+        if session.req_header().method != Method::POST {
+            return Answer::fail(StatusCode::METHOD_NOT_ALLOWED, "Method not supported");
+        }
+        if !self.authorized(session) {
+            return Answer::empty(StatusCode::FORBIDDEN);
+        }
+        let Some(list) = &self.revocations else {
+            return Answer::fail(StatusCode::NOT_FOUND, "");
+        };
+        let body = match self.read_body(session).await {
+            Ok(b) => b,
+            Err(answer) => return answer,
+        };
+        let parsed: RevokeBody = match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return Answer::fail(StatusCode::BAD_REQUEST, &format!("Bad revocation: {e}"))
+            }
+        };
+        let now = time::now_secs();
+        let revocation = match parsed {
+            RevokeBody {
+                user: Some(user),
+                session: None,
+            } => Revocation::User {
+                user,
+                not_before: now,
+            },
+            RevokeBody {
+                user: None,
+                session: Some(sid),
+            } => Revocation::Session { sid },
+            _ => {
+                return Answer::fail(
+                    StatusCode::BAD_REQUEST,
+                    "Bad revocation: give exactly one of \"user\" or \"session\"",
+                )
+            }
+        };
+        let (what, who) = match &revocation {
+            Revocation::User { user, .. } => ("user", user.as_str()),
+            Revocation::Session { sid } => ("session", sid.as_str()),
+            Revocation::IdpSession { sid, .. } => ("idp_session", sid.as_str()),
+            Revocation::IdpSubject { sub, .. } => ("idp_subject", sub.as_str()),
+        };
+        let body = serde_json::json!({ what: who, "not_before": now }).to_string();
+        match list.revoke(&revocation, "api").await {
+            Ok(()) => {
+                // The audit log's line shape (`decision=`), whatever `audit-log` says: a
+                // revocation is always recorded.
+                info!("audit {what}={who} route=- path={REVOCATIONS_PATH} decision=revoke reason=api not_before={now}");
+                let mut a = Answer::json(body);
+                a.status = StatusCode::CREATED;
+                a
+            }
+            Err(e @ RevokeError::Invalid) => Answer::fail(StatusCode::BAD_REQUEST, &e.to_string()),
+            Err(e) => {
+                warn!("audit {what}={who} route=- path={REVOCATIONS_PATH} decision=revoke reason=api not_before={now} error: {e}");
+                Answer::fail(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+            }
         }
     }
 
@@ -239,6 +331,9 @@ impl RoutesApi {
             Ok(c) => c.forward.into_owned(),
             Err(_) => String::from_utf8_lossy(path_bytes).into_owned(),
         };
+        if path == REVOCATIONS_PATH {
+            return self.revoke(session).await;
+        }
         let Some(rest) = path.strip_prefix("/api/routes") else {
             return Answer::fail(StatusCode::NOT_FOUND, "");
         };

@@ -145,11 +145,10 @@ impl Reloader {
                 self.shared.auth.store(None);
             }
             Some(auth_config) => {
-                let auth = Arc::new(Auth::new(
-                    auth_config,
-                    self.http_client.clone(),
-                    &self.metrics,
-                ));
+                let auth = Arc::new(
+                    Auth::new(auth_config, self.http_client.clone(), &self.metrics)
+                        .with_revocations(self.shared.revocations.clone()),
+                );
                 match tokio::time::timeout(AUTH_LOAD_TIMEOUT, auth.load_all()).await {
                     Ok(Ok(())) => {
                         auth.spawn_refresh();

@@ -125,6 +125,8 @@ impl BackgroundService for KeyRefresh {
         if let Some(auth) = self.0.auth.load_full() {
             auth.spawn_refresh();
         }
+        // Revocations expire, and replicas sharing a Redis store share them.
+        self.0.revocations.start(self.0.store.revocation_store());
         let _ = shutdown.changed().await;
     }
 }
@@ -263,7 +265,7 @@ impl Hubgate {
             &server, &config, &shared, &metrics, &mut certs,
         )?);
         server.add_service(api_service(
-            &config, &store, &metrics, &mut certs, &mut ready,
+            &config, &shared, &metrics, &mut certs, &mut ready,
         )?);
         if let Some(listen) = &config.metrics_listen {
             server.add_service(metrics_service(listen, &metrics, &mut ready)?);
@@ -360,11 +362,20 @@ fn shared_state(
     );
     let http_client = Arc::new(HttpClient::new(connector.clone()));
     let idp_client = Arc::new(HttpClient::new(connector.verifying()));
+    // One revocation list for the process: every `[auth]` generation (reloads) uses it.
+    let (revocations, collectors) = crate::auth::Revocations::new()?;
+    for c in collectors {
+        metrics.register(c)?;
+    }
     let auth = config
         .auth
         .clone()
         // The identity provider is always verified: `--insecure` is about targets only.
-        .map(|a| Arc::new(Auth::new(a, idp_client.clone(), metrics)));
+        .map(|a| {
+            Arc::new(
+                Auth::new(a, idp_client.clone(), metrics).with_revocations(revocations.clone()),
+            )
+        });
 
     let shared = Arc::new(Shared {
         table: store.table().clone(),
@@ -382,6 +393,7 @@ fn shared_state(
         access_log: config.access_log,
         store: store.clone(),
         draining: tokio::sync::watch::channel(false).0,
+        revocations,
     });
 
     let current = Arc::downgrade(&shared);
@@ -465,7 +477,7 @@ fn proxy_service(
 /// The REST API service.
 fn api_service(
     config: &Config,
-    store: &Arc<dyn RouteStore>,
+    shared: &Arc<Shared>,
     metrics: &Arc<Metrics>,
     certs: &mut Vec<CertSlot>,
     ready: &mut Readiness,
@@ -474,12 +486,13 @@ fn api_service(
         warn!("REST API is not authenticated.");
     }
     let api = RoutesApi::new(
-        store.clone(),
+        shared.store.clone(),
         config.auth_token.clone(),
         config.api_max_body,
         config.forwarding.host_routing,
         metrics.clone(),
-    );
+    )
+    .with_revocations(shared.revocations.clone());
     let mut api_service = Service::new("hubgate api".to_string(), HttpServer::new_app(api));
     let mut api_listener = listener(&config.api_listen, None)?;
     if let Some(tls_cfg) = &config.api_tls {

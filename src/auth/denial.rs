@@ -323,6 +323,9 @@ mod tests {
                 iat: now,
                 exp: now + 60,
                 auth_time: now - 7200,
+                sid: None,
+                psid: None,
+                psub: None,
             })
             .expect("signed");
         format!("{}={value}", crate::auth::SESSION_COOKIE)

@@ -3,7 +3,15 @@
 //! `/_hubgate/login?next=…` → the issuer's authorization endpoint; the issuer sends the user
 //! back to `/_hubgate/oidc/callback`, where the code is exchanged, the ID token passes the
 //! same checks and MFA rule as any token, and hubgate sets its session cookie before
-//! returning the user to `next` (same-origin paths only). `/_hubgate/logout` clears it.
+//! returning the user to `next` (same-origin paths only).
+//!
+//! `/_hubgate/logout` ends hubgate's session (cookie cleared and its id revoked, so a copy of
+//! the cookie is refused too) and, when the issuer publishes an `end_session_endpoint`,
+//! sends the browser there (OpenID Connect RP-Initiated Logout 1.0) with `id_token_hint`,
+//! `client_id` and `post_logout_redirect_uri` = `{public-url origin}/_hubgate/logged-out`
+//! (fixed, same origin: nothing from the request picks where the provider sends the user).
+//! The ID token for the hint is kept in its own cookie scoped to `Path=/_hubgate/logout`, so
+//! it is not sent with every request and does not grow the session cookie.
 
 use std::time::Duration;
 
@@ -14,7 +22,10 @@ use pingora::http::RequestHeader;
 use sha2::{Digest, Sha256};
 
 use super::groups::{session_groups, MAX_SESSION_COOKIE_BYTES};
-use super::session::{set_cookie, LoginClaims, SessionClaims, LOGIN_COOKIE, SESSION_COOKIE};
+use super::session::{
+    set_cookie, set_cookie_at, LoginClaims, SessionClaims, LOGIN_COOKIE, LOGOUT_HINT_COOKIE,
+    LOGOUT_HINT_PATH, SESSION_COOKIE,
+};
 use super::{Auth, Reason};
 use crate::net::Fetch;
 use crate::time::now_secs;
@@ -24,6 +35,9 @@ use crate::web::{form_encode, query_value, Reply};
 pub const PREFIX: &str = "/_hubgate/";
 const LOGIN_LIFETIME: i64 = 600;
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest ID token kept for `id_token_hint` (with the cookie's name and attributes it
+/// stays under browsers' 4096-byte cookie limit).
+const MAX_HINT_BYTES: usize = 3900;
 
 /// A page from one of hubgate's own endpoints (the same page as a denial's).
 fn page(status: u16, text: &str) -> Reply {
@@ -122,18 +136,80 @@ impl Auth {
         match path.strip_prefix(PREFIX) {
             Some("login") => self.start_login(req),
             Some("oidc/callback") => self.finish_login(req).await,
-            Some("logout") => {
-                let next = safe_next(
-                    query_param(req.raw_path(), "next").as_deref(),
-                    &self.config.base_url,
-                );
-                let mut r = Reply::redirect(next);
-                r.headers
-                    .push(("Set-Cookie", set_cookie(SESSION_COOKIE, "", 0)));
-                r
-            }
+            Some("logout") => self.logout(req).await,
+            Some("logged-out") => self.logged_out(),
             _ => page(404, "Not found."),
         }
+    }
+
+    /// Ends hubgate's session and, when the issuer supports it, the provider's too.
+    async fn logout(&self, req: &RequestHeader) -> Reply {
+        let next = safe_next(
+            query_param(req.raw_path(), "next").as_deref(),
+            &self.config.base_url,
+        );
+        let session = cookie(req, SESSION_COOKIE).and_then(|c| self.cookie_key.read_session(&c));
+        let hint = cookie(req, LOGOUT_HINT_COOKIE);
+        let mut provider_logout = None;
+        if let Some(claims) = &session {
+            if let Some(sid) = &claims.sid {
+                // A copy of the cookie (another tab, a stolen one) is refused from now on.
+                let r = super::Revocation::Session { sid: sid.clone() };
+                if let Err(e) = self.revocations.revoke(&r, "logout").await {
+                    warn!("logout: session {sid} of {}: {e}", claims.sub);
+                }
+            }
+            info!(
+                "logout: user={} session={}",
+                claims.sub,
+                claims.sid.as_deref().unwrap_or("-")
+            );
+            provider_logout = self.end_session_url(claims.idp, hint.as_deref());
+        }
+        let mut r = Reply::redirect(provider_logout.unwrap_or(next));
+        r.headers
+            .push(("Set-Cookie", set_cookie(SESSION_COOKIE, "", 0)));
+        r.headers.push((
+            "Set-Cookie",
+            set_cookie_at(LOGOUT_HINT_COOKIE, "", 0, LOGOUT_HINT_PATH),
+        ));
+        r
+    }
+
+    /// The provider's logout URL for a session of issuer `idp`, if it publishes one.
+    fn end_session_url(&self, idp: usize, hint: Option<&str>) -> Option<String> {
+        let issuer = self.issuers.get(idp)?;
+        let endpoint = issuer.endpoints()?.end_session_endpoint.clone()?;
+        let cfg = &issuer.config;
+        let sep = if endpoint.contains('?') { '&' } else { '?' };
+        let mut url = format!(
+            "{endpoint}{sep}client_id={}",
+            enc(cfg.client_id.as_deref()?)
+        );
+        // Only a token hubgate itself signed the cookie for could be here; still bounded.
+        if let Some(h) = hint.filter(|h| h.len() <= super::MAX_TOKEN_BYTES) {
+            url.push_str(&format!("&id_token_hint={}", enc(h)));
+        }
+        if let Some(origin) = &self.config.public_origin {
+            url.push_str(&format!(
+                "&post_logout_redirect_uri={}",
+                enc(&format!("{origin}{PREFIX}logged-out"))
+            ));
+        }
+        Some(url)
+    }
+
+    /// Where the provider sends the browser after its logout.
+    fn logged_out(&self) -> Reply {
+        let login = self.login_url(&self.config.base_url);
+        Reply::html(
+            200,
+            crate::web::page(
+                "Logged out",
+                "You are logged out of the hub and of your identity provider. Close this tab, or log in again.",
+                Some((&login, "Log in again")),
+            ),
+        )
     }
 
     fn start_login(&self, req: &RequestHeader) -> Reply {
@@ -320,6 +396,9 @@ impl Auth {
             exp = exp.min(auth_time + cfg.max_auth_age.as_secs() as i64);
         }
         let identity = verified.identity;
+        let Some(sid) = random(16) else {
+            return page(500, "Cannot finish the login right now.");
+        };
         let session = SessionClaims {
             iss: String::new(),
             aud: String::new(),
@@ -330,6 +409,13 @@ impl Auth {
             iat: now,
             exp,
             auth_time,
+            sid: Some(sid.clone()),
+            psid: identity.idp_sid.clone(),
+            // Kept only when the user name is not the subject (the cookie stays small).
+            psub: identity
+                .idp_sub
+                .clone()
+                .filter(|_| cfg.username_claim != "sub"),
         };
         let Some(value) = self.cookie_key.sign_session(session) else {
             return page(500, "Cannot finish the login right now.");
@@ -345,12 +431,27 @@ impl Auth {
             self.count_denial(Reason::SessionTooLarge);
             return page(403, Reason::SessionTooLarge.message());
         }
-        info!("login: user={} via {}", identity.user, cfg.issuer);
+        info!(
+            "login: user={} via {} session={sid}",
+            identity.user, cfg.issuer
+        );
         let mut r = Reply::redirect(login.next);
         r.headers
             .push(("Set-Cookie", set_cookie(SESSION_COOKIE, &value, exp - now)));
         r.headers
             .push(("Set-Cookie", set_cookie(LOGIN_COOKIE, "", 0)));
+        // Browsers drop cookies over 4 KiB (an ID token with many groups): then the logout
+        // goes without `id_token_hint` (`client_id` alone is allowed by RP-Initiated Logout).
+        if id_token.len() <= MAX_HINT_BYTES
+            && issuer
+                .endpoints()
+                .is_some_and(|e| e.end_session_endpoint.is_some())
+        {
+            r.headers.push((
+                "Set-Cookie",
+                set_cookie_at(LOGOUT_HINT_COOKIE, &id_token, exp - now, LOGOUT_HINT_PATH),
+            ));
+        }
         r
     }
 }

@@ -6,6 +6,7 @@
 //! policy and the matched route's owner. The decision is made on the canonical path, which
 //! is also what is forwarded. Reasons go to the log and metrics, never to the client.
 
+pub mod backchannel;
 mod cache;
 mod credential;
 mod denial;
@@ -13,6 +14,7 @@ mod groups;
 mod keys;
 pub mod login;
 mod reason;
+pub mod revocation;
 pub(crate) mod session;
 mod upstream;
 pub(crate) mod verify;
@@ -27,6 +29,7 @@ use prometheus::IntCounter;
 pub use credential::{bearer_token, CredentialKind, Extractor};
 pub use keys::{parse_key_set, IssuerKeys, KeyError};
 pub use reason::Reason;
+pub use revocation::{Revocation, Revocations, RevokeError};
 pub use session::{strip_own_cookies, CookieKey, LOGIN_COOKIE, SESSION_COOKIE};
 pub use upstream::{drop_own_set_cookies, IDENTITY_HEADERS};
 pub use verify::{Identity, Verified, MAX_TOKEN_BYTES};
@@ -93,6 +96,8 @@ pub struct Auth {
     cache: cache::VerifiedCache,
     pub client: Arc<HttpClient>,
     counters: Counters,
+    /// The process's revocation list (kept across reloads: see [`Auth::with_revocations`]).
+    pub revocations: Arc<Revocations>,
 }
 
 impl Auth {
@@ -134,7 +139,28 @@ impl Auth {
             issuers,
             client,
             counters: Counters { deny, allow },
+            revocations: Revocations::unregistered(),
         }
+    }
+
+    /// Uses the process's revocation list (shared by every `[auth]` generation) with this
+    /// configuration's limits.
+    pub fn with_revocations(mut self, revocations: Arc<Revocations>) -> Auth {
+        revocations.configure(
+            self.config.revocation_lifetime,
+            self.config.revocation_capacity,
+        );
+        self.revocations = revocations;
+        self
+    }
+
+    /// Whether a verified identity's credential was revoked.
+    pub fn revoked(&self, identity: &Identity) -> bool {
+        let issuer = self
+            .issuers
+            .get(identity.issuer)
+            .map_or("", |i| i.config.issuer.as_str());
+        self.revocations.is_revoked(identity, issuer, now_secs())
     }
 
     /// A one-line description for the startup log.
@@ -228,20 +254,12 @@ impl Auth {
         &Access::Authenticated
     }
 
-    /// Verifies an identity-provider token (Bearer or query parameter).
-    pub async fn verify_token(
+    /// The issuer a token names and the key its header picks (fetching the key set again
+    /// for an unknown key id, within the issuer's refetch limit).
+    async fn key_for(
         &self,
-        token: &str,
-        expect_aud: Option<&[String]>,
-        nonce: Option<&str>,
-    ) -> Result<Verified, Reason> {
-        // Only the login callback passes a nonce: its ID token comes from the token endpoint.
-        let limit = if nonce.is_some() {
-            verify::MAX_ID_TOKEN_BYTES
-        } else {
-            MAX_TOKEN_BYTES
-        };
-        let head = verify::inspect_within(token, limit)?;
+        head: &verify::Unverified,
+    ) -> Result<(usize, &Arc<IssuerKeys>, Arc<keys::VerifyKey>), Reason> {
         let (index, issuer) = self
             .issuers
             .iter()
@@ -264,6 +282,24 @@ impl Auth {
                 }
             }
         };
+        Ok((index, issuer, key))
+    }
+
+    /// Verifies an identity-provider token (Bearer or query parameter).
+    pub async fn verify_token(
+        &self,
+        token: &str,
+        expect_aud: Option<&[String]>,
+        nonce: Option<&str>,
+    ) -> Result<Verified, Reason> {
+        // Only the login callback passes a nonce: its ID token comes from the token endpoint.
+        let limit = if nonce.is_some() {
+            verify::MAX_ID_TOKEN_BYTES
+        } else {
+            MAX_TOKEN_BYTES
+        };
+        let head = verify::inspect_within(token, limit)?;
+        let (index, issuer, key) = self.key_for(&head).await?;
         let expect = verify::Expect {
             audiences: expect_aud.unwrap_or(&issuer.config.audiences),
             nonce,
@@ -289,6 +325,12 @@ impl Auth {
                 groups: claims.groups,
                 admin,
                 issuer: claims.idp,
+                issued_at: Some(claims.iat),
+                sid: claims.sid,
+                idp_sid: claims.psid,
+                // Absent when the user name is the subject (`username-claim = "sub"`): a logout
+                // by subject then revokes the user.
+                idp_sub: claims.psub,
             }),
             expires_at: claims.exp,
             auth_time: Some(claims.auth_time),
@@ -352,6 +394,10 @@ impl Auth {
             Err(r) => return deny(r, None, true),
         };
         let identity = verified.identity;
+        // After verification and after the cache: a cached credential is revoked too.
+        if self.revoked(&identity) {
+            return deny(Reason::Revoked, Some(identity), true);
+        }
         if websocket && kind == CredentialKind::Session && !self.origin_ok(req) {
             return deny(Reason::OriginMismatch, Some(identity), true);
         }

@@ -29,10 +29,11 @@ pub enum Reason {
     BadPath,
     /// A login whose session cookie would be too large for browsers (too many used groups).
     SessionTooLarge,
+    Revoked,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 25] = [
         Reason::MissingCredential,
         Reason::MultipleCredentials,
         Reason::Malformed,
@@ -57,6 +58,7 @@ impl Reason {
         Reason::BadSession,
         Reason::BadPath,
         Reason::SessionTooLarge,
+        Reason::Revoked,
     ];
 
     /// The metric label.
@@ -86,6 +88,7 @@ impl Reason {
             Reason::BadSession => "bad_session",
             Reason::BadPath => "bad_path",
             Reason::SessionTooLarge => "session_too_large",
+            Reason::Revoked => "revoked",
         }
     }
 

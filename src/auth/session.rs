@@ -11,6 +11,12 @@ pub const SESSION_COOKIE: &str = "__Host-hubgate-session";
 /// The login-state cookie's name.
 pub const LOGIN_COOKIE: &str = "__Host-hubgate-login";
 
+/// The cookie holding the ID token for the provider's logout (`id_token_hint`). Sent only
+/// to the logout endpoint (`Path`), so it neither grows every request nor reaches servers.
+pub const LOGOUT_HINT_COOKIE: &str = "__Secure-hubgate-logout";
+/// The path [`LOGOUT_HINT_COOKIE`] is scoped to.
+pub const LOGOUT_HINT_PATH: &str = "/_hubgate/logout";
+
 const SESSION_AUDIENCE: &str = "hubgate-session";
 const LOGIN_AUDIENCE: &str = "hubgate-login";
 const ISSUER: &str = "hubgate";
@@ -32,6 +38,16 @@ pub struct SessionClaims {
     pub exp: i64,
     /// When the user authenticated (with MFA) at the identity provider.
     pub auth_time: i64,
+    /// hubgate's id of this session (random), for revoking it alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// The identity provider's session id from the ID token (back-channel logout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psid: Option<String>,
+    /// The identity provider's subject, when the user name is another claim (back-channel
+    /// logout by subject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psub: Option<String>,
 }
 
 /// What the login-state cookie holds.
@@ -106,7 +122,12 @@ impl CookieKey {
 
 /// A `Set-Cookie` value for one of hubgate's cookies.
 pub fn set_cookie(name: &str, value: &str, max_age: i64) -> String {
-    format!("{name}={value}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Lax")
+    set_cookie_at(name, value, max_age, "/")
+}
+
+/// A `Set-Cookie` value for one of hubgate's cookies, scoped to `path`.
+pub fn set_cookie_at(name: &str, value: &str, max_age: i64, path: &str) -> String {
+    format!("{name}={value}; Path={path}; Max-Age={max_age}; Secure; HttpOnly; SameSite=Lax")
 }
 
 /// Finds a cookie's value in `Cookie` header values.
@@ -131,7 +152,10 @@ pub fn strip_own_cookies(header: &str) -> Option<String> {
         .map(str::trim)
         .filter(|pair| {
             let name = pair.split('=').next().unwrap_or_default();
-            !pair.is_empty() && name != SESSION_COOKIE && name != LOGIN_COOKIE
+            !pair.is_empty()
+                && name != SESSION_COOKIE
+                && name != LOGIN_COOKIE
+                && name != LOGOUT_HINT_COOKIE
         })
         .collect();
     (!kept.is_empty()).then(|| kept.join("; "))
@@ -152,6 +176,9 @@ mod tests {
             iat: crate::time::now_secs(),
             exp: crate::time::now_secs() + 60,
             auth_time: crate::time::now_secs(),
+            sid: Some("s1".into()),
+            psid: None,
+            psub: None,
         }
     }
 

@@ -31,6 +31,15 @@ pub struct Identity {
     pub admin: bool,
     /// Index of the issuer in the configuration.
     pub issuer: usize,
+    /// When the credential was issued (`iat`, else `auth_time`): a user's revocation refuses
+    /// credentials issued at or before it.
+    pub issued_at: Option<i64>,
+    /// hubgate's session id (session cookies only), for revoking one session.
+    pub sid: Option<String>,
+    /// The identity provider's session id (`sid` claim), for back-channel logout.
+    pub idp_sid: Option<String>,
+    /// The identity provider's subject (`sub`), for back-channel logout by subject.
+    pub idp_sub: Option<String>,
 }
 
 /// A verified credential: identity and the instants that bound its use.
@@ -123,13 +132,24 @@ pub struct Unverified {
     pub iss: String,
 }
 
+/// The `typ` header values of access and ID tokens.
+const TOKEN_TYPES: &[&str] = &["jwt", "at+jwt", "application/at+jwt", "application/jwt"];
+/// The `typ` of a back-channel logout token (OpenID Connect Back-Channel Logout 1.0 §2.4):
+/// accepted only where a logout token is expected, so one is never taken for a credential.
+pub const LOGOUT_TOKEN_TYPES: &[&str] = &["logout+jwt", "application/logout+jwt", "jwt"];
+
 /// Shape, header and issuer checks (steps 2–4); no key needed yet.
 pub fn inspect(token: &str) -> Result<Unverified, Reason> {
-    inspect_within(token, MAX_TOKEN_BYTES)
+    inspect_typed(token, TOKEN_TYPES, MAX_TOKEN_BYTES)
 }
 
 /// [`inspect`] with another size limit (ID tokens at the login callback).
 pub fn inspect_within(token: &str, max_bytes: usize) -> Result<Unverified, Reason> {
+    inspect_typed(token, TOKEN_TYPES, max_bytes)
+}
+
+/// [`inspect`] accepting the `typ` values in `types` (lowercase), up to `max_bytes`.
+pub fn inspect_typed(token: &str, types: &[&str], max_bytes: usize) -> Result<Unverified, Reason> {
     if token.len() > max_bytes {
         return Err(Reason::TooLarge);
     }
@@ -156,10 +176,7 @@ pub fn inspect_within(token: &str, max_bytes: usize) -> Result<Unverified, Reaso
         .ok_or(Reason::BadAlgorithm)?;
     if let Some(typ) = header.get("typ") {
         let typ = typ.as_str().ok_or(Reason::Malformed)?.to_ascii_lowercase();
-        if !matches!(
-            typ.as_str(),
-            "jwt" | "at+jwt" | "application/at+jwt" | "application/jwt"
-        ) {
+        if !types.contains(&typ.as_str()) {
             return Err(Reason::Malformed);
         }
     }
@@ -186,16 +203,14 @@ pub struct Expect<'a> {
     pub nonce: Option<&'a str>,
 }
 
-/// Signature and claim checks (steps 5–9) with the key already selected.
-pub fn verify_with(
+/// The claims of a token whose signature checks with `key` under the issuer's algorithms
+/// (step 5); no claim is checked here.
+pub fn signed_claims(
     token: &str,
     head: &Unverified,
     issuer: &IssuerKeys,
-    issuer_index: usize,
     key: &super::keys::VerifyKey,
-    expect: &Expect<'_>,
-    now: i64,
-) -> Result<Verified, Reason> {
+) -> Result<Map<String, Value>, Reason> {
     let cfg = &issuer.config;
     if !cfg.algorithms.contains(&head.alg) || !key.algorithms.contains(&head.alg) {
         return Err(Reason::BadAlgorithm);
@@ -216,25 +231,46 @@ pub fn verify_with(
                 _ => Reason::Malformed,
             }
         })?;
-    let claims = data.claims;
+    Ok(data.claims)
+}
+
+/// Whether `claims`' `aud` (a string or an array of strings) names one of `audiences`.
+pub fn audience_ok(claims: &Map<String, Value>, audiences: &[String]) -> Result<bool, Reason> {
+    match claims.get("aud") {
+        Some(Value::String(a)) => Ok(audiences.iter().any(|x| x == a)),
+        Some(Value::Array(items)) => Ok(items.iter().all(Value::is_string)
+            && items
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|a| audiences.iter().any(|x| x == a))),
+        None => Err(Reason::MissingClaim),
+        Some(_) => Ok(false),
+    }
+}
+
+/// A numeric date claim (`exp`, `iat`, …), if present; a non-number is malformed.
+pub fn date_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, Reason> {
+    number(claims, name)
+}
+
+/// Signature and claim checks (steps 5–9) with the key already selected.
+pub fn verify_with(
+    token: &str,
+    head: &Unverified,
+    issuer: &IssuerKeys,
+    issuer_index: usize,
+    key: &super::keys::VerifyKey,
+    expect: &Expect<'_>,
+    now: i64,
+) -> Result<Verified, Reason> {
+    let cfg = &issuer.config;
+    let claims = signed_claims(token, head, issuer, key)?;
     let leeway = cfg.leeway.as_secs() as i64;
 
     if claims.get("iss").and_then(Value::as_str) != Some(cfg.issuer.as_str()) {
         return Err(Reason::WrongIssuer);
     }
-    let aud_ok = match claims.get("aud") {
-        Some(Value::String(a)) => expect.audiences.iter().any(|x| x == a),
-        Some(Value::Array(items)) => {
-            items.iter().all(Value::is_string)
-                && items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .any(|a| expect.audiences.iter().any(|x| x == a))
-        }
-        None => return Err(Reason::MissingClaim),
-        Some(_) => false,
-    };
-    if !aud_ok {
+    if !audience_ok(&claims, expect.audiences)? {
         return Err(Reason::WrongAudience);
     }
     let exp = number(&claims, "exp")?.ok_or(Reason::MissingClaim)?;
@@ -276,6 +312,12 @@ pub fn verify_with(
         .get("email")
         .and_then(Value::as_str)
         .map(str::to_string);
+    let issued_at = number(&claims, "iat")?.or(auth_time);
+    let idp_sid = claims
+        .get("sid")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 256)
+        .map(str::to_string);
     Ok(Verified {
         identity: Arc::new(Identity {
             user,
@@ -283,6 +325,13 @@ pub fn verify_with(
             groups,
             admin,
             issuer: issuer_index,
+            issued_at,
+            sid: None,
+            idp_sid,
+            idp_sub: claims
+                .get("sub")
+                .and_then(Value::as_str)
+                .map(str::to_string),
         }),
         expires_at: exp + leeway,
         auth_time,

@@ -26,6 +26,8 @@ pub struct AuthSection {
     pub cache_size: Option<usize>,
     pub cache_ttl_seconds: Option<u64>,
     pub audit_log: Option<String>,
+    pub revocation_lifetime_seconds: Option<u64>,
+    pub revocation_capacity: Option<usize>,
     #[serde(default)]
     pub issuers: Vec<IssuerSection>,
     #[serde(default)]
@@ -158,6 +160,11 @@ pub struct AuthConfig {
     pub cache_size: usize,
     pub cache_ttl: Duration,
     pub audit_log: AuditLog,
+    /// How long a revocation (of a user's credentials or of one session) is kept: at least
+    /// the longest credential lifetime, so nothing it refused becomes valid again.
+    pub revocation_lifetime: Duration,
+    /// At most this many revocations are kept; more are refused (fail closed, counted).
+    pub revocation_capacity: usize,
     pub issuers: Vec<IssuerConfig>,
     /// Longest prefix first.
     pub policies: Vec<Policy>,
@@ -236,6 +243,7 @@ impl AuthSection {
         let policies = self.policies(&base_url)?;
         let query_param = self.query_param.clone().filter(|q| !q.is_empty());
         let session_lifetime = self.session_lifetime()?;
+        let revocation_lifetime = self.revocation_lifetime(session_lifetime)?;
         Ok(AuthConfig {
             public_origin,
             base_url,
@@ -247,6 +255,8 @@ impl AuthSection {
             cache_size: self.cache_size.unwrap_or(100_000).max(1),
             cache_ttl: Duration::from_secs(self.cache_ttl_seconds.unwrap_or(60)),
             audit_log,
+            revocation_lifetime,
+            revocation_capacity: self.revocation_capacity.unwrap_or(100_000).max(1),
             issuers,
             policies,
         })
@@ -350,6 +360,21 @@ impl AuthSection {
             ));
         }
         Ok(session_lifetime)
+    }
+
+    fn revocation_lifetime(&self, session_lifetime: Duration) -> Result<Duration, ConfigError> {
+        let lifetime = self
+            .revocation_lifetime_seconds
+            .map_or(session_lifetime.max(Duration::from_secs(24 * 3600)), |s| {
+                Duration::from_secs(s)
+            });
+        if lifetime < session_lifetime {
+            return Err(invalid(
+                "auth.revocation-lifetime-seconds",
+                "must be at least auth.session-lifetime-seconds (a revoked session would come back)",
+            ));
+        }
+        Ok(lifetime)
     }
 }
 
@@ -652,6 +677,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("auth.policies[0].access"), "{e}");
+    }
+
+    #[test]
+    fn revocation_lifetime_covers_sessions() {
+        let issuer = "[[auth.issuers]]\nissuer = \"x\"\naudiences = [\"a\"]\n";
+        let c = section(&format!("[auth]\n{issuer}")).validate().unwrap();
+        assert_eq!(c.revocation_lifetime, Duration::from_secs(86400));
+        assert_eq!(c.revocation_capacity, 100_000);
+        let c = section(&format!(
+            "[auth]\nsession-lifetime-seconds = 200000\n{issuer}"
+        ))
+        .validate()
+        .unwrap();
+        assert_eq!(c.revocation_lifetime, Duration::from_secs(200000));
+        let e = section(&format!(
+            "[auth]\nsession-lifetime-seconds = 600\nrevocation-lifetime-seconds = 60\n{issuer}"
+        ))
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("auth.revocation-lifetime-seconds"), "{e}");
     }
 
     #[test]

@@ -73,9 +73,55 @@ impl FrameCounter {
     }
 }
 
+/// Close status 1008, "policy violation" (RFC 6455 §7.4.1): the credential that opened the
+/// websocket expired or was revoked.
+pub const CLOSE_POLICY: u16 = 1008;
+
+/// A close frame with `code` and a short `reason` (cut to fit a control frame's 125 bytes).
+/// `mask`: frames toward a server must be masked (§5.3), frames toward a client must not.
+pub fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    let mut frame = vec![0x88, payload.len() as u8];
+    if let Some(key) = mask {
+        frame[1] |= 0x80;
+        frame.extend_from_slice(&key);
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= key[i % 4];
+        }
+    }
+    frame.extend_from_slice(&payload);
+    frame
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_frames_masked_and_not() {
+        assert_eq!(close_frame(1001, "", None), [0x88, 0x02, 0x03, 0xE9]);
+        let f = close_frame(CLOSE_POLICY, "credential revoked", None);
+        assert_eq!(&f[..4], &[0x88, 20, 0x03, 0xF0]);
+        assert_eq!(&f[4..], b"credential revoked");
+        let key = [1, 2, 3, 4];
+        let m = close_frame(CLOSE_POLICY, "x", Some(key));
+        assert_eq!(m[1], 0x80 | 3);
+        let unmasked: Vec<u8> = m[6..]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ key[i % 4])
+            .collect();
+        assert_eq!(unmasked, [0x03, 0xF0, b'x']);
+        assert_eq!(close_frame(1008, &"é".repeat(100), None).len(), 2 + 2 + 122);
+        let mut c = FrameCounter::default();
+        assert_eq!(c.feed(&m), 1);
+        assert!(c.at_boundary());
+    }
 
     fn frame(payload: usize, masked: bool) -> Vec<u8> {
         let mut f = vec![0x81];

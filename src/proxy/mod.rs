@@ -92,6 +92,8 @@ pub struct Shared {
     pub store: Arc<dyn RouteStore>,
     /// Set on SIGTERM: relayed websockets send their clients a close frame and end.
     pub draining: tokio::sync::watch::Sender<bool>,
+    /// The process's revocation list (kept across `[auth]` reloads).
+    pub revocations: Arc<crate::auth::Revocations>,
 }
 
 /// The limits of an upstream connection. CHP's `--proxy-timeout` is an idle limit on the

@@ -65,6 +65,11 @@ impl<A, B, FA, FB> Relay<A, B, FA, FB> {
         self.b_to_a.pending.is_empty() && !self.b_to_a.need_flush
     }
 
+    /// Whether every byte read from `a` has been written to `b`.
+    pub fn idle_toward_b(&self) -> bool {
+        self.a_to_b.pending.is_empty() && !self.a_to_b.need_flush
+    }
+
     /// The two connections, to end them another way.
     pub fn into_parts(self) -> (A, B) {
         (self.a, self.b)

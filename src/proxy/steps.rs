@@ -12,6 +12,7 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
 use super::{forward, headers, websocket, HubProxy, InFlightGuard, Refusal, RequestCtx};
+use crate::auth::backchannel;
 use crate::auth::Auth;
 use crate::canonical;
 use crate::routes::Match;
@@ -145,6 +146,9 @@ impl HubProxy {
         let canon = canonical::canonicalize(path).map_err(Refusal::BadPath)?;
         let auth = self.shared.auth.load_full();
         if let Some(auth) = &auth {
+            if canon.decoded == backchannel::PATH {
+                return Ok(Next::Reply(backchannel_logout(auth, session).await));
+            }
             if let Some(reply) = own_endpoint(auth, session.req_header(), &canon.decoded).await {
                 return Ok(Next::Reply(reply));
             }
@@ -299,6 +303,17 @@ impl HubProxy {
             (Some(a), Some(auth)) if auth.config.close_websockets_on_expiry => Some(a.expires_at),
             _ => None,
         };
+        let revocation = match (&ctx.allowed, auth) {
+            (Some(a), Some(auth)) => Some(websocket::RevocationWatch {
+                list: auth.revocations.clone(),
+                identity: a.identity.clone(),
+                issuer: auth
+                    .issuers
+                    .get(a.identity.issuer)
+                    .map_or_else(String::new, |i| i.config.issuer.clone()),
+            }),
+            _ => None,
+        };
         let head = edits.head(session.req_header(), upstream_path);
         websocket::proxy(
             sh,
@@ -307,6 +322,7 @@ impl HubProxy {
                 route: route.clone(),
                 head,
                 close_at,
+                revocation,
             },
         )
         .await?;
@@ -314,13 +330,42 @@ impl HubProxy {
     }
 }
 
-/// Step: hubgate's own endpoints (`/_hubgate/…`: login, callback, logout).
+/// Step: hubgate's own endpoints (`/_hubgate/…`: login, callback, logout; the back-channel
+/// logout, which has a body, is [`backchannel_logout`]).
 async fn own_endpoint(auth: &Auth, req: &RequestHeader, decoded: &str) -> Option<Reply> {
     if !decoded.starts_with(crate::auth::login::PREFIX) {
         return None;
     }
     Some(auth.handle_own(req, decoded).await)
 }
+
+/// `POST /_hubgate/backchannel-logout`: the body is read here, bounded in size and time.
+async fn backchannel_logout(auth: &Auth, session: &mut Session) -> Reply {
+    if session.req_header().method != http::Method::POST {
+        return Reply::json(405, String::new()).with_header("Allow", "POST".into());
+    }
+    let read = async {
+        let mut body = Vec::new();
+        while let Some(chunk) = session.read_request_body().await.ok()? {
+            if body.len() + chunk.len() > backchannel::MAX_BODY {
+                return Some(Err(()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Some(Ok(body))
+    };
+    match tokio::time::timeout(BACKCHANNEL_BODY_TIMEOUT, read).await {
+        Ok(Some(Ok(body))) => auth.backchannel_logout(&body).await,
+        Ok(Some(Err(()))) => {
+            auth.count_denial(crate::auth::Reason::TooLarge);
+            Reply::json(413, String::new())
+        }
+        _ => Reply::json(400, String::new()),
+    }
+}
+
+/// How long the provider has to send a back-channel logout body.
+const BACKCHANNEL_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

@@ -26,8 +26,10 @@ use pingora::proxy::Session;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
+use super::frames::{close_frame, CLOSE_POLICY};
 use super::relay::Relay;
 use super::{Refusal, Shared};
+use crate::auth::{Identity, Revocations};
 use crate::net::{FailureKind, TargetStream};
 use crate::routes::Route;
 
@@ -291,6 +293,47 @@ fn status_of(head: &[u8]) -> Option<u16> {
 /// §7.4.1): sent to clients when hubgate shuts down.
 const CLOSE_GOING_AWAY: [u8; 4] = [0x88, 0x02, 0x03, 0xE9];
 
+/// How long a close frame may take to write before the connection is just closed.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What an open websocket re-checks when the revocation list changes.
+pub struct RevocationWatch {
+    pub list: Arc<Revocations>,
+    pub identity: Arc<Identity>,
+    /// The identity's issuer URL (for provider-session revocations).
+    pub issuer: String,
+}
+
+impl RevocationWatch {
+    /// Resolves once the credential is revoked (checked at once, then on every change).
+    async fn revoked(self) {
+        let mut changes = self.list.subscribe();
+        loop {
+            if self
+                .list
+                .is_revoked(&self.identity, &self.issuer, crate::time::now_secs())
+            {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+/// Writes `frame` if there is room within [`CLOSE_WRITE_TIMEOUT`], then closes `conn`.
+async fn close_with<C: AsyncWrite + Unpin>(conn: &mut C, frame: Option<&[u8]>) {
+    if let Some(frame) = frame {
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
+            conn.write_all(frame).await?;
+            conn.flush().await
+        })
+        .await;
+    }
+    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, conn.shutdown()).await;
+}
+
 /// What a websocket upgrade is sent with.
 pub struct Upgrade {
     pub route: Arc<Route>,
@@ -298,6 +341,8 @@ pub struct Upgrade {
     pub head: Vec<u8>,
     /// When the credential expires (seconds since the epoch): the websocket is closed then.
     pub close_at: Option<i64>,
+    /// The credential's revocation check: the websocket is closed when it is revoked.
+    pub revocation: Option<RevocationWatch>,
 }
 
 /// Proxies a websocket upgrade for `route` (any target) with hubgate's own relay. Returns
@@ -311,6 +356,7 @@ pub async fn proxy(
         route,
         head,
         close_at,
+        revocation,
     } = upgrade;
     let target = route
         .target
@@ -414,6 +460,8 @@ pub async fn proxy(
         let relay_shared = shared.clone();
         let at_boundary = Arc::new(AtomicBool::new(true));
         let boundary = at_boundary.clone();
+        let client_at_boundary = Arc::new(AtomicBool::new(true));
+        let client_boundary = client_at_boundary.clone();
         let relay = Relay::new(
             unwrap_client(down),
             up,
@@ -421,6 +469,7 @@ pub async fn proxy(
                 let m = &client_shared.metrics;
                 m.ws_bytes[0].inc_by(data.len() as u64);
                 m.ws_frames[0].inc_by(client_frames.feed(data));
+                client_boundary.store(client_frames.at_boundary(), Ordering::Release);
                 client_shared.record_activity(&client_route);
             },
             move |data: &[u8]| {
@@ -450,23 +499,53 @@ pub async fn proxy(
                 std::future::pending::<()>().await;
             }
         };
-        let mut relay = relay;
-        tokio::select! {
-            r = &mut relay => if let Err(e) = r { debug!("websocket closed: {e}") },
-            _ = expiry => info!("websocket on {} closed: its credential expired", route_key),
-            _ = draining => {
-                // A close frame can only go between the target's frames: when the target
-                // is mid-frame (or the client is not taking bytes), just close.
-                let clean = relay.idle_toward_a() && at_boundary.load(Ordering::Acquire);
-                let (mut down, mut up) = relay.into_parts();
-                if clean {
-                    let _ = down.write_all(&CLOSE_GOING_AWAY).await;
-                    let _ = down.flush().await;
-                }
-                let _ = down.shutdown().await;
-                let _ = up.shutdown().await;
+        let revoked = async move {
+            match revocation {
+                Some(watch) => watch.revoked().await,
+                None => std::future::pending().await,
             }
-        }
+        };
+        let mut relay = relay;
+        // Why hubgate ends the websocket: a close frame (1008, with the reason) goes to both
+        // sides where a frame boundary allows it, then both connections close.
+        let policy_reason = tokio::select! {
+            r = &mut relay => {
+                if let Err(e) = r { debug!("websocket closed: {e}") }
+                shared.metrics.websockets_open.dec();
+                return;
+            }
+            _ = expiry => {
+                info!("websocket on {} closed: its credential expired", route_key);
+                Some("credential expired")
+            }
+            _ = revoked => {
+                info!("websocket on {} closed: its credential was revoked", route_key);
+                shared.revocations.count_websocket_closed();
+                Some("credential revoked")
+            }
+            _ = draining => None,
+        };
+        // A close frame can only go between the target's frames: when the target is
+        // mid-frame (or the client is not taking bytes), just close.
+        let Some(reason) = policy_reason else {
+            let clean = relay.idle_toward_a() && at_boundary.load(Ordering::Acquire);
+            let (mut down, mut up) = relay.into_parts();
+            close_with(&mut down, clean.then_some(&CLOSE_GOING_AWAY[..])).await;
+            close_with(&mut up, None).await;
+            shared.metrics.websockets_open.dec();
+            return;
+        };
+        let clean_down = relay.idle_toward_a() && at_boundary.load(Ordering::Acquire);
+        let clean_up = relay.idle_toward_b() && client_at_boundary.load(Ordering::Acquire);
+        let (mut down, mut up) = relay.into_parts();
+        let to_client = close_frame(CLOSE_POLICY, reason, None);
+        close_with(&mut down, clean_down.then_some(&to_client[..])).await;
+        // Toward the server the frame is masked (RFC 6455 §5.3), with a fresh key.
+        let mut key = [0u8; 4];
+        let to_server = getrandom::fill(&mut key)
+            .ok()
+            .map(|()| close_frame(CLOSE_POLICY, reason, Some(key)));
+        close_with(&mut up, to_server.as_deref().filter(|_| clean_up)).await;
         shared.metrics.websockets_open.dec();
     });
     Ok(())

@@ -21,6 +21,20 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// Where revocations (the authentication layer's revocation list) are shared between
+/// replicas: the Redis route store keeps them beside the routes. Entries are opaque text here.
+#[async_trait]
+pub trait RevocationStore: Send + Sync {
+    /// Stores one entry (`field`/`value`: a revocation's text form) until `until`.
+    async fn put(&self, field: &str, value: &str, until: i64) -> Result<(), String>;
+    /// Every stored entry when the store changed since `version` (which is updated), else
+    /// `None`.
+    async fn load(
+        &self,
+        version: &mut Option<String>,
+    ) -> Result<Option<Vec<(String, String)>>, String>;
+}
+
 /// Where the API's route writes go.
 #[async_trait]
 pub trait RouteStore: Send + Sync {
@@ -43,6 +57,11 @@ pub trait RouteStore: Send + Sync {
     /// The store's metrics, to register with the server's registry. Every store exports
     /// [`store_up_gauge`], so dashboards and the store-down alert read the same series
     /// whichever backend is configured.
+    /// Where replicas share revocations (`None`: this process is alone).
+    fn revocation_store(&self) -> Option<Arc<dyn RevocationStore>> {
+        None
+    }
+
     fn collectors(&self) -> prometheus::Result<Vec<Box<dyn Collector>>>;
 }
 

@@ -175,12 +175,19 @@ class Deployment:
     """One JupyterHub + one proxy, on free loopback ports, in its own temp dir."""
 
     def __init__(
-        self, kind: str, mode: str, workdir: Path, auth=None, public_port: int | None = None
+        self,
+        kind: str,
+        mode: str,
+        workdir: Path,
+        auth=None,
+        public_port: int | None = None,
+        hub_config: str = "",
     ):
         """`auth`: None (CHP behaviour), or an oidc.AuthSetup to run hubgate with an
         [auth] section (hubgate only) and send its Bearer token on readiness probes.
         `public_port`: a port picked beforehand (e.g. registered as a redirect URI at the
-        test OpenID provider before the proxy starts); a free one by default."""
+        test OpenID provider before the proxy starts); a free one by default.
+        `hub_config`: extra lines for jupyterhub_config.py (after the harness's own)."""
         assert mode in {"hub-managed", "external"}
         assert auth is None or kind == "hubgate", "only hubgate has [auth]"
         self.kind = kind
@@ -197,6 +204,7 @@ class Deployment:
         self.proxy_token = secrets.token_hex(32)
         self.tag = f"{SESSION_TAG}-{secrets.token_hex(4)}"
         self.proxy_cmd = proxy_command(kind)
+        self.hub_config = hub_config
         self.auth = auth
         if auth is not None:
             self.auth_config = self.dir / "hubgate-auth.toml"
@@ -247,6 +255,7 @@ class Deployment:
             cfg += f"c.ConfigurableHTTPProxy.command = {self.proxy_cmd!r}\n"
         else:
             cfg += "c.ConfigurableHTTPProxy.should_start = False\n"
+        cfg += self.hub_config
         path = self.dir / "jupyterhub_config.py"
         path.write_text(cfg)
         return path

@@ -71,9 +71,12 @@ class OidcProvider:
         access_token_ttl: int = 900,
         redirect_uris: list[str] | None = None,
         step_up_mfa: bool = False,
+        logout_origin: str | None = None,
     ):
         """`redirect_uris`: registered for the `hubgate` client (hubgate's browser login);
-        `step_up_mfa`: MFA claims only when the request asks (provider.mjs, "step-up")."""
+        `step_up_mfa`: MFA claims only when the request asks (provider.mjs, "step-up").
+        `logout_origin`: hubgate's public origin, registered for RP-initiated and
+        back-channel logout (provider.mjs `--logout-origin`)."""
         _require_node_modules()
         self.key = key
         self.jwks_file = workdir / "idp-jwks.json"
@@ -88,6 +91,7 @@ class OidcProvider:
                 "--at-ttl", str(access_token_ttl),
                 *[a for u in redirect_uris or [] for a in ("--redirect-uri", u)],
                 *(["--step-up-mfa"] if step_up_mfa else []),
+                *(["--logout-origin", logout_origin] if logout_origin else []),
             ],  # fmt: skip
             cwd=OIDC_DIR,
             stdin=subprocess.DEVNULL,

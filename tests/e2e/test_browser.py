@@ -10,11 +10,13 @@ auth journey), redirects it follows, and the websockets JupyterLab itself opens.
 2. with [auth]: hubgate's login through the test OpenID provider's own pages (the second
    factor included: without the one-time code the provider refuses), then the same
    notebook journey;
-3. hubgate's own 401/403/404/503 pages render readably (screenshot kept in
-   tmp/test-artifacts/browser/, heading and explanation checked as displayed);
-4. step-up and many groups: with a provider that adds the second factor only when asked,
+3. step-up and many groups: with a provider that adds the second factor only when asked,
    erin (300 project groups) is sent back to it once and then reaches JupyterLab with a small
-   session cookie; carol (no second factor) ends on hubgate's "Second factor needed" page.
+   session cookie; carol (no second factor) ends on hubgate's "Second factor needed" page;
+4. logout from the hub's own logout: the hub's cookies, hubgate's session (a copy of its
+   cookie included) and the provider's session all end, and the page says what to do next;
+5. hubgate's own 401/403/404/503 pages render readably (screenshot kept in
+   tmp/test-artifacts/browser/, heading and explanation checked as displayed).
 """
 
 from __future__ import annotations
@@ -157,6 +159,9 @@ def test_browser_oidc_login_then_notebook(deployment_factory, idp_for_port, new_
     assert session["value"] not in dep.hub_log.read_text(errors="replace")
 
 
+# ------------------------------------------------------------------ 3. step-up and many groups
+
+
 def idp_login(page, issuer: str, user: str, prompt: str | None = None, after: str = "") -> str:
     """The test provider's login form, second factor included (the provider decides whether
     it counts: with --step-up-mfa only when hubgate asked for it). `after`: the previous
@@ -259,7 +264,90 @@ def test_browser_step_up_with_300_groups_then_notebook(
     assert "__Host-hubgate-session" not in names, names
 
 
-# ------------------------------------------------------------------ 3. hubgate's own pages
+
+
+# ------------------------------------------------------------------ 4. logout
+
+# The README's recipe: the hub's /hub/logout clears the hub's cookies, then sends the browser
+# to hubgate's logout instead of the hub's login page.
+HUB_LOGOUT_TO_HUBGATE = """
+from jupyterhub.auth import DummyAuthenticator
+from jupyterhub.handlers.login import LogoutHandler
+
+
+class HubgateLogoutHandler(LogoutHandler):
+    async def render_logout_page(self):
+        self.redirect("/_hubgate/logout", permanent=False)
+
+
+class HubgateLogoutAuthenticator(DummyAuthenticator):
+    def get_handlers(self, app):
+        return super().get_handlers(app) + [("/logout", HubgateLogoutHandler)]
+
+
+c.JupyterHub.authenticator_class = HubgateLogoutAuthenticator
+"""
+
+
+@pytest.mark.timeout(300)
+def test_browser_logout_from_the_hub_ends_every_session(deployment_factory, tmp_path, new_page):
+    port = free_port()
+    idp = OidcProvider(
+        tmp_path,
+        generate_key("e2e-logout-rs256"),
+        access_token_ttl=900,
+        redirect_uris=[f"http://127.0.0.1:{port}/_hubgate/oidc/callback"],
+        logout_origin=f"http://127.0.0.1:{port}",
+    )
+    try:
+        probe = idp.access_token("dave")
+        dep = deployment_factory(
+            "hubgate",
+            "hub-managed",
+            auth=AuthSetup(idp.issuer, probe, client_id="hubgate"),
+            public_port=port,
+            hub_config=HUB_LOGOUT_TO_HUBGATE,
+        )
+        page = new_page()
+        # /hub/home is protected (unlike /hub/login): hubgate's login first, then the hub's.
+        page.goto(f"{dep.public_url}/hub/home")
+        idp_login(page, idp.issuer, "alice")
+        hub_login(page, "alice")
+        page.wait_for_url(re.compile(r".*/hub/home.*"))
+        # (the hub's login cookie has Path=/hub/)
+        cookies = {c["name"]: c["value"] for c in page.context.cookies(f"{dep.public_url}/hub/")}
+        session = cookies["__Host-hubgate-session"]
+        assert "jupyterhub-hub-login" in cookies, list(cookies)
+
+        # The hub's logout → hubgate's → the provider's confirmation → hubgate's page.
+        page.goto(f"{dep.public_url}/hub/logout")
+        page.wait_for_url(re.compile(re.escape(idp.issuer) + r"/session/end.*"))
+        page.click('button[name="logout"]')
+        page.wait_for_url(re.compile(re.escape(dep.public_url) + r"/_hubgate/logged-out.*"))
+        text = page.locator("body").inner_text()
+        assert "You are logged out" in text, text
+        assert page.locator("a", has_text="Log in again").count() == 1, page.content()
+
+        left = {c["name"] for c in page.context.cookies(f"{dep.public_url}/hub/")}
+        assert not left & {"__Host-hubgate-session", "jupyterhub-hub-login"}, left
+        # A copy of the old session cookie is refused by hubgate (not by the hub).
+        r = requests.get(
+            f"{dep.public_url}/hub/api/user",
+            headers={"Cookie": f"__Host-hubgate-session={session}"},
+            timeout=10,
+        )
+        assert r.status_code == 401, (r.status_code, r.text[:300])
+        # (hub-managed: hubgate's log is in the hub's)
+        log = dep.hub_log.read_text(errors="replace")
+        assert "logout: user=alice" in log and "decision=deny reason=revoked" in log
+        # The provider's session is over too: the next visit asks for the password again.
+        page.goto(f"{dep.public_url}/hub/home")
+        page.wait_for_url(re.compile(re.escape(idp.issuer) + r"/interaction/.*"))
+    finally:
+        idp.stop()
+
+
+# ------------------------------------------------------------------ 5. hubgate's own pages
 
 
 class StandaloneHubgate:

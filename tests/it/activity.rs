@@ -145,6 +145,7 @@ async fn websocket_client_frames_update_but_open_and_server_frames_do_not() {
     let hg = Hubgate::start(&[], &[]);
     let ws = WsBackend::start(WsOptions {
         greeting: Some("connected".into()),
+        ..Default::default()
     });
     hg.add_route("/user/alice", &ws.url());
     let before = hg.last_activity("/user/alice");

@@ -6,7 +6,7 @@
 use crate::support::auth_proxy::*;
 use crate::support::jwt::*;
 use crate::support::oidc::*;
-use crate::support::ws::{raw_upgrade, ws_recv_text, ws_wait_end, WsEnd};
+use crate::support::ws::{raw_upgrade, ws_close_frame, ws_recv_text, ws_wait_end, WsEnd};
 use crate::support::*;
 use futures_util::SinkExt;
 use serde_json::json;
@@ -282,17 +282,22 @@ async fn row13_relay_closes_when_the_credential_expires() {
         ws_wait_end(&mut on, Duration::from_millis(1500)).await,
         WsEnd::StillOpen
     );
-    // Closed soon after exp (exp is whole seconds: allow 3 s of slack).
-    let end = ws_wait_end(&mut on, Duration::from_secs(6)).await;
-    assert_ne!(
+    // Closed soon after exp (exp is whole seconds: allow 3 s of slack), with a close frame
+    // saying why (1008, policy violation) to the client and to the kernel's server.
+    let end = ws_close_frame(&mut on, Duration::from_secs(6)).await;
+    assert_eq!(
         end,
-        WsEnd::StillOpen,
-        "relay still open {:?} after the token expired",
+        Some((1008, "credential expired".to_string())),
+        "no 1008 close frame {:?} after the token expired",
         t0.elapsed()
     );
     assert!(
         wa_on.wait_closed(1, T),
         "upstream side of the relay not closed"
+    );
+    assert_eq!(
+        wa_on.close_frames(),
+        vec![(1008, "credential expired".to_string())]
     );
     // Without close-websockets-on-expiry the relay outlives the token.
     off.send(Message::Text("b".into())).await.unwrap();

@@ -15,6 +15,8 @@ mod auth;
 mod auth_groups;
 mod auth_keys;
 mod auth_login;
+mod auth_logout;
+mod auth_revocation;
 mod auth_step_up;
 mod auth_token;
 mod auth_websocket;

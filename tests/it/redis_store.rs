@@ -814,3 +814,91 @@ fn convergence_latency_and_write_throughput() {
         "convergence p99 {p99:?} is over 100 ms (p50 {p50:?})"
     );
 }
+
+/// Revocation by an operator on one replica (item: "an account is compromised at 3 a.m."):
+/// the other replica refuses the user's credentials and closes their open websocket with a
+/// close frame (1008) within the poll interval, and a replica started later learns it from
+/// the store. The identity provider is a key-set stub (tokens are minted by the test).
+#[test]
+fn a_revocation_on_one_replica_is_in_force_on_all_and_closes_their_websockets() {
+    use crate::support::auth_proxy::{AuthCfg, IssuerCfg};
+    use crate::support::jwt::{claims, mint, pool};
+    use crate::support::oidc::JwksStub;
+    use crate::support::ws::{ws_close_frame, ws_recv_text};
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let _g = serial();
+    let redis = Redis::start();
+    let key = pool().rsa[0].with_kid("k-rsa");
+    let stub = JwksStub::start(&[&key]);
+    let auth = AuthCfg::new(free_port(), vec![IssuerCfg::stub(&stub)]).to_toml();
+    let setup = Setup::with_backend(&redis.url(), &auth);
+    let a = setup.replica(&[]);
+    let b = setup.replica(&[]);
+    let files = Backend::echo();
+    let kernels = WsBackend::echo();
+    for (prefix, target) in [
+        ("/user/alice", files.url()),
+        ("/user/alice/api/kernels", kernels.url()),
+    ] {
+        let body = serde_json::json!({"target": target, "user": "alice"}).to_string();
+        assert_eq!(
+            a.api_post(&format!("/api/routes{prefix}"), &body).status,
+            201
+        );
+    }
+    wait_route(&b, "/user/alice/api/kernels", true);
+    let alice = mint(&key, &claims(&stub.issuer, "alice"));
+    let bearer = format!("Bearer {alice}");
+    let get_b =
+        |r: &Replica| r.request(&Req::get("/user/alice/tree").header("Authorization", &bearer));
+    assert_eq!(get_b(&b).status, 200);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut ws = rt.block_on(async {
+        let (mut ws, _) = ws_connect(
+            b.port,
+            "/user/alice/api/kernels/k1/channels",
+            &[("Authorization", &bearer)],
+        )
+        .await
+        .expect("websocket through replica B");
+        ws.send(Message::Text("hi".into())).await.unwrap();
+        assert_eq!(ws_recv_text(&mut ws, T).await.as_deref(), Some("hi"));
+        ws
+    });
+
+    // Revoked on A.
+    let r = a.api_post("/api/_hubgate/revocations", r#"{"user":"alice"}"#);
+    assert_eq!(r.status, 201, "{}", r.describe());
+    // B closes the websocket with 1008 and refuses the token.
+    let t0 = Instant::now();
+    let frame = rt.block_on(ws_close_frame(&mut ws, T));
+    assert_eq!(
+        frame,
+        Some((1008, "credential revoked".to_string())),
+        "{}",
+        b.output()
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(kernels.wait_closed(1, T));
+    assert_eq!(get_b(&b).status, 401);
+    assert_eq!(get_b(&a).status, 401);
+    assert!(b
+        .metrics_text()
+        .contains(r#"hubgate_auth_revocations_total{kind="user",source="replica"} 1"#));
+    // Kept in Redis, so a replica started now refuses it too.
+    let fields: Vec<String> = redis.query(redis::cmd("HKEYS").arg("hubgate:v1:revocations"));
+    assert_eq!(fields, vec!["u\u{1f}alice".to_string()]);
+    let c = setup.replica(&[]);
+    assert!(wait_until(T, || get_b(&c).status == 401), "{}", c.output());
+}

@@ -228,3 +228,48 @@ async fn websocket_to_an_https_target_is_relayed_by_hubgate_and_closed_with_1001
         hg.output()
     );
 }
+
+/// A kernel's websocket to an `https://` target ends the way a plain one does when an
+/// operator revokes the user: a close frame (1008, "credential revoked") to the browser and
+/// to the kernel's server at once, not when the token expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_to_an_https_target_gets_1008_when_its_credential_is_revoked() {
+    use crate::support::auth_proxy::{start_auth_proxy_with, AuthCfg, IssuerCfg};
+    use crate::support::jwt::{claims, mint, pool};
+    use crate::support::oidc::JwksStub;
+    use crate::support::ws::ws_close_frame;
+    let p = pki();
+    let ws = WsBackend::start_tls(
+        WsOptions::default(),
+        server_config(&p.server, Some(p.ca.cert())),
+    );
+    let key = pool().rsa[0].with_kid("k-rsa");
+    let stub = JwksStub::start(&[&key]);
+    let port = free_port();
+    let cfg = AuthCfg::new(port, vec![IssuerCfg::stub(&stub)]);
+    let px = start_auth_proxy_with(port, &cfg, Hubgate::builder().args(&client_flags(&p)));
+    px.wait_ready();
+    px.add_route_json(
+        "/user/alice",
+        &serde_json::json!({"target": ws.url(), "user": "alice"}).to_string(),
+    );
+    let token = mint(&key, &claims(&stub.issuer, "alice"));
+    let (mut c, _) = ws_connect(
+        port,
+        "/user/alice/api/kernels/k/channels",
+        &[("Authorization", &format!("Bearer {token}"))],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("upgrade through hubgate: {e}\n{}", px.output()));
+    c.send(Message::Text("over tls".into())).await.unwrap();
+    assert_eq!(ws_recv_text(&mut c, T).await.as_deref(), Some("over tls"));
+
+    let r = crate::auth_revocation::revoke(&px, r#"{"user":"alice"}"#);
+    assert_eq!(r.status, 201, "{}", r.describe());
+    assert_eq!(
+        ws_close_frame(&mut c, T).await,
+        Some((1008, "credential revoked".to_string()))
+    );
+    assert!(ws.wait_closed(1, T), "the kernel side stayed open");
+    assert_eq!(ws.close_frames(), vec![(1008, "credential revoked".into())]);
+}

@@ -19,6 +19,8 @@
 // Usage: node provider.mjs --jwks FILE [--redirect-uri URI]... [--client-secret S]
 //                          [--id-token-alg RS256|ES256|EdDSA] [--at-alg ALG]
 //                          [--at-ttl SECONDS] [--port N] [--step-up-mfa]
+//                          [--logout-origin ORIGIN]
+//   --logout-origin: see the "logout" block below (RP-initiated and back-channel logout).
 // Prints `listening http://127.0.0.1:<port>` on stdout once it accepts connections,
 // and `reloaded <n> keys` after each SIGHUP.
 import http from 'node:http';
@@ -35,6 +37,7 @@ const opts = {
   atAlg: 'RS256',
   atTtl: 300,
   port: 0,
+  logoutOrigin: null,
 };
 {
   const a = process.argv.slice(2);
@@ -49,6 +52,7 @@ const opts = {
       case '--at-ttl': opts.atTtl = Number(v); i += 1; break;
       case '--port': opts.port = Number(v); i += 1; break;
       case '--step-up-mfa': opts.stepUpMfa = true; break; // see "step-up" below
+      case '--logout-origin': opts.logoutOrigin = v; i += 1; break;
       default:
         console.error(`provider.mjs: unknown argument ${a[i]}`);
         process.exit(2);
@@ -168,6 +172,59 @@ class SharedAdapter {
   }
 }
 
+// ------------------------------------------------------------------ logout
+// With --logout-origin ORIGIN (hubgate's public origin, e.g. http://127.0.0.1:8000):
+//   * RP-Initiated Logout 1.0: the end_session_endpoint accepts the `hubgate` clients'
+//     post_logout_redirect_uri ORIGIN/_hubgate/logged-out. The confirmation page is a bare
+//     form (tests post it: xsrf + logout=yes to /session/end/confirm).
+//   * Back-Channel Logout 1.0: the `hubgate` clients get backchannel_logout_uri
+//     ORIGIN/_hubgate/backchannel-logout with backchannel_logout_session_required (ID tokens
+//     carry `sid`); each logout token post prints `backchannel <status|error>` on stdout.
+// Without it, neither is registered (end_session still exists but no client may use it).
+function logoutClientMetadata() {
+  if (!opts.logoutOrigin) return {};
+  return {
+    post_logout_redirect_uris: [`${opts.logoutOrigin}/_hubgate/logged-out`],
+    backchannel_logout_uri: `${opts.logoutOrigin}/_hubgate/backchannel-logout`,
+    backchannel_logout_session_required: true,
+  };
+}
+
+function logoutFeatures() {
+  return {
+    backchannelLogout: { enabled: Boolean(opts.logoutOrigin) },
+    rpInitiatedLogout: {
+      enabled: true,
+      async logoutSource(ctx, form) {
+        ctx.body = `<!doctype html><html><head><title>Test IdP logout</title></head><body>
+${form}<button type="submit" form="op.logoutForm" value="yes" name="logout">Sign out</button>
+</body></html>`;
+      },
+      async postLogoutSuccessSource(ctx) {
+        ctx.body = '<!doctype html><html><body><p>signed out at the test IdP</p></body></html>';
+      },
+    },
+  };
+}
+
+// oidc-provider refuses outgoing requests to special-use addresses (SSRF protection), and
+// hubgate listens on 127.0.0.1 in tests: with --logout-origin its logout-token posts skip
+// that check. Only the back-channel logout post uses this fetch here.
+function logoutConfiguration() {
+  if (!opts.logoutOrigin) return {};
+  return {
+    fetch(url, options) {
+      const { dispatcher: _ssrfCheck, ...rest } = options;
+      return globalThis.fetch(url, rest);
+    },
+  };
+}
+
+function logoutEvents(provider) {
+  provider.on('backchannel.success', () => console.log('backchannel 200'));
+  provider.on('backchannel.error', (_ctx, err) => console.log(`backchannel error ${err.message}`));
+}
+
 // ------------------------------------------------------------------ provider
 function readKeys() {
   const jwks = JSON.parse(fs.readFileSync(opts.jwks, 'utf8'));
@@ -188,6 +245,7 @@ function buildProvider(issuer) {
       grant_types: ['authorization_code', 'refresh_token'],
       response_types: ['code'],
       id_token_signed_response_alg: opts.idTokenAlg,
+      ...logoutClientMetadata(),
     },
     {
       client_id: 'test-cli',
@@ -207,11 +265,13 @@ function buildProvider(issuer) {
       grant_types: ['authorization_code', 'refresh_token'],
       response_types: ['code'],
       id_token_signed_response_alg: opts.idTokenAlg,
+      ...logoutClientMetadata(),
     });
   }
 
   const provider = new Provider(issuer, {
     adapter: SharedAdapter,
+    ...logoutConfiguration(),
     clients,
     jwks,
     pkce: { required: () => true },
@@ -241,6 +301,7 @@ function buildProvider(issuer) {
           jwt: { sign: { alg: opts.atAlg } },
         }),
       },
+      ...logoutFeatures(),
     },
     interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
     async findAccount(_ctx, sub) {
@@ -294,6 +355,7 @@ function buildProvider(issuer) {
       ctx.body = out;
     },
   });
+  logoutEvents(provider);
   return { provider, handler: provider.callback(), keyCount: jwks.keys.length };
 }
 

@@ -50,6 +50,10 @@ COUNTERS = {
     "hubgate_websocket_bytes_total",
     "hubgate_auth_decisions_total",
     "hubgate_auth_key_refresh_failures_total",
+    "hubgate_auth_revocations_total",
+    "hubgate_auth_revocations_refused_total",
+    "hubgate_auth_revocations_expired_total",
+    "hubgate_auth_websockets_closed_revoked_total",
     "hubgate_store_resyncs_total",
     "hubgate_store_changes_applied_total",
     "hubgate_store_write_errors_total",
@@ -60,6 +64,7 @@ GAUGES = {
     "hubgate_websockets_open",
     "hubgate_routes",
     "hubgate_auth_key_set_age_seconds",
+    "hubgate_auth_revocations",
     "hubgate_build_info",
     "hubgate_store_up",
     "hubgate_store_lag_seconds",
@@ -97,6 +102,7 @@ LABELS = {
     "hubgate_auth_decisions_total": {"result", "reason"},
     "hubgate_auth_key_set_age_seconds": {"issuer"},
     "hubgate_auth_key_refresh_failures_total": {"issuer"},
+    "hubgate_auth_revocations_total": {"kind", "source"},
     "hubgate_build_info": {"version"},
     "hubgate_store_up": {"backend"},
 }
@@ -115,7 +121,7 @@ LABEL_VALUES = {
         "unknown_issuer", "unknown_key", "bad_signature", "bad_algorithm", "expired",
         "not_yet_valid", "issued_in_future", "wrong_audience", "wrong_issuer",
         "missing_claim", "mfa_required", "auth_too_old", "no_username", "keys_unavailable",
-        "not_owner", "not_in_group", "origin_mismatch", "bad_session",
+        "not_owner", "not_in_group", "origin_mismatch", "bad_session", "revoked",
     },
 }  # fmt: skip
 

@@ -37,11 +37,15 @@
 //! time answers 503, like a write to an unreachable Redis; it may still be in the store,
 //! which is harmless because JupyterHub retries and adds and deletes are idempotent.
 //!
+//! **Revocations** (`revocations.rs`): a hash of revoked credentials and a counter beside the
+//! routes; replicas poll the counter every 250 ms and read the hash when it moved.
+//!
 //! **Redis unreachable**: replicas keep routing from their copy, API writes answer 503
 //! (JupyterHub retries), `/_chp_healthz` and `hubgate_store_up` say so. A replica that has
 //! never loaded the table is not ready (503 on `/_chp_healthz`).
 
 mod activity;
+mod revocations;
 mod scripts;
 mod settings;
 mod state;
@@ -412,6 +416,10 @@ impl RedisStore {
 
 #[async_trait]
 impl RouteStore for RedisStore {
+    fn revocation_store(&self) -> Option<Arc<dyn super::store::RevocationStore>> {
+        Some(Arc::new(revocations::RedisRevocations(self.inner.clone())))
+    }
+
     async fn add(
         &self,
         key: &str,

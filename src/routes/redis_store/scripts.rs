@@ -32,6 +32,10 @@ pub(super) struct Keys {
     pub changes: String,
     /// `{prefix}:v1:activity`: sorted set, route segment form → last activity (ms).
     pub activity: String,
+    /// `{prefix}:v1:revocations`: hash of revoked credentials (`revocations.rs`).
+    pub revocations: String,
+    /// `{prefix}:v1:revocations-rev`: incremented by every revocation written.
+    pub revocations_rev: String,
 }
 
 impl Keys {
@@ -44,6 +48,8 @@ impl Keys {
             rev: format!("{v}:rev"),
             changes: format!("{v}:changes"),
             activity: format!("{v}:activity"),
+            revocations: format!("{v}:revocations"),
+            revocations_rev: format!("{v}:revocations-rev"),
         }
     }
 

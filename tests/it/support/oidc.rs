@@ -20,6 +20,8 @@ pub const MFA_ACR: &str = "https://refeds.org/profile/mfa";
 pub const SFA_ACR: &str = "https://refeds.org/profile/sfa";
 pub const AUDIENCE: &str = "jupyterhub";
 pub const SESSION_COOKIE: &str = "__Host-hubgate-session";
+/// hubgate's cookie holding the ID token for the provider's logout (`Path=/_hubgate/logout`).
+pub const LOGOUT_HINT_COOKIE: &str = "__Secure-hubgate-logout";
 pub const LOGIN_COOKIE: &str = "__Host-hubgate-login";
 /// Password of every account of the test provider (alice also needs OTP 123456).
 pub const IDP_PASSWORD: &str = "test-password";
@@ -107,6 +109,8 @@ pub struct ProviderOptions {
     pub at_ttl: Option<u64>,
     /// `--step-up-mfa`: MFA claims only when the request asks for them (`acr_values`).
     pub step_up_mfa: bool,
+    /// hubgate's origin for RP-initiated and back-channel logout (`--logout-origin`).
+    pub logout_origin: Option<String>,
 }
 
 impl ProviderOptions {
@@ -119,11 +123,17 @@ impl ProviderOptions {
             at_alg: None,
             at_ttl: None,
             step_up_mfa: false,
+            logout_origin: None,
         }
     }
     /// The provider adds the second factor only when asked (see provider.mjs, "step-up").
     pub fn step_up_mfa(mut self) -> Self {
         self.step_up_mfa = true;
+        self
+    }
+    /// Registers hubgate on `port` for RP-initiated and back-channel logout.
+    pub fn logout_port(mut self, port: u16) -> Self {
+        self.logout_origin = Some(format!("http://127.0.0.1:{port}"));
         self
     }
     /// Registers hubgate's callback on `port` for the `hubgate` clients.
@@ -186,6 +196,9 @@ impl OidcProvider {
         }
         if opts.step_up_mfa {
             cmd.arg("--step-up-mfa");
+        }
+        if let Some(o) = &opts.logout_origin {
+            cmd.arg("--logout-origin").arg(o);
         }
         cmd.current_dir(oidc_dir())
             .stdin(Stdio::null())

@@ -27,6 +27,8 @@ pub const CMD_DROP: &str = "__drop__"; // server drops the TCP connection withou
 pub struct WsOptions {
     /// Sent by the server right after the handshake.
     pub greeting: Option<String>,
+    /// Close frames received from clients (code, reason), shared by every connection.
+    pub close_frames: Arc<Mutex<Vec<(u16, String)>>>,
 }
 
 /// A websocket echo server on 127.0.0.1 that records each upgrade request
@@ -39,6 +41,7 @@ pub struct WsBackend {
     handshakes: Arc<Mutex<Vec<Handshake>>>,
     opened: Arc<AtomicUsize>,
     closed: Arc<AtomicUsize>,
+    close_frames: Arc<Mutex<Vec<(u16, String)>>>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -69,6 +72,7 @@ impl WsBackend {
         let handshakes: Arc<Mutex<Vec<Handshake>>> = Arc::default();
         let (log2, opened2, closed2) = (log.clone(), opened.clone(), closed.clone());
         let handshakes2 = handshakes.clone();
+        let close_frames = opts.close_frames.clone();
         let is_tls = tls.is_some();
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let thread = std::thread::spawn(move || {
@@ -113,6 +117,7 @@ impl WsBackend {
             handshakes,
             opened,
             closed,
+            close_frames,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -146,6 +151,11 @@ impl WsBackend {
     /// Connections whose handler finished (peer closed, close handshake, drop).
     pub fn closed(&self) -> usize {
         self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Close frames received from clients so far (code, reason).
+    pub fn close_frames(&self) -> Vec<(u16, String)> {
+        self.close_frames.lock().unwrap().clone()
     }
 
     pub fn wait_closed(&self, n: usize, timeout: Duration) -> bool {
@@ -230,7 +240,13 @@ async fn ws_conn<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                     break;
                 }
             }
-            Ok(_) => {} // ping (auto-pong), pong, close (auto-reply)
+            Ok(Message::Close(frame)) => {
+                let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                    (u16::from(f.code), f.reason.as_str().to_string())
+                });
+                opts.close_frames.lock().unwrap().push((code, reason));
+            }
+            Ok(_) => {} // ping (auto-pong), pong
             Err(_) => break,
         }
     }
@@ -298,6 +314,23 @@ pub async fn ws_wait_end(ws: &mut WsClient, timeout: Duration) -> WsEnd {
             Ok(None) | Ok(Some(Err(_))) => return WsEnd::Eof,
             Ok(Some(Ok(Message::Close(_)))) => return WsEnd::CloseFrame,
             Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+/// The next close frame's code and reason (data is skipped); `None` if the connection
+/// ended without one or nothing came within `timeout`.
+pub async fn ws_close_frame(ws: &mut WsClient, timeout: Duration) -> Option<(u16, String)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => {
+                return Some(f.map_or((1005, String::new()), |f| {
+                    (u16::from(f.code), f.reason.as_str().to_string())
+                }))
+            }
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
         }
     }
 }
