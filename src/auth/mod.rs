@@ -9,6 +9,7 @@
 mod cache;
 mod credential;
 mod denial;
+pub mod grants;
 mod keys;
 pub mod login;
 mod reason;
@@ -75,10 +76,18 @@ pub enum Outcome {
 
 struct Counters {
     deny: Vec<IntCounter>,
-    allow: [IntCounter; 5],
+    allow: [IntCounter; 7],
 }
 
-const ALLOW_LABELS: [&str; 5] = ["public", "authenticated", "owner", "admin", "group"];
+const ALLOW_LABELS: [&str; 7] = [
+    "public",
+    "authenticated",
+    "owner",
+    "admin",
+    "group",
+    "shared",
+    "role",
+];
 
 fn allow_index(why: &str) -> usize {
     ALLOW_LABELS.iter().position(|l| *l == why).unwrap_or(1)
@@ -92,6 +101,8 @@ pub struct Auth {
     cache: cache::VerifiedCache,
     pub client: Arc<HttpClient>,
     counters: Counters,
+    /// Who else may use a server, learned from the hub (`[auth.hub-grants]`).
+    pub grants: Option<Arc<grants::Grants>>,
 }
 
 impl Auth {
@@ -126,7 +137,12 @@ impl Auth {
             .cloned()
             .map(|c| Arc::new(IssuerKeys::new(c)))
             .collect();
+        let grants = config
+            .hub_grants
+            .clone()
+            .map(|g| Arc::new(grants::Grants::new(g, client.clone())));
         Auth {
+            grants,
             cache: cache::VerifiedCache::new(config.cache_size, config.cache_ttl),
             cookie_key: CookieKey::new(if secret.is_empty() { b"\0" } else { &secret }),
             config,
@@ -168,6 +184,10 @@ impl Auth {
 
     /// Starts the key-set refresh tasks (call from within a tokio runtime).
     pub fn spawn_refresh(self: &Arc<Self>) {
+        if let Some(g) = &self.grants {
+            // Holds only a weak reference: the loop ends when a reload drops this `Auth`.
+            tokio::spawn(grants::Grants::run_refresh(Arc::downgrade(g)));
+        }
         for issuer in &self.issuers {
             let issuer = issuer.clone();
             let auth = Arc::downgrade(self);
@@ -353,7 +373,10 @@ impl Auth {
             Access::Owner => match route.and_then(|r| r.user.as_deref()) {
                 Some(owner) if owner == identity.user => "owner",
                 Some(_) if identity.admin => "admin",
-                Some(_) => return deny(Reason::NotOwner, Some(identity), true),
+                Some(owner) => match self.granted(&identity.user, owner, route).await {
+                    Ok(why) => why,
+                    Err(reason) => return deny(reason, Some(identity), true),
+                },
                 // A route without an owner (the hub's, while the server is not running).
                 None => "authenticated",
             },
@@ -373,6 +396,27 @@ impl Auth {
             kind,
             why,
         })
+    }
+
+    /// Whether the hub grants `user` another user's server (`[auth.hub-grants]`): the
+    /// allow label, or the refusal's reason.
+    async fn granted(
+        &self,
+        user: &str,
+        owner: &str,
+        route: Option<&Route>,
+    ) -> Result<&'static str, Reason> {
+        let Some(g) = &self.grants else {
+            return Err(Reason::NotOwner);
+        };
+        let server = route.and_then(|r| r.server_name());
+        // Boxed: a rare path's future kept out of every request's (see `verify_token`).
+        match Box::pin(g.allows(user, owner, server.as_deref())).await {
+            grants::Grant::Share => Ok("shared"),
+            grants::Grant::Role => Ok("role"),
+            grants::Grant::None => Err(Reason::NotOwner),
+            grants::Grant::Unavailable => Err(Reason::GrantsUnavailable),
+        }
     }
 
     fn origin_ok(&self, req: &RequestHeader) -> bool {
@@ -512,19 +556,18 @@ impl KeySetMetrics {
                 Default::default(),
             )
         };
-        Ok(KeySetMetrics {
-            current,
-            descs: vec![
-                desc(
-                    "hubgate_auth_key_set_age_seconds",
-                    "Seconds since the issuer's key set was fetched",
-                )?,
-                desc(
-                    "hubgate_auth_key_refresh_failures_total",
-                    "Failed key-set fetches",
-                )?,
-            ],
-        })
+        let mut descs = vec![
+            desc(
+                "hubgate_auth_key_set_age_seconds",
+                "Seconds since the issuer's key set was fetched",
+            )?,
+            desc(
+                "hubgate_auth_key_refresh_failures_total",
+                "Failed key-set fetches",
+            )?,
+        ];
+        descs.extend(grants::metric_descs()?);
+        Ok(KeySetMetrics { current, descs })
     }
 }
 
@@ -565,6 +608,9 @@ impl prometheus::core::Collector for KeySetMetrics {
         }
         let mut out = prometheus::core::Collector::collect(&age);
         out.extend(prometheus::core::Collector::collect(&failures));
+        if let Some(g) = &auth.grants {
+            out.extend(grants::metric_families(g).unwrap_or_default());
+        }
         out
     }
 }
