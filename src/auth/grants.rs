@@ -227,6 +227,8 @@ struct OwnerEntry {
     shares: Arc<OwnerShares>,
     last_used: Instant,
     last_attempt: Option<Instant>,
+    /// A fetch is running: a request without fresh data waits for it (at most `miss-wait`).
+    in_flight: bool,
     fetched: Arc<Notify>,
 }
 
@@ -400,18 +402,20 @@ impl Grants {
                 shares: Arc::default(),
                 last_used: now,
                 last_attempt: None,
+                in_flight: false,
                 fetched: Arc::new(Notify::new()),
             });
         entry.last_used = now;
         if self.fresh(entry.shares.fetched_at) {
             return Ok(None);
         }
-        let in_flight = entry
+        // At most one fetch per owner per `refresh` (the hub is not asked per request).
+        let asked_recently = entry
             .last_attempt
             .is_some_and(|t| t.elapsed() < self.cfg.refresh);
-        let notified = entry.fetched.clone().notified_owned();
-        if !in_flight {
+        if !entry.in_flight && !asked_recently {
             entry.last_attempt = Some(now);
+            entry.in_flight = true;
             let grants = self.clone();
             let owner = owner.to_string();
             tokio::spawn(async move {
@@ -419,11 +423,11 @@ impl Grants {
                     grants.refresh_owner(&owner).await;
                 }
             });
-        } else if entry.shares.fetched_at.is_some() {
-            // Stale data and the hub was asked recently: do not wait again.
-            return Ok(None);
         }
-        Ok(Some(notified))
+        // Created under the lock, so the fetch's notification cannot be missed.
+        Ok(entry
+            .in_flight
+            .then(|| entry.fetched.clone().notified_owned()))
     }
 
     /// Fetches one owner's shares and stores them (kept as they were when the fetch fails).
@@ -435,6 +439,7 @@ impl Grants {
         let Some(entry) = owners.get_mut(owner) else {
             return;
         };
+        entry.in_flight = false;
         match result {
             Ok(shares) => {
                 entry.shares = Arc::new(OwnerShares {
@@ -598,8 +603,11 @@ impl Grants {
             let now = Instant::now();
             owners
                 .iter_mut()
+                // One started by a request is still running: not asked twice.
+                .filter(|(_, e)| !e.in_flight)
                 .map(|(name, e)| {
                     e.last_attempt = Some(now);
+                    e.in_flight = true;
                     name.clone()
                 })
                 .collect()

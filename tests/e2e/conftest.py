@@ -25,13 +25,16 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def deployment_factory(request, tmp_path_factory):
-    """deployment_factory(kind, mode, auth=None, public_port=None) -> a started Deployment,
-    torn down after the test (`auth`: an oidc.AuthSetup to run hubgate with [auth])."""
+    """deployment_factory(kind, mode, auth=None, public_port=None, hub_config="") -> a
+    started Deployment, torn down after the test (`auth`: an oidc.AuthSetup to run hubgate
+    with [auth]; `hub_config`: lines added to jupyterhub_config.py)."""
     created: list[Deployment] = []
 
-    def make(kind: str, mode: str, auth=None, public_port=None) -> Deployment:
+    def make(kind: str, mode: str, auth=None, public_port=None, hub_config="") -> Deployment:
         workdir = tmp_path_factory.mktemp(f"e2e-{kind}-{mode}")
-        d = Deployment(kind, mode, workdir, auth=auth, public_port=public_port)
+        d = Deployment(
+            kind, mode, workdir, auth=auth, public_port=public_port, hub_config=hub_config
+        )
         created.append(d)
         d.start()
         return d

@@ -175,12 +175,20 @@ class Deployment:
     """One JupyterHub + one proxy, on free loopback ports, in its own temp dir."""
 
     def __init__(
-        self, kind: str, mode: str, workdir: Path, auth=None, public_port: int | None = None
+        self,
+        kind: str,
+        mode: str,
+        workdir: Path,
+        auth=None,
+        public_port: int | None = None,
+        hub_config: str = "",
     ):
         """`auth`: None (CHP behaviour), or an oidc.AuthSetup to run hubgate with an
-        [auth] section (hubgate only) and send its Bearer token on readiness probes.
-        `public_port`: a port picked beforehand (e.g. registered as a redirect URI at the
-        test OpenID provider before the proxy starts); a free one by default."""
+        [auth] section (hubgate only) and send its Bearer token on readiness probes; an
+        `auth.extra_toml(deployment)` method, if it has one, adds to hubgate's config (it
+        can name the hub's address). `public_port`: a port picked beforehand (e.g.
+        registered as a redirect URI at the test OpenID provider before the proxy starts);
+        a free one by default. `hub_config`: lines added to jupyterhub_config.py."""
         assert mode in {"hub-managed", "external"}
         assert auth is None or kind == "hubgate", "only hubgate has [auth]"
         self.kind = kind
@@ -198,9 +206,13 @@ class Deployment:
         self.tag = f"{SESSION_TAG}-{secrets.token_hex(4)}"
         self.proxy_cmd = proxy_command(kind)
         self.auth = auth
+        self.hub_config = hub_config
         if auth is not None:
             self.auth_config = self.dir / "hubgate-auth.toml"
-            self.auth_config.write_text(auth.toml(self.public_url))
+            extra = getattr(auth, "extra_toml", None)
+            self.auth_config.write_text(
+                auth.toml(self.public_url) + (extra(self) if extra else "")
+            )
             self.proxy_cmd = self.proxy_cmd + ["--config", str(self.auth_config)]
         self.hub_log = self.dir / "hub.log"
         self.proxy_log = self.dir / "proxy.log"
@@ -247,6 +259,7 @@ class Deployment:
             cfg += f"c.ConfigurableHTTPProxy.command = {self.proxy_cmd!r}\n"
         else:
             cfg += "c.ConfigurableHTTPProxy.should_start = False\n"
+        cfg += self.hub_config
         path = self.dir / "jupyterhub_config.py"
         path.write_text(cfg)
         return path
