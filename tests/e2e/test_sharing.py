@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 import pytest
 import requests
 
-from .browser import describe
+from .browser import describe, hub_login
 from .harness import XSRF_INPUT, wait_until
 from .oidc import AuthSetup, OidcProvider, generate_key
 from .test_auth import assert_hubgate_denial, bearer
@@ -116,17 +116,7 @@ def hub_session(base: str, user: str, token: str) -> requests.Session:
     the hub (DummyAuthenticator)."""
     s = requests.Session()
     s.headers.update(bearer(token))
-    r = s.get(f"{base}/hub/login", timeout=HTTP_TIMEOUT)
-    assert r.status_code == 200, describe(r)
-    m = XSRF_INPUT.search(r.text)
-    assert m, r.text[:500]
-    r = s.post(
-        f"{base}/hub/login",
-        data={"username": user, "password": "e2e", "_xsrf": m.group(1)},
-        allow_redirects=False,
-        timeout=HTTP_TIMEOUT,
-    )
-    assert r.status_code == 302, describe(r)
+    hub_login(s, base, user, "e2e", HTTP_TIMEOUT)
     return s
 
 
