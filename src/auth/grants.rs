@@ -866,6 +866,51 @@ mod tests {
         assert_eq!(decide(None, s, "ian", "zoe", Some("")), Grant::Unavailable);
     }
 
+    /// Grants against a hub address where nothing listens (a real refused connection).
+    fn unreachable_hub(max_owners: usize) -> Arc<Grants> {
+        let cfg = HubGrantsConfig {
+            hub_api_url: "http://127.0.0.1:1/hub/api".into(),
+            token: "t".into(),
+            refresh: Duration::from_secs(30),
+            max_stale: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(2),
+            miss_wait: Duration::from_secs(5),
+            max_owners,
+            max_entries: 10,
+            roles: Vec::new(),
+        };
+        let connector = crate::net::Connector::new(Arc::default(), Arc::default(), false);
+        Arc::new(Grants::new(cfg, Arc::new(HttpClient::new(connector))))
+    }
+
+    #[tokio::test]
+    async fn unreachable_hub_refuses_and_owners_are_capped() {
+        let g = unreachable_hub(1);
+        // The first request about alice starts a fetch, which fails: refused, not allowed,
+        // and without waiting the whole miss-wait (the failed fetch wakes the request).
+        let started = Instant::now();
+        assert_eq!(g.allows("bob", "alice", Some("")).await, Grant::Unavailable);
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        // Asked again within `refresh`: no new fetch, no wait.
+        let started = Instant::now();
+        assert_eq!(g.allows("bob", "alice", Some("")).await, Grant::Unavailable);
+        assert!(started.elapsed() < Duration::from_millis(500));
+        // A second owner is over max-owners.
+        assert_eq!(g.allows("bob", "zoe", Some("")).await, Grant::Unavailable);
+        assert_eq!(g.owners_watched(), 1);
+        let n = |i: usize| g.stats.decisions[i].load(Ordering::Relaxed);
+        assert_eq!((n(3), n(4)), (2, 1));
+        assert_eq!(g.stats.failures[1].load(Ordering::Relaxed), 1);
+        let families = metric_families(&g).expect("metrics");
+        let names: Vec<&str> = families.iter().map(|f| f.name()).collect();
+        assert_eq!(names, METRICS.map(|m| m.0));
+        assert_eq!(metric_descs().expect("descs").len(), METRICS.len());
+    }
+
     #[test]
     fn share_models_from_the_hub() {
         // The REST model of GET /hub/api/shares/{owner} (JupyterHub 5+).
