@@ -336,6 +336,12 @@ impl Grants {
             .map(|t| t.elapsed())
     }
 
+    /// Seconds after which a websocket opened through a grant is closed (`max-stale`): by
+    /// then the grant has been polled again, and a reopened websocket is checked again.
+    pub fn recheck_secs(&self) -> i64 {
+        i64::try_from(self.cfg.max_stale.as_secs()).unwrap_or(i64::MAX)
+    }
+
     /// Owners whose shares are kept.
     pub fn owners_watched(&self) -> usize {
         self.owners.lock().map_or(0, |o| o.len())

@@ -390,9 +390,17 @@ impl Auth {
                 }
             }
         };
+        // A websocket let through by the hub's grants is closed (and, reopened by the client,
+        // checked again) within max-stale, so a revoked share does not live on in it.
+        let expires_at = match (why, &self.grants) {
+            ("shared" | "role", Some(g)) => verified
+                .expires_at
+                .min(now_secs().saturating_add(g.recheck_secs())),
+            _ => verified.expires_at,
+        };
         Outcome::Allow(Allowed {
             identity,
-            expires_at: verified.expires_at,
+            expires_at,
             kind,
             why,
         })

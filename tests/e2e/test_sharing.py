@@ -23,17 +23,20 @@ import re
 import secrets
 import signal
 import time
+import uuid
 from urllib.parse import urlparse
 
 import pytest
 import requests
+import websocket  # websocket-client
 
-from .browser import describe, hub_login
+from .browser import cookie_header, describe, hub_login, xsrf_cookie
 from .harness import XSRF_INPUT, wait_until
 from .oidc import AuthSetup, OidcProvider, generate_key
 from .test_auth import assert_hubgate_denial, bearer
 
 HTTP_TIMEOUT = 20
+KERNEL_TIMEOUT = 60
 SPAWN_TIMEOUT = 90
 REFRESH = 2  # auth.hub-grants.refresh-seconds
 REQUEST_TIMEOUT = 2  # auth.hub-grants.request-timeout-seconds
@@ -215,6 +218,24 @@ def test_shares_and_roles_through_hubgate(deployment_factory, idp):
     print(f"share reached hubgate after {took:.1f}s (bound {BOUND}s)")
     assert audit_count(dep, "bob", "allow", "shared") >= 1
 
+    # ---- bob opens a kernel websocket on alice's server through the share
+    r = b.post(
+        f"{base}/user/alice/api/kernels",
+        json={"name": "python3"},
+        headers={"X-XSRFToken": xsrf_cookie(b, "/user/alice/")},
+        timeout=KERNEL_TIMEOUT,
+    )
+    assert r.status_code == 201, describe(r)
+    ws_path = f"/user/alice/api/kernels/{r.json()['id']}/channels"
+    ws_url = f"ws://127.0.0.1:{dep.public_port}{ws_path}?session_id={uuid.uuid4().hex}"
+    ws_opts = dict(
+        cookie=cookie_header(b, ws_path),
+        header=[f"Authorization: Bearer {bob}"],
+        timeout=KERNEL_TIMEOUT,
+    )
+    ws = websocket.create_connection(ws_url, **ws_opts)
+    opened = time.monotonic()
+
     # ---- the share is revoked -> hubgate refuses bob within the bound
     r = hub_api(dep, "PATCH", "/shares/alice/", json={"user": "bob"})
     assert r.status_code == 200 and r.json() == {}, describe(r)
@@ -225,6 +246,24 @@ def test_shares_and_roles_through_hubgate(deployment_factory, idp):
         dep,
     )
     print(f"revocation reached hubgate after {took:.1f}s (bound {BOUND}s)")
+    # The websocket opened through the share is closed by hubgate within max-stale of its
+    # opening; reopening it is refused.
+    ws.settimeout(MAX_STALE + 10)
+    try:
+        while ws.connected:
+            ws.recv()
+    except websocket.WebSocketConnectionClosedException:
+        pass
+    finally:
+        ws.close()
+    lived = time.monotonic() - opened
+    assert MAX_STALE - 1 <= lived <= MAX_STALE + 3, f"bob's websocket lived {lived:.1f}s"
+    assert "websocket on /user/alice closed: its credential expired" in dep.hub_log.read_text(
+        errors="replace"
+    ), "hubgate did not close the websocket"
+    with pytest.raises(websocket.WebSocketBadStatusException) as exc:
+        websocket.create_connection(ws_url, **ws_opts)
+    assert exc.value.status_code == 403
     assert audit_count(dep, "bob", "deny", "not_owner") >= 2
 
     # ---- carol: the "helpers" group's role grants access:servers!user=alice
