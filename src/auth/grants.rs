@@ -673,7 +673,7 @@ pub fn metric_descs() -> prometheus::Result<Vec<prometheus::core::Desc>> {
         .enumerate()
         .map(|(i, (name, help))| {
             let labels = match i {
-                0 => vec!["result".to_string()],
+                0 => vec!["grant".to_string()],
                 1 => vec!["what".to_string()],
                 _ => Vec::new(),
             };
@@ -691,7 +691,7 @@ pub fn metric_descs() -> prometheus::Result<Vec<prometheus::core::Desc>> {
 pub fn metric_families(g: &Grants) -> prometheus::Result<Vec<prometheus::proto::MetricFamily>> {
     use prometheus::core::Collector;
     let opts = |i: usize| prometheus::Opts::new(METRICS[i].0, METRICS[i].1);
-    let decisions = prometheus::IntCounterVec::new(opts(0), &["result"])?;
+    let decisions = prometheus::IntCounterVec::new(opts(0), &["grant"])?;
     for (label, n) in DECISION_LABELS.iter().zip(&g.stats.decisions) {
         decisions
             .with_label_values(&[label])

@@ -836,6 +836,24 @@ fn bad_auth_config_is_refused_naming_the_key() {
             format!("{}\n[[auth.issuers]]\naudiences = [\"x\"]\n", good_issuer("")),
             "auth.issuers[1]",
         ),
+        (
+            "hub grants without a token file",
+            format!(
+                "{}\n[auth.hub-grants]\nhub-api-url = \"http://127.0.0.1:8081/hub/api\"\n",
+                good_issuer("")
+            ),
+            "auth.hub-grants.token-file",
+        ),
+        (
+            "hub grants role with a scope that is not access:servers",
+            format!(
+                "{}\n[auth.hub-grants]\nhub-api-url = \"http://127.0.0.1:8081/hub/api\"\n\
+                 token-file = {}\n[auth.hub-grants.roles]\nhelpers = [\"admin:users\"]\n",
+                good_issuer(""),
+                toml_str(jwks.to_str().unwrap())
+            ),
+            "auth.hub-grants.roles.helpers",
+        ),
     ];
     for (what, toml, key) in &cases {
         let out = check_config(toml);
