@@ -240,6 +240,8 @@ pub struct Grants {
     directory: ArcSwapOption<Directory>,
     owners: Mutex<HashMap<String, OwnerEntry>>,
     slots: Semaphore,
+    /// When a refusal warning was last logged (seconds since the epoch).
+    last_warn: std::sync::atomic::AtomicI64,
     pub stats: Stats,
 }
 
@@ -313,6 +315,7 @@ impl Grants {
             directory: ArcSwapOption::empty(),
             owners: Mutex::new(HashMap::new()),
             slots: Semaphore::new(FETCH_SLOTS),
+            last_warn: Default::default(),
             stats: Stats::default(),
         }
     }
@@ -361,7 +364,9 @@ impl Grants {
             Ok(w) => w,
             Err(()) => {
                 self.count("owner_cap");
-                warn!("auth.hub-grants: {} owners watched already (max-owners); {user} refused on {owner}'s server", self.cfg.max_owners);
+                if self.warn_now() {
+                    warn!("auth.hub-grants: {} owners watched already (max-owners); {user} refused on {owner}'s server (such refusals are logged at most once a minute; the audit log has each)", self.cfg.max_owners);
+                }
                 return Grant::Unavailable;
             }
         };
@@ -378,10 +383,22 @@ impl Grants {
             Grant::None => "none",
             Grant::Unavailable => "unavailable",
         });
-        if grant == Grant::Unavailable {
-            warn!("auth.hub-grants: the hub's grants are missing or older than max-stale-seconds ({}s); {user} refused on {owner}'s server", self.cfg.max_stale.as_secs());
+        if grant == Grant::Unavailable && self.warn_now() {
+            warn!("auth.hub-grants: the hub's grants are missing or older than max-stale-seconds ({}s); {user} refused on {owner}'s server (such refusals are logged at most once a minute; the audit log has each)", self.cfg.max_stale.as_secs());
         }
         grant
+    }
+
+    /// Whether a refusal warning may be logged now: at most one a minute, so that a hub
+    /// outage does not write one line per request.
+    fn warn_now(&self) -> bool {
+        let now = crate::time::now_secs();
+        let last = self.last_warn.load(Ordering::Relaxed);
+        now - last >= 60
+            && self
+                .last_warn
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     fn shares_of(&self, owner: &str) -> Option<Arc<OwnerShares>> {
@@ -425,8 +442,11 @@ impl Grants {
             let grants = self.clone();
             let owner = owner.to_string();
             tokio::spawn(async move {
-                if let Ok(_slot) = grants.slots.acquire().await {
-                    grants.refresh_owner(&owner).await;
+                let Ok(_slot) = grants.slots.acquire().await else {
+                    return;
+                };
+                if let Some(e) = grants.refresh_owner(&owner).await {
+                    warn!("auth.hub-grants: shares of {owner}: {e}");
                 }
             });
         }
@@ -437,28 +457,26 @@ impl Grants {
     }
 
     /// Fetches one owner's shares and stores them (kept as they were when the fetch fails).
-    async fn refresh_owner(&self, owner: &str) {
+    /// Returns the failure, counted but not logged (a poll logs one line for all owners).
+    async fn refresh_owner(&self, owner: &str) -> Option<GrantsError> {
         let result = self.fetch_shares(owner).await;
-        let Ok(mut owners) = self.owners.lock() else {
-            return;
-        };
-        let Some(entry) = owners.get_mut(owner) else {
-            return;
-        };
+        let mut owners = self.owners.lock().ok()?;
+        let entry = owners.get_mut(owner)?;
         entry.in_flight = false;
+        entry.fetched.notify_waiters();
         match result {
             Ok(shares) => {
                 entry.shares = Arc::new(OwnerShares {
                     fetched_at: Some(Instant::now()),
                     shares,
-                })
+                });
+                None
             }
             Err(e) => {
                 self.stats.failures[1].fetch_add(1, Ordering::Relaxed);
-                warn!("auth.hub-grants: shares of {owner}: {e}");
+                Some(e)
             }
         }
-        entry.fetched.notify_waiters();
     }
 
     async fn fetch_shares(&self, owner: &str) -> Result<Vec<Share>, GrantsError> {
@@ -622,12 +640,20 @@ impl Grants {
         for owner in owners {
             let grants = self.clone();
             tasks.spawn(async move {
-                if let Ok(_slot) = grants.slots.acquire().await {
-                    grants.refresh_owner(&owner).await;
-                }
+                let _slot = grants.slots.acquire().await.ok()?;
+                grants.refresh_owner(&owner).await.map(|e| (owner, e))
             });
         }
-        while tasks.join_next().await.is_some() {}
+        let (mut failed, mut example) = (0, None);
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(Some(failure)) = done {
+                failed += 1;
+                example.get_or_insert(failure);
+            }
+        }
+        if let Some((owner, e)) = example {
+            warn!("auth.hub-grants: shares of {failed} owner(s) not refreshed, e.g. {owner}: {e}");
+        }
     }
 
     /// The refresh loop: poll now, then every `refresh`; ends when the grants are dropped
