@@ -174,7 +174,20 @@ impl Auth {
                 )
             })
             .collect();
-        format!("authentication on; issuers: {}", issuers.join(", "))
+        let grants = self
+            .config
+            .hub_grants
+            .as_ref()
+            .map(|g| {
+                format!(
+                    "; shares and roles from {} every {}s (unused past {}s)",
+                    g.hub_api_url,
+                    g.refresh.as_secs(),
+                    g.max_stale.as_secs()
+                )
+            })
+            .unwrap_or_default();
+        format!("authentication on; issuers: {}{grants}", issuers.join(", "))
     }
 
     /// Whether every issuer has a usable key set (the health endpoint's readiness).
