@@ -594,8 +594,8 @@ impl Grants {
         }
     }
 
-    /// One poll: the directory, then every watched owner's shares; owners idle for long are
-    /// dropped.
+    /// One poll: the directory, then (if the hub answered) every watched owner's shares;
+    /// owners idle for long are dropped.
     async fn poll(self: &Arc<Self>) {
         match self.fetch_directory().await {
             Ok(dir) => {
@@ -615,7 +615,10 @@ impl Grants {
                     .map_or("never loaded".to_string(), |a| {
                         format!("{}s old", a.as_secs())
                     });
-                warn!("auth.hub-grants: groups and roles: {e}; the copy in use is {age}");
+                // The shares would fail the same way, each after a timeout: with many
+                // owners one poll would then last (owners / FETCH_SLOTS) × request-timeout.
+                warn!("auth.hub-grants: groups and roles: {e}; the copy in use is {age}; owners' shares not polled this time");
+                return;
             }
         }
         let idle = (self.cfg.refresh * 10).max(MIN_IDLE);
