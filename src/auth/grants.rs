@@ -5,13 +5,13 @@
 //! Rules (`docs/security.md`, "Shared servers and roles"):
 //! - never a hub request per request: a background task polls the hub's groups (and users'
 //!   roles) and the shares of every owner a refused request asked about, every `refresh`;
-//! - the first request about an owner not seen yet starts one fetch of that owner's shares
-//!   (at most one per owner per `refresh`, at most [`FETCH_SLOTS`] at once) and waits for it
-//!   at most `miss-wait`;
+//! - a request about an owner whose shares are missing or stale starts one fetch of them
+//!   (at most one per owner per `refresh`, at most [`FETCH_SLOTS`] at once), or joins the
+//!   one running, and waits for it at most `miss-wait`;
 //! - data older than `max-stale` is not used: a grant that depends on it is refused (503,
 //!   "try again"), while owners and admins are unaffected;
-//! - a revoked share or role stops working within `refresh` + `request-timeout` while the
-//!   hub answers, and within `max-stale` when it does not.
+//! - a revoked share or role stops working within `refresh` + one poll while the hub
+//!   answers, and within `max-stale` (+ `miss-wait`) when it does not.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -43,7 +43,7 @@ KERNEL_TIMEOUT = 60
 SPAWN_TIMEOUT = 90
 REFRESH = 2  # auth.hub-grants.refresh-seconds
 REQUEST_TIMEOUT = 2  # auth.hub-grants.request-timeout-seconds
-MAX_STALE = 4  # auth.hub-grants.max-stale-seconds
+MAX_STALE = 6  # auth.hub-grants.max-stale-seconds
 # The documented bound for a grant or revocation to reach hubgate while the hub answers:
 # refresh + one poll's requests (at most request-timeout each: groups, users, shares).
 # Plus slack for a loaded machine.
@@ -261,7 +261,8 @@ def test_shares_and_roles_through_hubgate(deployment_factory, idp):
     finally:
         ws.close()
     lived = time.monotonic() - opened
-    assert MAX_STALE - 1 <= lived <= MAX_STALE + 3, f"bob's websocket lived {lived:.1f}s"
+    # (the close time is computed in whole seconds: up to 1 s early)
+    assert MAX_STALE - 1.5 <= lived <= MAX_STALE + 3, f"bob's websocket lived {lived:.1f}s"
     assert "websocket on /user/alice closed: its credential expired" in dep.hub_log.read_text(
         errors="replace"
     ), "hubgate did not close the websocket"
@@ -339,8 +340,8 @@ def test_shares_and_roles_through_hubgate(deployment_factory, idp):
             dep,
         )
         # Not at the first failed poll: the grants in hand stay in use until max-stale (the
-        # last good poll was at most REFRESH, plus its own duration, before the stop).
-        assert took >= 1.0, took
+        # last good poll was about REFRESH, plus a poll's duration, before the stop).
+        assert took >= MAX_STALE - REFRESH - 2, took
         print(f"hub stopped: grants refused after {took:.1f}s (max-stale {MAX_STALE}s)")
         r = b.get(f"{base}/user/alice/lab", headers={"Accept": "text/html"}, timeout=HTTP_TIMEOUT)
         assert r.status_code == 503 and "try again in a few minutes" in r.text, describe(r)
