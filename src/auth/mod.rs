@@ -10,6 +10,7 @@ pub mod backchannel;
 mod cache;
 mod credential;
 mod denial;
+pub mod grants;
 mod groups;
 mod keys;
 pub mod login;
@@ -79,10 +80,18 @@ pub enum Outcome {
 
 struct Counters {
     deny: Vec<IntCounter>,
-    allow: [IntCounter; 5],
+    allow: [IntCounter; 7],
 }
 
-const ALLOW_LABELS: [&str; 5] = ["public", "authenticated", "owner", "admin", "group"];
+const ALLOW_LABELS: [&str; 7] = [
+    "public",
+    "authenticated",
+    "owner",
+    "admin",
+    "group",
+    "shared",
+    "role",
+];
 
 fn allow_index(why: &str) -> usize {
     ALLOW_LABELS.iter().position(|l| *l == why).unwrap_or(1)
@@ -98,6 +107,8 @@ pub struct Auth {
     counters: Counters,
     /// The process's revocation list (kept across reloads: see [`Auth::with_revocations`]).
     pub revocations: Arc<Revocations>,
+    /// Who else may use a server, learned from the hub (`[auth.hub-grants]`).
+    pub grants: Option<Arc<grants::Grants>>,
 }
 
 impl Auth {
@@ -132,7 +143,12 @@ impl Auth {
             .cloned()
             .map(|c| Arc::new(IssuerKeys::new(c)))
             .collect();
+        let grants = config
+            .hub_grants
+            .clone()
+            .map(|g| Arc::new(grants::Grants::new(g, client.clone())));
         Auth {
+            grants,
             cache: cache::VerifiedCache::new(config.cache_size, config.cache_ttl),
             cookie_key: CookieKey::new(if secret.is_empty() { b"\0" } else { &secret }),
             config,
@@ -185,7 +201,20 @@ impl Auth {
                 )
             })
             .collect();
-        format!("authentication on; issuers: {}", issuers.join(", "))
+        let grants = self
+            .config
+            .hub_grants
+            .as_ref()
+            .map(|g| {
+                format!(
+                    "; shares and roles from {} every {}s (unused past {}s)",
+                    g.hub_api_url,
+                    g.refresh.as_secs(),
+                    g.max_stale.as_secs()
+                )
+            })
+            .unwrap_or_default();
+        format!("authentication on; issuers: {}{grants}", issuers.join(", "))
     }
 
     /// Whether every issuer has a usable key set (the health endpoint's readiness).
@@ -195,6 +224,10 @@ impl Auth {
 
     /// Starts the key-set refresh tasks (call from within a tokio runtime).
     pub fn spawn_refresh(self: &Arc<Self>) {
+        if let Some(g) = &self.grants {
+            // Holds only a weak reference: the loop ends when a reload drops this `Auth`.
+            tokio::spawn(grants::Grants::run_refresh(Arc::downgrade(g)));
+        }
         for issuer in &self.issuers {
             let issuer = issuer.clone();
             let auth = Arc::downgrade(self);
@@ -406,7 +439,10 @@ impl Auth {
             Access::Owner => match route.and_then(|r| r.user.as_deref()) {
                 Some(owner) if owner == identity.user => "owner",
                 Some(_) if identity.admin => "admin",
-                Some(_) => return deny(Reason::NotOwner, Some(identity), true),
+                Some(owner) => match self.granted(&identity.user, owner, route).await {
+                    Ok(why) => why,
+                    Err(reason) => return deny(reason, Some(identity), true),
+                },
                 // A route without an owner (the hub's, while the server is not running).
                 None => "authenticated",
             },
@@ -420,12 +456,41 @@ impl Auth {
                 }
             }
         };
+        // A websocket let through by the hub's grants is closed (and, reopened by the client,
+        // checked again) within max-stale, so a revoked share does not live on in it.
+        let expires_at = match (why, &self.grants) {
+            ("shared" | "role", Some(g)) => verified
+                .expires_at
+                .min(now_secs().saturating_add(g.recheck_secs())),
+            _ => verified.expires_at,
+        };
         Outcome::Allow(Allowed {
             identity,
-            expires_at: verified.expires_at,
+            expires_at,
             kind,
             why,
         })
+    }
+
+    /// Whether the hub grants `user` another user's server (`[auth.hub-grants]`): the
+    /// allow label, or the refusal's reason.
+    async fn granted(
+        &self,
+        user: &str,
+        owner: &str,
+        route: Option<&Route>,
+    ) -> Result<&'static str, Reason> {
+        let Some(g) = &self.grants else {
+            return Err(Reason::NotOwner);
+        };
+        let server = route.and_then(|r| r.server_name());
+        // Boxed: a rare path's future kept out of every request's (see `verify_token`).
+        match Box::pin(g.allows(user, owner, server.as_deref())).await {
+            grants::Grant::Share => Ok("shared"),
+            grants::Grant::Role => Ok("role"),
+            grants::Grant::None => Err(Reason::NotOwner),
+            grants::Grant::Unavailable => Err(Reason::GrantsUnavailable),
+        }
     }
 
     fn origin_ok(&self, req: &RequestHeader) -> bool {
@@ -565,19 +630,18 @@ impl KeySetMetrics {
                 Default::default(),
             )
         };
-        Ok(KeySetMetrics {
-            current,
-            descs: vec![
-                desc(
-                    "hubgate_auth_key_set_age_seconds",
-                    "Seconds since the issuer's key set was fetched",
-                )?,
-                desc(
-                    "hubgate_auth_key_refresh_failures_total",
-                    "Failed key-set fetches",
-                )?,
-            ],
-        })
+        let mut descs = vec![
+            desc(
+                "hubgate_auth_key_set_age_seconds",
+                "Seconds since the issuer's key set was fetched",
+            )?,
+            desc(
+                "hubgate_auth_key_refresh_failures_total",
+                "Failed key-set fetches",
+            )?,
+        ];
+        descs.extend(grants::metric_descs()?);
+        Ok(KeySetMetrics { current, descs })
     }
 }
 
@@ -618,6 +682,9 @@ impl prometheus::core::Collector for KeySetMetrics {
         }
         let mut out = prometheus::core::Collector::collect(&age);
         out.extend(prometheus::core::Collector::collect(&failures));
+        if let Some(g) = &auth.grants {
+            out.extend(grants::metric_families(g).unwrap_or_default());
+        }
         out
     }
 }

@@ -23,6 +23,7 @@ pub enum Reason {
     NoUsername,
     KeysUnavailable,
     NotOwner,
+    GrantsUnavailable,
     NotInGroup,
     OriginMismatch,
     BadSession,
@@ -33,7 +34,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 26] = [
         Reason::MissingCredential,
         Reason::MultipleCredentials,
         Reason::Malformed,
@@ -53,6 +54,7 @@ impl Reason {
         Reason::NoUsername,
         Reason::KeysUnavailable,
         Reason::NotOwner,
+        Reason::GrantsUnavailable,
         Reason::NotInGroup,
         Reason::OriginMismatch,
         Reason::BadSession,
@@ -83,6 +85,7 @@ impl Reason {
             Reason::NoUsername => "no_username",
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::NotOwner => "not_owner",
+            Reason::GrantsUnavailable => "grants_unavailable",
             Reason::NotInGroup => "not_in_group",
             Reason::OriginMismatch => "origin_mismatch",
             Reason::BadSession => "bad_session",
@@ -96,7 +99,7 @@ impl Reason {
     pub fn status(self) -> u16 {
         match self {
             Reason::MultipleCredentials | Reason::BadPath => 400,
-            Reason::KeysUnavailable => 503,
+            Reason::KeysUnavailable | Reason::GrantsUnavailable => 503,
             Reason::MfaRequired
             | Reason::AuthTooOld
             | Reason::NoUsername
@@ -111,7 +114,8 @@ impl Reason {
     /// What the user is told (generic: the precise reason stays in the log).
     pub fn message(self) -> &'static str {
         match self {
-            Reason::NotOwner => "This server belongs to another user.",
+            Reason::NotOwner => "This server belongs to another user. If its owner has just shared it with you, try again in a minute; otherwise ask them to share it with you from the hub.",
+            Reason::GrantsUnavailable => "This server belongs to another user, and whether it is shared with you cannot be checked right now. Please try again in a few minutes; if it keeps failing, tell the hub's administrators.",
             Reason::MfaRequired | Reason::AuthTooOld => {
                 "Multi-factor authentication is required. Please log in again with your second factor."
             }

@@ -32,6 +32,24 @@ pub struct AuthSection {
     pub issuers: Vec<IssuerSection>,
     #[serde(default)]
     pub policies: Vec<PolicySection>,
+    pub hub_grants: Option<HubGrantsSection>,
+}
+
+/// `[auth.hub-grants]` as written in the file: learn from JupyterHub's REST API who else
+/// may use a user's server (shares, and roles with `access:servers`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HubGrantsSection {
+    pub hub_api_url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub refresh_seconds: Option<u64>,
+    pub max_stale_seconds: Option<u64>,
+    pub request_timeout_seconds: Option<u64>,
+    pub miss_wait_ms: Option<u64>,
+    pub max_owners: Option<usize>,
+    pub max_entries: Option<usize>,
+    #[serde(default)]
+    pub roles: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// `[[auth.issuers]]` as written in the file.
@@ -168,6 +186,27 @@ pub struct AuthConfig {
     pub issuers: Vec<IssuerConfig>,
     /// Longest prefix first.
     pub policies: Vec<Policy>,
+    /// Grants learned from the hub (`[auth.hub-grants]`), if configured.
+    pub hub_grants: Option<HubGrantsConfig>,
+}
+
+/// The validated `[auth.hub-grants]`.
+#[derive(Debug, Clone)]
+pub struct HubGrantsConfig {
+    /// The hub's REST API, without trailing `/` (`http://127.0.0.1:8081/hub/api`).
+    pub hub_api_url: String,
+    pub token: String,
+    pub refresh: Duration,
+    pub max_stale: Duration,
+    pub request_timeout: Duration,
+    /// How long a request waits for a first fetch of an owner's shares.
+    pub miss_wait: Duration,
+    /// Owners whose shares are kept (and refreshed).
+    pub max_owners: usize,
+    /// Users, groups or shares accepted from one listing.
+    pub max_entries: usize,
+    /// Role name → the `access:servers` scopes it grants (mirroring the hub's `load_roles`).
+    pub roles: Vec<(String, Vec<String>)>,
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -244,6 +283,7 @@ impl AuthSection {
         let query_param = self.query_param.clone().filter(|q| !q.is_empty());
         let session_lifetime = self.session_lifetime()?;
         let revocation_lifetime = self.revocation_lifetime(session_lifetime)?;
+        let hub_grants = self.hub_grants.as_ref().map(|g| g.validate()).transpose()?;
         Ok(AuthConfig {
             public_origin,
             base_url,
@@ -259,6 +299,7 @@ impl AuthSection {
             revocation_capacity: self.revocation_capacity.unwrap_or(100_000).max(1),
             issuers,
             policies,
+            hub_grants,
         })
     }
 
@@ -554,6 +595,87 @@ impl IssuerSection {
     }
 }
 
+impl HubGrantsSection {
+    /// Validates `[auth.hub-grants]`.
+    fn validate(&self) -> Result<HubGrantsConfig, ConfigError> {
+        let k = |name: &str| format!("auth.hub-grants.{name}");
+        let hub_api_url = self
+            .hub_api_url
+            .as_deref()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .filter(|u| {
+                u.split_once("://")
+                    .is_some_and(|(s, r)| matches!(s, "http" | "https") && !r.is_empty())
+            })
+            .ok_or_else(|| {
+                invalid(
+                    k("hub-api-url"),
+                    "missing or not an http(s) URL: the hub's REST API, e.g. http://127.0.0.1:8081/hub/api",
+                )
+            })?;
+        let token = match &self.token_file {
+            Some(p) => read_secret(&k("token-file"), p)?,
+            None => {
+                return Err(invalid(
+                    k("token-file"),
+                    "missing: a file holding a JupyterHub API token with the scopes listed in docs/security.md",
+                ))
+            }
+        };
+        let secs = |v: Option<u64>, d: u64| Duration::from_secs(v.unwrap_or(d));
+        let refresh = secs(self.refresh_seconds, 30);
+        if refresh.is_zero() || refresh > Duration::from_secs(3600) {
+            return Err(invalid(k("refresh-seconds"), "between 1 and 3600"));
+        }
+        let max_stale = secs(self.max_stale_seconds, 120);
+        if max_stale < refresh {
+            return Err(invalid(
+                k("max-stale-seconds"),
+                "at least refresh-seconds (grants older than this are not used)",
+            ));
+        }
+        let request_timeout = secs(self.request_timeout_seconds, 10);
+        if request_timeout.is_zero() || request_timeout > Duration::from_secs(60) {
+            return Err(invalid(k("request-timeout-seconds"), "between 1 and 60"));
+        }
+        let miss_wait = Duration::from_millis(self.miss_wait_ms.unwrap_or(2000));
+        if miss_wait > Duration::from_secs(10) {
+            return Err(invalid(k("miss-wait-ms"), "at most 10000"));
+        }
+        let max_owners = self.max_owners.unwrap_or(10_000);
+        if max_owners == 0 {
+            return Err(invalid(k("max-owners"), "at least 1"));
+        }
+        let max_entries = self.max_entries.unwrap_or(100_000);
+        if max_entries == 0 {
+            return Err(invalid(k("max-entries"), "at least 1"));
+        }
+        let mut roles = Vec::new();
+        for (name, scopes) in &self.roles {
+            for scope in scopes {
+                if crate::auth::grants::AccessScope::parse(scope).is_none() {
+                    return Err(invalid(
+                        format!("auth.hub-grants.roles.{name}"),
+                        format!("{scope:?} is not access:servers, access:servers!user=NAME, access:servers!server=NAME/SERVER or access:servers!group=NAME"),
+                    ));
+                }
+            }
+            roles.push((name.clone(), scopes.clone()));
+        }
+        Ok(HubGrantsConfig {
+            hub_api_url,
+            token,
+            refresh,
+            max_stale,
+            request_timeout,
+            miss_wait,
+            max_owners,
+            max_entries,
+            roles,
+        })
+    }
+}
+
 impl PolicySection {
     /// Validates `auth.policies[i]`.
     fn validate(&self, i: usize) -> Result<Policy, ConfigError> {
@@ -698,6 +820,43 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("auth.revocation-lifetime-seconds"), "{e}");
+    }
+
+    #[test]
+    fn hub_grants_validated_with_key_names() {
+        let dir = std::env::temp_dir().join(format!("hubgate-grants-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "abc\n").unwrap();
+        let base =
+            "[auth]\n[[auth.issuers]]\nissuer = \"x\"\naudiences = [\"a\"]\n[auth.hub-grants]\n";
+        let with = |extra: &str| section(&format!("{base}{extra}")).validate();
+        let tok = format!("token-file = {:?}\n", token.display().to_string());
+        let url = "hub-api-url = \"http://127.0.0.1:8081/hub/api/\"\n";
+        let c = with(&format!(
+            "{url}{tok}[auth.hub-grants.roles]\nhelpers = [\"access:servers!user=alice\"]\n"
+        ))
+        .unwrap()
+        .hub_grants
+        .unwrap();
+        assert_eq!(c.hub_api_url, "http://127.0.0.1:8081/hub/api");
+        assert_eq!(c.token, "abc");
+        assert_eq!((c.refresh.as_secs(), c.max_stale.as_secs()), (30, 120));
+        assert_eq!(c.roles.len(), 1);
+        let err = |extra: String| with(&extra).unwrap_err().to_string();
+        assert!(err(tok.clone()).contains("auth.hub-grants.hub-api-url"));
+        assert!(err(url.to_string()).contains("auth.hub-grants.token-file"));
+        assert!(err(format!("{url}{tok}refresh-seconds = 0\n"))
+            .contains("auth.hub-grants.refresh-seconds"));
+        assert!(err(format!(
+            "{url}{tok}refresh-seconds = 60\nmax-stale-seconds = 30\n"
+        ))
+        .contains("auth.hub-grants.max-stale-seconds"));
+        assert!(err(format!(
+            "{url}{tok}[auth.hub-grants.roles]\nhelpers = [\"read:users\"]\n"
+        ))
+        .contains("auth.hub-grants.roles.helpers"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

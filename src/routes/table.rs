@@ -261,6 +261,19 @@ impl Route {
         }
     }
 
+    /// The `server_name` JupyterHub posted with a user's route (`""` for the default
+    /// server). Parsed on each call: only refused requests that consult the hub's grants ask.
+    pub fn server_name(&self) -> Option<String> {
+        let mut json = String::with_capacity(self.json().len() + 1);
+        json.push_str(self.json());
+        json.push('}');
+        let data: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&json).ok()?;
+        match data.get("server_name") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
     /// Milliseconds since the epoch of the last recorded activity.
     pub fn last_activity_ms(&self) -> i64 {
         self.last_activity_ms.load(Ordering::Relaxed)
@@ -547,6 +560,28 @@ mod tests {
         assert!(matches!(check_key("/user/a\nb"), Err(KeyError::Control(_))));
     }
     use serde_json::json;
+
+    #[test]
+    fn server_name_as_posted() {
+        let data = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
+        let named = Route::new(
+            Arc::from("/user/alice/gpu"),
+            data(
+                json!({"target": "http://127.0.0.1:1/\"q", "user": "alice", "server_name": "gpu"}),
+            ),
+        );
+        assert_eq!(named.server_name().as_deref(), Some("gpu"));
+        let default = Route::new(
+            Arc::from("/user/alice"),
+            data(json!({"target": "http://127.0.0.1:1", "user": "alice", "server_name": ""})),
+        );
+        assert_eq!(default.server_name().as_deref(), Some(""));
+        let unnamed = Route::new(
+            Arc::from("/user/bob"),
+            data(json!({"target": "http://127.0.0.1:1", "user": "bob"})),
+        );
+        assert_eq!(unnamed.server_name(), None);
+    }
 
     fn route(key: &str, target: &str) -> Arc<Route> {
         let data = json!({ "target": target })

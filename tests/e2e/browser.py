@@ -10,11 +10,28 @@ from datetime import datetime, timezone
 
 import requests
 
+from .harness import XSRF_INPUT
+
 
 def describe(r: requests.Response) -> str:
     """A response and its redirect chain, for assertion messages."""
     chain = " -> ".join(f"{h.status_code} {h.url}" for h in [*r.history, r])
     return f"{r.request.method} {chain}; headers={dict(r.headers)}; body={r.text[:500]!r}"
+
+
+def hub_login(s: requests.Session, base: str, username: str, password: str, timeout: float):
+    """Logs `s` in at the hub (DummyAuthenticator): GET the form, POST it with its _xsrf."""
+    r = s.get(f"{base}/hub/login", timeout=timeout)
+    assert r.status_code == 200, describe(r)
+    m = XSRF_INPUT.search(r.text)
+    assert m, f"no _xsrf input in the login form: {r.text[:1000]!r}"
+    r = s.post(
+        f"{base}/hub/login",
+        data={"username": username, "password": password, "_xsrf": m.group(1)},
+        allow_redirects=False,
+        timeout=timeout,
+    )
+    assert r.status_code == 302, describe(r)
 
 
 def cookie_header(session: requests.Session, path: str) -> str:

@@ -184,10 +184,11 @@ class Deployment:
         hub_config: str = "",
     ):
         """`auth`: None (CHP behaviour), or an oidc.AuthSetup to run hubgate with an
-        [auth] section (hubgate only) and send its Bearer token on readiness probes.
-        `public_port`: a port picked beforehand (e.g. registered as a redirect URI at the
-        test OpenID provider before the proxy starts); a free one by default.
-        `hub_config`: extra lines for jupyterhub_config.py (after the harness's own)."""
+        [auth] section (hubgate only) and send its Bearer token on readiness probes; an
+        `auth.extra_toml(deployment)` method, if it has one, adds to hubgate's config (it
+        can name the hub's address). `public_port`: a port picked beforehand (e.g.
+        registered as a redirect URI at the test OpenID provider before the proxy starts);
+        a free one by default. `hub_config`: lines added to jupyterhub_config.py."""
         assert mode in {"hub-managed", "external"}
         assert auth is None or kind == "hubgate", "only hubgate has [auth]"
         self.kind = kind
@@ -208,7 +209,10 @@ class Deployment:
         self.auth = auth
         if auth is not None:
             self.auth_config = self.dir / "hubgate-auth.toml"
-            self.auth_config.write_text(auth.toml(self.public_url))
+            extra = getattr(auth, "extra_toml", None)
+            self.auth_config.write_text(
+                auth.toml(self.public_url) + (extra(self) if extra else "")
+            )
             self.proxy_cmd = self.proxy_cmd + ["--config", str(self.auth_config)]
         self.hub_log = self.dir / "hub.log"
         self.proxy_log = self.dir / "proxy.log"

@@ -23,8 +23,8 @@ import pytest
 import requests
 import websocket  # websocket-client
 
-from .browser import cookie_header, describe, execute, xsrf_cookie
-from .harness import XSRF_INPUT, wait_until
+from .browser import cookie_header, describe, execute, hub_login, xsrf_cookie
+from .harness import wait_until
 from .oidc import AuthSetup, OidcProvider, generate_key, jwt_claims
 
 HTTP_TIMEOUT = 20
@@ -75,17 +75,7 @@ def test_mfa_tokens_in_front_of_jupyterhub(deployment_factory, idp):
     # ---- alice: hub login (DummyAuthenticator), with her Bearer on every request
     s = requests.Session()
     s.headers.update(bearer(alice))
-    r = s.get(f"{base}/hub/login", timeout=HTTP_TIMEOUT)
-    assert r.status_code == 200, describe(r)
-    m = XSRF_INPUT.search(r.text)
-    assert m, r.text[:500]
-    r = s.post(
-        f"{base}/hub/login",
-        data={"username": "alice", "password": "e2e", "_xsrf": m.group(1)},
-        allow_redirects=False,
-        timeout=HTTP_TIMEOUT,
-    )
-    assert r.status_code == 302, describe(r)
+    hub_login(s, base, "alice", "e2e", HTTP_TIMEOUT)
 
     # ---- spawn and wait on the progress stream (through hubgate)
     r = s.get(f"{base}/hub/spawn", allow_redirects=False, timeout=HTTP_TIMEOUT)

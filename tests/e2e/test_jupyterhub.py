@@ -23,8 +23,8 @@ import pytest
 import requests
 import websocket  # websocket-client
 
-from .browser import cookie_header, describe, execute, xsrf_cookie
-from .harness import PROXIES, XSRF_INPUT, wait_until
+from .browser import cookie_header, describe, execute, hub_login, xsrf_cookie
+from .harness import PROXIES, wait_until
 
 SPAWN_TIMEOUT = 60
 KERNEL_TIMEOUT = 60
@@ -80,17 +80,7 @@ def test_user_journey(deployment_factory, proxy, mode, username):
 
     # ---- log in: GET the form, POST it with _xsrf
     phase("login")
-    r = s.get(f"{base}/hub/login", timeout=HTTP_TIMEOUT)
-    assert r.status_code == 200, describe(r)
-    m = XSRF_INPUT.search(r.text)
-    assert m, f"no _xsrf input in the login form: {r.text[:1000]!r}"
-    r = s.post(
-        f"{base}/hub/login",
-        data={"username": username, "password": "e2e-password", "_xsrf": m.group(1)},
-        allow_redirects=False,
-        timeout=HTTP_TIMEOUT,
-    )
-    assert r.status_code == 302, describe(r)
+    hub_login(s, base, username, "e2e-password", HTTP_TIMEOUT)
     assert any(c.name == "jupyterhub-hub-login" for c in s.cookies), list(s.cookies)
 
     # ---- spawn, the way the browser does (GET /hub/spawn -> spawn-pending page)

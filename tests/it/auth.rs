@@ -836,6 +836,24 @@ fn bad_auth_config_is_refused_naming_the_key() {
             format!("{}\n[[auth.issuers]]\naudiences = [\"x\"]\n", good_issuer("")),
             "auth.issuers[1]",
         ),
+        (
+            "hub grants without a token file",
+            format!(
+                "{}\n[auth.hub-grants]\nhub-api-url = \"http://127.0.0.1:8081/hub/api\"\n",
+                good_issuer("")
+            ),
+            "auth.hub-grants.token-file",
+        ),
+        (
+            "hub grants role with a scope that is not access:servers",
+            format!(
+                "{}\n[auth.hub-grants]\nhub-api-url = \"http://127.0.0.1:8081/hub/api\"\n\
+                 token-file = {}\n[auth.hub-grants.roles]\nhelpers = [\"admin:users\"]\n",
+                good_issuer(""),
+                toml_str(jwks.to_str().unwrap())
+            ),
+            "auth.hub-grants.roles.helpers",
+        ),
     ];
     for (what, toml, key) in &cases {
         let out = check_config(toml);
@@ -931,4 +949,81 @@ fn row17_api_token_compare_rejects_near_misses() {
         let r = hg.api_raw(&Req::get("/api/routes").header("Authorization", &format!("token {t}")));
         assert_eq!(r.status, want, "{what}: {}", r.describe());
     }
+}
+
+// ------------------------------------------------------------------ [auth.hub-grants]
+
+/// The hub cannot be asked (nothing listens at `hub-api-url`: a real refused connection,
+/// no stand-in hub; the grants themselves are tested against a real JupyterHub in
+/// tests/e2e/test_sharing.py): a non-owner is refused with 503, counted; the owner and an
+/// admin are unaffected; the hub token never shows in the output.
+#[test]
+fn hub_grants_fail_closed_when_the_hub_cannot_be_asked() {
+    let dir = TempDir::new("hubgrants");
+    let token = secret_file(&dir, "hub-token", "hub-token-never-logged-7f3a");
+    let hub_port = free_port();
+    let env = AuthEnv::start_with(|c| {
+        c.extra.extend([
+            "[auth.hub-grants]".to_string(),
+            format!("hub-api-url = \"http://127.0.0.1:{hub_port}/hub/api\""),
+            format!("token-file = {}", toml_str(&token.to_string_lossy())),
+            "refresh-seconds = 1".into(),
+            "max-stale-seconds = 1".into(),
+            "request-timeout-seconds = 1".into(),
+            "miss-wait-ms = 500".into(),
+        ]);
+    });
+    let alice = env.token("alice");
+    let bob = env.token("bob");
+    let dave = env.token_with("dave", |c| {
+        c.insert("groups".into(), json!(["hub-admins"]));
+    });
+    env.assert_allowed("/user/alice/lab", &alice, &env.alice, "the owner");
+    env.assert_allowed("/user/alice/lab", &dave, &env.alice, "an admin");
+    let before = env.px.denials("grants_unavailable");
+    env.assert_denied("/user/alice/lab", &bob, 503, "bob, grants unknown");
+    assert_eq!(env.px.denials("grants_unavailable") - before, 1.0);
+    let ok = wait_until(Duration::from_secs(10), || {
+        let m = env.px.metrics();
+        metric_sum(
+            &m,
+            "hubgate_auth_hub_grants_fetch_failures_total",
+            &[("what", "shares")],
+        ) >= 1.0
+            && metric_sum(
+                &m,
+                "hubgate_auth_hub_grants_fetch_failures_total",
+                &[("what", "directory")],
+            ) >= 1.0
+    });
+    let m = env.px.metrics();
+    assert!(ok, "no failed hub polls counted:\n{m}");
+    assert!(
+        metric_sum(
+            &m,
+            "hubgate_auth_hub_grants_decisions_total",
+            &[("grant", "unavailable")]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "hubgate_auth_hub_grants_owners", &[]),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("hubgate_auth_hub_grants_age_seconds ")
+                && l.to_ascii_lowercase().ends_with("inf")),
+        "never-polled grants must be +Inf old:\n{m}"
+    );
+    let out = env.px.hg.output();
+    assert!(
+        out.contains("auth.hub-grants:"),
+        "no log line about the hub:\n{out}"
+    );
+    assert!(
+        !out.contains("hub-token-never-logged"),
+        "the hub token was logged"
+    );
 }

@@ -1140,8 +1140,13 @@ async fn every_metric_in_alerts_and_dashboard_is_exported() {
     assert!(from_alerts.len() >= 5, "alerts: {from_alerts:?}");
     assert!(from_dashboard.len() >= 10, "dashboard: {from_dashboard:?}");
 
-    let p = start(Some(&auth_toml("[server]\naccess-log = \"json\"\n")), |d| {
+    // With [auth.hub-grants] too, so that its metrics are exported (no hub listens at port
+    // 9: they are exported all the same).
+    let toml = auth_toml("[server]\naccess-log = \"json\"\n")
+        + "\n[auth.hub-grants]\nhub-api-url = \"http://127.0.0.1:9/hub/api\"\ntoken-file = \"{dir}/hub-token\"\n";
+    let p = start(Some(&toml), |d| {
         write_jwks(d);
+        d.write("hub-token", "t");
     });
     let hg = &p.hg;
     wait_healthy(hg);

@@ -54,6 +54,8 @@ COUNTERS = {
     "hubgate_auth_revocations_refused_total",
     "hubgate_auth_revocations_expired_total",
     "hubgate_auth_websockets_closed_revoked_total",
+    "hubgate_auth_hub_grants_decisions_total",
+    "hubgate_auth_hub_grants_fetch_failures_total",
     "hubgate_store_resyncs_total",
     "hubgate_store_changes_applied_total",
     "hubgate_store_write_errors_total",
@@ -65,6 +67,8 @@ GAUGES = {
     "hubgate_routes",
     "hubgate_auth_key_set_age_seconds",
     "hubgate_auth_revocations",
+    "hubgate_auth_hub_grants_age_seconds",
+    "hubgate_auth_hub_grants_owners",
     "hubgate_build_info",
     "hubgate_store_up",
     "hubgate_store_lag_seconds",
@@ -103,6 +107,8 @@ LABELS = {
     "hubgate_auth_key_set_age_seconds": {"issuer"},
     "hubgate_auth_key_refresh_failures_total": {"issuer"},
     "hubgate_auth_revocations_total": {"kind", "source"},
+    "hubgate_auth_hub_grants_decisions_total": {"grant"},
+    "hubgate_auth_hub_grants_fetch_failures_total": {"what"},
     "hubgate_build_info": {"version"},
     "hubgate_store_up": {"backend"},
 }
@@ -114,14 +120,17 @@ LABEL_VALUES = {
     "result": {"allow", "deny"},
     "method": {"GET", "POST", "DELETE", "other"},
     "backend": {"memory", "redis"},
+    "grant": {"share", "role", "none", "unavailable", "owner_cap"},
+    "what": {"directory", "shares"},
     # allow reasons, then deny reasons (src/auth/mod.rs)
     "reason": {
-        "public", "authenticated", "owner", "admin", "group",
+        "public", "authenticated", "owner", "admin", "group", "shared", "role",
         "missing_credential", "multiple_credentials", "malformed", "too_large",
         "unknown_issuer", "unknown_key", "bad_signature", "bad_algorithm", "expired",
         "not_yet_valid", "issued_in_future", "wrong_audience", "wrong_issuer",
         "missing_claim", "mfa_required", "auth_too_old", "no_username", "keys_unavailable",
-        "not_owner", "not_in_group", "origin_mismatch", "bad_session", "revoked",
+        "not_owner", "grants_unavailable", "not_in_group", "origin_mismatch", "bad_session",
+        "revoked", "session_too_large",
     },
 }  # fmt: skip
 
