@@ -41,7 +41,8 @@ bench_init allocs
 start_backend
 PROBES=()
 remove_probes() { for p in "${PROBES[@]}"; do perf probe -q -d "$p" 2>/dev/null || true; done; }
-trap 'remove_probes' EXIT
+# lib.sh's cleanup stops every process and exits with the status; the probes go first
+trap 'rc=$?; remove_probes; (exit $rc); cleanup' EXIT
 
 n=0
 for bin in "$@"; do
