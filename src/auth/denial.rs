@@ -67,7 +67,12 @@ impl Auth {
             401 => Some(r#"Bearer realm="hubgate""#),
             _ => None,
         };
-        let reply = body(status, reason, browser);
+        let mut reply = body(status, reason, browser);
+        if status == 503 {
+            // Keys or the hub's grants unavailable: a condition that passes. Clients that
+            // honour Retry-After come back later instead of retrying at once.
+            reply = reply.with_header("Retry-After", "60".to_string());
+        }
         match challenge {
             Some(c) => reply.with_header("WWW-Authenticate", c.to_string()),
             None => reply,
@@ -175,6 +180,19 @@ mod tests {
     }
 
     const HTML: (&str, &str) = ("Accept", "text/html,application/xhtml+xml");
+
+    #[test]
+    fn unavailable_checks_say_when_to_come_back() {
+        let auth = auth_with("");
+        for reason in [Reason::KeysUnavailable, Reason::GrantsUnavailable] {
+            let r = auth.denial(&req("GET", "/user/a/", &[HTML]), reason, true, false);
+            assert_eq!(r.status, 503, "{reason:?}");
+            assert_eq!(header(&r, "Retry-After"), Some("60"), "{reason:?}");
+            assert_eq!(header(&r, "WWW-Authenticate"), None, "{reason:?}");
+        }
+        let r = auth.denial(&req("GET", "/user/a/", &[]), Reason::NotOwner, true, false);
+        assert_eq!(header(&r, "Retry-After"), None);
+    }
 
     #[test]
     fn scripts_get_json_and_a_challenge() {

@@ -515,7 +515,12 @@ pub async fn proxy(
                 return;
             }
             _ = expiry => {
-                info!("websocket on {} closed: its credential expired", route_key);
+                // Also when a share or role let it in: such a websocket is rechecked on reconnect
+                // within [auth.hub-grants] max-stale-seconds.
+                info!(
+                    "websocket on {} closed: its credential (or the hub grant that let it in) expired",
+                    route_key
+                );
                 Some("credential expired")
             }
             _ = revoked => {
