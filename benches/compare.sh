@@ -10,6 +10,9 @@
 #     during the run / requests; RSS = VmRSS summed over the process tree;
 #   - c1 added latency = p50 at one connection through the proxy - p50 direct (same rep);
 #   - idle websockets: on a fresh proxy process, (RSS with N held - RSS before) / N opened;
+#     plain (ws:// to a plain backend), TLS (wss:// to the proxy, plain backend) and
+#     https target (ws:// to the proxy, the proxy to an https:// echo backend, verified with
+#     --client-ssl-ca: JupyterHub's internal_ssl);
 #   - every measure is repeated REPS times (targets in a rotating order); the table shows the
 #     median and the min-max spread;
 #   - hubgate-auth: the same hubgate binary and flags plus --config with an [auth] section
@@ -33,9 +36,12 @@
 #   REPS [3]  DURATION [10] (c64 runs, s)  C1_DURATION [5]  WS_DURATION [5]  WARMUP [1]
 #   C1_SAME_CORE [1] (also measure c1 with the proxy moved onto the load core)
 #   WS_HOLD_N [5000] (plain idle websockets; 0: no idle-websocket measures)  WS_TLS_N [1000] (wss)  HOLD_IN_FLIGHT [256]
+#   WS_TLS_UP_N [5000] (idle websockets to an https:// target: as many as plain, so the two
+#     rows differ by what the TLS client session costs)
 #   PROXIES ["hubgate-auth hubgate nginx chp"] (hubgate-auth first: with the rotation, never
 #     right after hubgate's 5,000-websocket measures, so auth on/off are measured alike)
 #   TLS_PROXIES ["hubgate nginx chp"] (idle wss measures; empty: none)
+#   TLS_UP_PROXIES ["hubgate"] (idle websockets to an https:// target; hubgate or chp; empty: none)
 #     Two more targets may be named in PROXIES: nginx-tuned (nginx with `proxy_buffer_size 16k;
 #     proxy_buffers 8 16k`, buffers sized for a 64 KiB body as a site serving large notebooks
 #     would set them) and hubgate-2t (hubgate with two worker threads, pinned to both cores, the
@@ -60,9 +66,11 @@ WARMUP="${WARMUP:-1}"
 C1_SAME_CORE="${C1_SAME_CORE:-1}"
 WS_HOLD_N="${WS_HOLD_N:-5000}"
 WS_TLS_N="${WS_TLS_N:-1000}"
+WS_TLS_UP_N="${WS_TLS_UP_N:-5000}"
 HOLD_IN_FLIGHT="${HOLD_IN_FLIGHT:-256}"
 PROXIES="${PROXIES:-hubgate-auth hubgate nginx chp}"
 TLS_PROXIES="${TLS_PROXIES-hubgate nginx chp}" # set but empty: no wss measures
+TLS_UP_PROXIES="${TLS_UP_PROXIES-hubgate}"      # set but empty: no https-target measures
 HUBGATE="${HUBGATE:-$ROOT/target/release/hubgate}"
 LOAD="${LOAD:-$ROOT/target/release/hubgate-load}"
 CHP="${CHP:-$ROOT/.tools/node_modules/.bin/configurable-http-proxy}"
@@ -101,6 +109,12 @@ for p in $PROXIES $TLS_PROXIES; do
     *) die "unknown proxy '$p' (hubgate, hubgate-auth, hubgate-2t, nginx, nginx-tuned, chp)" ;;
     esac
 done
+for p in $TLS_UP_PROXIES; do
+    case "$p" in
+    hubgate | chp) [[ " $PROXIES " == *" $p "* ]] || die "TLS_UP_PROXIES names $p, which is not in PROXIES" ;;
+    *) die "https-target measures are for hubgate and chp (--client-ssl-ca), not '$p'" ;;
+    esac
+done
 if [[ " $PROXIES $TLS_PROXIES " == *" chp "* ]]; then
     [[ -x "$CHP" ]] || die "CHP not found at $CHP (scripts/setup.sh installs it)"
 fi
@@ -110,6 +124,8 @@ if [[ ! -x "$HUBGATE" || ! -x "$LOAD" ]]; then
 fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 [[ "$(ulimit -n)" -ge $((2 * WS_HOLD_N + 200)) ]] || die "open files limit $(ulimit -n) is too low for WS_HOLD_N=$WS_HOLD_N"
+[[ -z "$TLS_UP_PROXIES" || "$(ulimit -n)" -ge $((2 * WS_TLS_UP_N + 200)) ]] ||
+    die "open files limit $(ulimit -n) is too low for WS_TLS_UP_N=$WS_TLS_UP_N"
 
 # ------------------------------------------------------------------ backend, TLS material
 
@@ -210,6 +226,24 @@ fi
 
 start_backend
 
+# The https:// backend (the same echo server over TLS, certificate $WORK/cert.pem), for the
+# https-target measures only.
+TLS_BACKEND=""
+TLS_BACKEND_PID=""
+if [[ -n "$TLS_UP_PROXIES" && "$WS_TLS_UP_N" -gt 0 ]]; then
+    port=$(free_port)
+    start_bg backend-tls "$LOAD_CPU" "$LOAD" echo-server --listen "127.0.0.1:$port" --max-seconds 7200 \
+        --tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem"
+    TLS_BACKEND_PID=$BG_PID
+    for _ in $(seq 50); do
+        curl -s -o /dev/null --cacert "$WORK/cert.pem" "https://127.0.0.1:$port/" && break
+        sleep 0.1
+    done
+    curl -s -o /dev/null --cacert "$WORK/cert.pem" "https://127.0.0.1:$port/" ||
+        die "https echo backend did not start (see $WORK/backend-tls.log)"
+    TLS_BACKEND="https://127.0.0.1:$port"
+fi
+
 # ------------------------------------------------------------------ proxies
 
 PROXY_PID=""
@@ -284,9 +318,16 @@ check_auth_proxy() {
     [[ "$got" == 403 ]] || die "hubgate-auth: the bench token on another user's route got $got, not 403 (see $log)"
 }
 
-# start_proxy NAME TLS(0|1): sets PROXY_PID, PROXY_PORT, PROXY_SCHEME; waits until it proxies
+# start_proxy NAME TLS(0|1) [UPSTREAM(plain|tls)]: sets PROXY_PID, PROXY_PORT, PROXY_SCHEME;
+# waits until it proxies. UPSTREAM tls: the https backend, verified with --client-ssl-ca.
 start_proxy() {
-    local name="$1" tls="$2" api_port tls_args=() extra_args=() cred=() i code cpu="$PROXY_CPU"
+    local name="$1" tls="$2" upstream="${3:-plain}" api_port tls_args=() extra_args=() cred=() i code cpu="$PROXY_CPU"
+    local backend="$BACKEND" log="$name-$tls"
+    if [[ "$upstream" == tls ]]; then
+        backend="$TLS_BACKEND"
+        log="$name-$tls-up"
+        extra_args=(--client-ssl-ca "$WORK/cert.pem")
+    fi
     PROXY_PORT=$(free_port)
     PROXY_SCHEME=http
     [[ "$tls" == 1 ]] && PROXY_SCHEME=https
@@ -305,22 +346,22 @@ start_proxy() {
         local bin="$HUBGATE"
         [[ "$name" == chp ]] && bin="$CHP"
         api_port=$(free_port)
-        CONFIGPROXY_AUTH_TOKEN="$TOKEN" start_bg "$name-$tls" "$cpu" "$bin" \
+        CONFIGPROXY_AUTH_TOKEN="$TOKEN" start_bg "$log" "$cpu" "$bin" \
             --ip 127.0.0.1 --port "$PROXY_PORT" --api-ip 127.0.0.1 --api-port "$api_port" \
-            --default-target "$BACKEND" --log-level warn "${tls_args[@]}" "${extra_args[@]}"
+            --default-target "$backend" --log-level warn "${tls_args[@]}" "${extra_args[@]}"
         PROXY_PID=$BG_PID
         for i in $(seq 100); do
             code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: token $TOKEN" \
                 "http://127.0.0.1:$api_port/api/routes" || true)
             [[ "$code" == 200 ]] && break
-            kill -0 "$PROXY_PID" 2>/dev/null || die "$name exited at start (see $WORK/$name-$tls.log)"
+            kill -0 "$PROXY_PID" 2>/dev/null || die "$name exited at start (see $WORK/$log.log)"
             sleep 0.1
         done
-        [[ "$code" == 200 ]] || die "$name API not ready (see $WORK/$name-$tls.log)"
+        [[ "$code" == 200 ]] || die "$name API not ready (see $WORK/$log.log)"
         # a second route, the one the load uses: a JupyterHub user server, with the owner's
         # name in the route data as JupyterHub posts it (hubgate-auth's owner policy uses it)
         code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: token $TOKEN" \
-            -d "{\"target\": \"$BACKEND\", \"user\": \"bench\"}" \
+            -d "{\"target\": \"$backend\", \"user\": \"bench\"}" \
             "http://127.0.0.1:$api_port/api/routes/user/bench")
         [[ "$code" == 201 ]] || die "$name: adding a route answered $code"
         if [[ "$name" == hubgate-auth ]]; then
@@ -341,10 +382,10 @@ start_proxy() {
     for i in $(seq 100); do
         code=$(curl -sk -o /dev/null -w '%{http_code}' "${cred[@]}" "$PROXY_SCHEME://127.0.0.1:$PROXY_PORT/user/bench/" || true)
         [[ "$code" == 200 ]] && break
-        kill -0 "$PROXY_PID" 2>/dev/null || die "$name exited at start (see $WORK/$name-$tls.log)"
+        kill -0 "$PROXY_PID" 2>/dev/null || die "$name exited at start (see $WORK/$log.log)"
         sleep 0.1
     done
-    [[ "$code" == 200 ]] || die "$name does not proxy (last status $code; see $WORK/$name-$tls.log)"
+    [[ "$code" == 200 ]] || die "$name does not proxy (last status $code; see $WORK/$log.log)"
     if [[ "$name" == hubgate-auth ]]; then check_auth_proxy; fi
 }
 
@@ -396,9 +437,10 @@ print(f"    {sys.argv[2]:<12} {sys.argv[3]:<8} {d['rps']:>10.0f}/s  p50 {l['p50'
 EOF
 }
 
-# hold REP TARGET MEASURE N URL [args]: N idle websockets on a fresh proxy (already started)
+# hold REP TARGET MEASURE N URL [args]: N idle websockets on a fresh proxy (already started);
+# HOLD_BACKEND_PID (default: the plain backend's) is the backend watched meanwhile
 hold() {
-    local rep="$1" target="$2" measure="$3" n="$4" url="$5"
+    local rep="$1" target="$2" measure="$3" n="$4" url="$5" backend_pid="${HOLD_BACKEND_PID:-$BACKEND_PID}"
     shift 5
     local json="$WORK/r$rep-$target-$measure.json" ready="$WORK/ready-$rep-$target-$measure" \
         stopf="$WORK/stop-$rep-$target-$measure" idle with lpid i
@@ -408,7 +450,7 @@ hold() {
     idle=$(rss_kib "$PROXY_PID")
     taskset -c "$LOAD_CPU" "$LOAD" ws-hold "$url" -c "$n" -k "$HOLD_IN_FLIGHT" --hold 120s \
         --ready-file "$ready" --stop-file "$stopf" --json "$json" --watch "proxy=$PROXY_PID" \
-        --watch "backend=$BACKEND_PID" "$@" \
+        --watch "backend=$backend_pid" "$@" \
         >"$WORK/r$rep-$target-$measure.out" 2>"$WORK/r$rep-$target-$measure.err" &
     lpid=$!
     PIDS+=("$lpid")
@@ -487,6 +529,7 @@ describe_machine() {
         echo "ws_duration=$WS_DURATION"
         echo "ws_hold_n=$WS_HOLD_N"
         echo "ws_tls_n=$WS_TLS_N"
+        echo "ws_tls_up_n=$WS_TLS_UP_N"
         echo "hold_in_flight=$HOLD_IN_FLIGHT"
         echo "proxy_cpu=$PROXY_CPU"
         [[ -n "$BENCH_JWT" ]] && echo "auth_token=RS256, ${#BENCH_JWT} bytes"
@@ -538,6 +581,13 @@ for ((rep = 1; rep <= REPS; rep++)); do
             start_proxy "$target" 1
             hold "$rep" "$target" hold_tls "$WS_TLS_N" "wss://127.0.0.1:$PROXY_PORT/user/bench/api/kernels/k/channels" \
                 --ca "$WORK/cert.pem"
+            stop_proxy
+        fi
+        # idle websockets to an https:// target (plain client side), fresh process
+        if [[ " $TLS_UP_PROXIES " == *" $target "* && "$WS_TLS_UP_N" -gt 0 ]]; then
+            start_proxy "$target" 0 tls
+            HOLD_BACKEND_PID="$TLS_BACKEND_PID" hold "$rep" "$target" hold_tls_up "$WS_TLS_UP_N" \
+                "ws://127.0.0.1:$PROXY_PORT/user/bench/api/kernels/k/channels"
             stop_proxy
         fi
     done

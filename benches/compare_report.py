@@ -102,7 +102,7 @@ for t in present:
         idle = get(t, "rss_idle", rep)
         if idle:
             put("rss_idle", t, rep, idle["value_kib"] / 1024)
-        for m in ("hold", "hold_tls"):
+        for m in ("hold", "hold_tls", "hold_tls_up"):
             h = get(t, m, rep)
             if h:
                 e = h["data"]["extra"]
@@ -158,6 +158,7 @@ RATIO_NAMES = {("hubgate", "nginx"): "hubgate/nginx", ("hubgate", "nginx-tuned")
 
 ws_n = env.get("ws_hold_n", "5000")
 tls_n = env.get("ws_tls_n", "1000")
+tls_up_n = env.get("ws_tls_up_n", "5000")
 rows = [
     ("small (100 B) requests/s, c64", "small_rps", "int"),
     ("small p50 / p99 µs, c64", ("small_p50", "small_p99"), "int"),
@@ -182,6 +183,9 @@ rows = [
     (f"RSS with {tls_n} idle wss MiB (fresh process)", "hold_tls_with", "f1"),
     (f"**RSS per idle websocket KiB ({tls_n}, TLS)**", "hold_tls_per_ws", "f1"),
     (f"wss failed or dropped of {tls_n}", "hold_tls_failed", "int"),
+    (f"RSS with {tls_up_n} idle ws to an https target MiB (fresh process)", "hold_tls_up_with", "f1"),
+    (f"**RSS per idle websocket KiB ({tls_up_n}, https target)**", "hold_tls_up_per_ws", "f1"),
+    (f"ws to an https target failed or dropped of {tls_up_n}", "hold_tls_up_failed", "int"),
 ]
 
 lines = []

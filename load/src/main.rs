@@ -5,7 +5,7 @@
 //! hubgate-load http URL [-c 64] [-d 10s | -n 100000] [--rate 5000]   keep-alive GETs
 //! hubgate-load ws-echo URL [-c 64] [-s 128] [--rate 10] [-d 10s]     websocket round trips
 //! hubgate-load ws-hold URL [-c 5000] [--in-flight 256] [--hold 60s]  many idle websockets
-//! hubgate-load echo-server [--listen 127.0.0.1:9100]                 HTTP + websocket echo backend
+//! hubgate-load echo-server [--listen 127.0.0.1:9100] [--tls-cert C --tls-key K]  HTTP + websocket echo backend
 //! hubgate-load api-fill URL -n 10000 --token T [--prefix /user/bench-]  route POSTs, one connection
 //! hubgate-load api-churn URL --rate 1000 -d 10s --token T              route adds/deletes at a rate
 //! hubgate-load hub URL -u 50 --ramp 60s --session 5m [--proxy-pid P]   simulated JupyterHub users
@@ -189,6 +189,12 @@ struct EchoServerArgs {
     /// Exit after this many seconds
     #[arg(long)]
     max_seconds: Option<u64>,
+    /// Serve TLS with this PEM certificate chain (needs --tls-key): an `https://` backend
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<String>,
+    /// PEM private key for --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<String>,
 }
 
 #[derive(Args)]
@@ -428,6 +434,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     listen: a.listen,
                     port_file: a.port_file,
                     max_seconds: a.max_seconds,
+                    tls: a.tls_cert.zip(a.tls_key),
                 })
                 .await
             }

@@ -4,6 +4,9 @@
 //! `/64k` (query ignored); keep-alive and pipelining; request bodies with Content-Length are
 //! read and ignored. A request with `Upgrade: websocket` is answered with `101` and every data
 //! message is echoed back.
+//!
+//! With `--tls-cert`/`--tls-key` it serves the same over TLS (rustls), as a JupyterHub
+//! single-user server with internal_ssl does: a backend for `https://` targets.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,8 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
@@ -22,6 +27,26 @@ pub struct ServerOpts {
     pub listen: String,
     pub port_file: Option<String>,
     pub max_seconds: Option<u64>,
+    /// PEM certificate chain and key: serve TLS
+    pub tls: Option<(String, String)>,
+}
+
+fn acceptor(cert: &str, key: &str) -> Result<TlsAcceptor, String> {
+    let read = |f: &str| std::fs::read(f).map_err(|e| format!("{f}: {e}"));
+    let certs = rustls_pemfile::certs(&mut read(cert)?.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{cert}: {e}"))?;
+    let key = rustls_pemfile::private_key(&mut read(key)?.as_slice())
+        .map_err(|e| format!("{key}: {e}"))?
+        .ok_or_else(|| format!("{key}: no private key"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("{cert}: {e}"))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 fn response(len: usize) -> Vec<u8> {
@@ -59,7 +84,12 @@ pub async fn run(o: ServerOpts) -> Result<(), String> {
         std::fs::write(f, format!("{}\n", addr.port()))
             .map_err(|e| format!("--port-file {f}: {e}"))?;
     }
-    eprintln!("hubgate-load echo-server: listening on http://{addr} (100 B body; /64k: 65536 B; websocket echo)");
+    let tls = match &o.tls {
+        Some((cert, key)) => Some(acceptor(cert, key)?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    eprintln!("hubgate-load echo-server: listening on {scheme}://{addr} (100 B body; /64k: 65536 B; websocket echo)");
     let resp = Arc::new(Responses {
         small: response(100),
         large: response(64 * 1024),
@@ -71,9 +101,15 @@ pub async fn run(o: ServerOpts) -> Result<(), String> {
                 Ok((s, _)) => {
                     let _ = s.set_nodelay(true);
                     stats.conns.fetch_add(1, Ordering::Relaxed);
-                    let (resp, stats) = (resp.clone(), stats.clone());
+                    let (resp, stats, tls) = (resp.clone(), stats.clone(), tls.clone());
                     tokio::spawn(async move {
-                        let _ = serve(s, resp, stats).await;
+                        let _ = match tls {
+                            Some(tls) => match tls.accept(s).await {
+                                Ok(s) => serve(s, resp, stats).await,
+                                Err(e) => Err(e),
+                            },
+                            None => serve(s, resp, stats).await,
+                        };
                     });
                 }
                 Err(e) => {
@@ -161,7 +197,11 @@ fn parse_head(h: &[u8]) -> Option<Head> {
     })
 }
 
-async fn serve(mut s: TcpStream, resp: Arc<Responses>, stats: Arc<Stats>) -> io::Result<()> {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    resp: Arc<Responses>,
+    stats: Arc<Stats>,
+) -> io::Result<()> {
     let mut buf = vec![0u8; 8192];
     let (mut start, mut end) = (0usize, 0usize);
     let mut out: Vec<u8> = Vec::new();
@@ -247,7 +287,7 @@ async fn serve(mut s: TcpStream, resp: Arc<Responses>, stats: Arc<Stats>) -> io:
     }
 }
 
-async fn ws_echo(s: TcpStream, rest: Vec<u8>) -> io::Result<()> {
+async fn ws_echo<S: AsyncRead + AsyncWrite + Unpin>(s: S, rest: Vec<u8>) -> io::Result<()> {
     let cfg = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);

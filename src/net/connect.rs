@@ -5,14 +5,13 @@
 use std::fmt;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use pingora::connectors::TransportConnector;
-use pingora::protocols::l4::ext::TcpKeepalive;
-use pingora::protocols::Stream;
+use pingora::tls::TlsConnector;
 use pingora::upstreams::peer::HttpPeer;
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -60,11 +59,15 @@ pub struct Connector {
     tls: Arc<ClientTlsMaterial>,
     /// Skip verification of targets' certificates (`--insecure`).
     insecure: bool,
-    /// pingora's connector, for TLS streams that hubgate then relays itself (websockets to
-    /// `https://` targets): the handshake, CA list, client certificate and verification are
-    /// exactly those of the forwarding path, since both start from [`Connector::peer`].
-    transport: Arc<TransportConnector>,
+    /// The TLS client for streams hubgate relays itself (websockets to `https://` targets):
+    /// one configuration for the process, built on first use from the same material and
+    /// rules as [`Connector::peer`] (see [`super::tls_client`]); the error, if rustls
+    /// refuses the material, is returned to every such connection.
+    relay_tls: Arc<OnceLock<Result<TlsConnector, String>>>,
 }
+
+/// A TLS stream to an `https://` target, straight over its socket.
+pub type TlsTargetStream = pingora::tls::ClientTlsStream<TcpStream>;
 
 impl Connector {
     /// A connector sharing `resolver`, verifying https targets with `tls` unless `insecure`.
@@ -73,7 +76,7 @@ impl Connector {
             resolver,
             tls,
             insecure,
-            transport: Arc::new(TransportConnector::new(None)),
+            relay_tls: Arc::default(),
         }
     }
 
@@ -82,6 +85,11 @@ impl Connector {
     pub fn verifying(&self) -> Connector {
         Connector {
             insecure: false,
+            relay_tls: if self.insecure {
+                Arc::default()
+            } else {
+                self.relay_tls.clone()
+            },
             ..self.clone()
         }
     }
@@ -118,37 +126,51 @@ impl Connector {
     }
 
     /// A TLS stream to an `https://` target (the handshake done, verified as
-    /// [`Connector::peer`] says), within `t.connect` for TCP and `t.total_connect` in all.
-    /// TCP keep-alive probes after 60 s idle, as for [`Connector::stream`].
-    /// Errors are pingora's, so that [`super::FailureKind::of_pingora`] classifies them as it
-    /// does the forwarding path's.
-    pub async fn tls_stream(&self, target: &Target, t: &PeerTimeouts) -> pingora::Result<Stream> {
-        use pingora::{Error, ErrorType};
+    /// [`Connector::peer`] says), within `t.connect` for TCP and `t.total_connect` in all
+    /// (twice `t.connect` without it). TCP keep-alive probes after 60 s idle and no read or
+    /// write timeouts, as for [`Connector::stream`]: the relay has no idle limit.
+    ///
+    /// Not pingora's connector: it builds a configuration per connection for peers with a
+    /// CA list or client certificate, and its stream wrapper keeps digests and a copy of
+    /// the peer's certificates; an idle websocket held all of it for hours
+    /// (`docs/performance.md`, "Websocket memory path").
+    pub async fn tls_stream(
+        &self,
+        target: &Target,
+        t: &PeerTimeouts,
+    ) -> io::Result<TlsTargetStream> {
         if !target.tls {
-            return Error::e_explain(
-                ErrorType::InternalError,
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
                 "TLS streams are for https targets",
-            );
+            ));
         }
-        let mut peer = self
-            .peer(target, t)
-            .await
-            .map_err(|e| Error::because(ErrorType::ConnectError, "resolving the target", e))?;
-        peer.options.tcp_keepalive = Some(TcpKeepalive {
-            idle: Duration::from_secs(60),
-            interval: Duration::from_secs(15),
-            count: 4,
-            #[cfg(target_os = "linux")]
-            user_timeout: Duration::ZERO,
-        });
-        // The relay has no idle limit (kernels sit idle for hours): no read/write timeouts.
-        peer.options.read_timeout = None;
-        peer.options.write_timeout = None;
+        let tls = self
+            .relay_tls
+            .get_or_init(|| {
+                super::tls_client::client_config(&self.tls, self.insecure).map(TlsConnector::from)
+            })
+            .as_ref()
+            // A rustls error inside: classified as a TLS failure, as pingora's InvalidCert was.
+            .map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    rustls::Error::General(e.clone()),
+                )
+            })?
+            .clone();
+        let name = ServerName::try_from(target.sni.clone())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let bound = t.total_connect.unwrap_or(t.connect + t.connect);
-        match tokio::time::timeout(bound, self.transport.new_stream(&peer)).await {
-            Ok(r) => r,
-            Err(_) => Error::e_explain(ErrorType::ConnectTimedout, "connect timed out"),
-        }
+        let connect = async {
+            let tcp = tokio::time::timeout(t.connect, self.tcp(target, t.resolve))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+            tls.connect(name, tcp).await
+        };
+        tokio::time::timeout(bound, connect)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
     }
 
     /// A bare stream to a plain (`http://` or `http+unix://`) target, within `timeout`
@@ -163,25 +185,37 @@ impl Connector {
         }
         let fut = async {
             match &target.addr {
-                TargetAddr::Ip(addr) => TcpStream::connect(addr).await.map(TargetStream::Tcp),
-                TargetAddr::Name { host, port } => {
-                    let addr = self.resolver.resolve(host, *port, timeout).await?;
-                    TcpStream::connect(addr).await.map(TargetStream::Tcp)
-                }
                 TargetAddr::Unix(path) => UnixStream::connect(path).await.map(TargetStream::Unix),
+                _ => self.tcp(target, timeout).await.map(TargetStream::Tcp),
             }
         };
-        let stream = tokio::time::timeout(timeout, fut)
+        tokio::time::timeout(timeout, fut)
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        if let TargetStream::Tcp(s) = &stream {
-            let _ = s.set_nodelay(true);
-            let sock = socket2::SockRef::from(s);
-            let _ = sock.set_tcp_keepalive(
-                &socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)),
-            );
-        }
-        Ok(stream)
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+
+    /// A TCP connection to `target` (its name resolved within `resolve`), with `TCP_NODELAY`
+    /// and keep-alive probes after 60 s idle, then every 15 s.
+    async fn tcp(&self, target: &Target, resolve: Duration) -> io::Result<TcpStream> {
+        let addr = match &target.addr {
+            TargetAddr::Ip(addr) => *addr,
+            TargetAddr::Name { host, port } => self.resolver.resolve(host, *port, resolve).await?,
+            TargetAddr::Unix(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "a unix socket target has no TCP address",
+                ))
+            }
+        };
+        let s = TcpStream::connect(addr).await?;
+        let _ = s.set_nodelay(true);
+        let sock = socket2::SockRef::from(&s);
+        let _ = sock.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(60))
+                .with_interval(Duration::from_secs(15)),
+        );
+        Ok(s)
     }
 }
 

@@ -45,6 +45,13 @@ impl FailureKind {
 
     /// The kind of an I/O error from connecting or relaying.
     pub fn of_io(e: &std::io::Error) -> FailureKind {
+        // A handshake refused (or a certificate not trusted) by rustls, as tokio-rustls
+        // reports it.
+        if e.get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return FailureKind::Tls;
+        }
         match e.kind() {
             std::io::ErrorKind::ConnectionRefused => FailureKind::Refused,
             std::io::ErrorKind::TimedOut => FailureKind::Timeout,

@@ -7,9 +7,10 @@ mod connect;
 mod failure;
 mod resolver;
 mod target;
+mod tls_client;
 
 pub use client::{Fetch, FetchError, Fetched, HttpClient};
-pub use connect::{ClientTlsMaterial, Connector, PeerTimeouts, TargetStream};
+pub use connect::{ClientTlsMaterial, Connector, PeerTimeouts, TargetStream, TlsTargetStream};
 pub use failure::FailureKind;
 pub use resolver::Resolver;
 pub use target::{Target, TargetAddr, TargetError};

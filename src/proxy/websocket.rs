@@ -30,7 +30,7 @@ use super::frames::{close_frame, CLOSE_POLICY};
 use super::relay::Relay;
 use super::{Refusal, Shared};
 use crate::auth::{Identity, Revocations};
-use crate::net::{FailureKind, TargetStream};
+use crate::net::{FailureKind, TargetStream, TlsTargetStream};
 use crate::routes::Route;
 
 /// An inert stream that stands in for the downstream connection once hubgate owns it: reads
@@ -135,10 +135,12 @@ pub async fn respond_bare(session: &mut Session, code: u16) {
     }
 }
 
-/// One side of a relayed websocket: a bare socket, or a client connection still inside
-/// pingora's wrapper (TLS).
+/// One side of a relayed websocket: a bare socket, a TLS stream to an `https://` target
+/// (boxed: rustls's connection state would make every `Conn` as large), or a client
+/// connection still inside pingora's wrapper (TLS).
 enum Conn {
     Bare(TargetStream),
+    Tls(Box<TlsTargetStream>),
     Pingora(Stream),
 }
 
@@ -203,6 +205,7 @@ impl fmt::Debug for Conn {
         f.write_str(match self {
             Conn::Bare(TargetStream::Tcp(_)) => "tcp",
             Conn::Bare(TargetStream::Unix(_)) => "unix",
+            Conn::Tls(_) => "tls",
             Conn::Pingora(_) => "pingora",
         })
     }
@@ -216,6 +219,7 @@ impl AsyncRead for Conn {
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Conn::Bare(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Pingora(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -229,18 +233,21 @@ impl AsyncWrite for Conn {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Conn::Bare(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Pingora(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Conn::Bare(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s).poll_flush(cx),
             Conn::Pingora(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Conn::Bare(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s).poll_shutdown(cx),
             Conn::Pingora(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
@@ -368,18 +375,14 @@ pub async fn proxy(
         counted: false,
     };
     let mut up = if target.tls {
-        // `https://` targets (JupyterHub's internal_ssl): pingora's connector does the
-        // handshake, the relay below is the same as for plain targets.
+        // `https://` targets (JupyterHub's internal_ssl): hubgate's TLS client, verified as
+        // the forwarding path's peers; the relay below is the same as for plain targets.
         let stream = shared
             .connector
             .tls_stream(target, &shared.peer_timeouts)
             .await
-            .map_err(|e| Refusal::Upstream {
-                kind: FailureKind::of_pingora(&e),
-                detail: e.to_string(),
-                counted: false,
-            })?;
-        Conn::Pingora(stream)
+            .map_err(upstream_failed)?;
+        Conn::Tls(Box::new(stream))
     } else {
         let stream = shared
             .connector
@@ -388,7 +391,7 @@ pub async fn proxy(
             .map_err(upstream_failed)?;
         Conn::Bare(stream)
     };
-    // pingora's streams buffer writes (and TLS records): the head goes out on the flush.
+    // TLS streams buffer records until flushed: the head goes out on the flush.
     let sent = match up.write_all(&head).await {
         Ok(()) => up.flush().await,
         Err(e) => Err(e),

@@ -273,3 +273,66 @@ async fn websocket_to_an_https_target_gets_1008_when_its_credential_is_revoked()
     assert!(ws.wait_closed(1, T), "the kernel side stayed open");
     assert_eq!(ws.close_frames(), vec![(1008, "credential revoked".into())]);
 }
+
+/// Websockets to `https://` targets use hubgate's own TLS client (one configuration for the
+/// process, not pingora's per-connection one): it must verify the target's certificate as
+/// the forwarding path does, refuse an untrusted one promptly (counted as a TLS failure),
+/// and accept any certificate with `--insecure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_to_an_https_target_verifies_its_certificate_unless_insecure() {
+    let p = pki();
+    // No client certificate required: only the proxy's verification of the target decides.
+    let ws = WsBackend::start_tls(WsOptions::default(), server_config(&p.server, None));
+    let path = "/user/alice/api/kernels/k/channels";
+
+    // Without --client-ssl-ca the internal CA is not trusted (system roots only).
+    let mport = free_port();
+    let hg = Hubgate::builder()
+        .args(&["--metrics-port", &mport.to_string()])
+        .start();
+    hg.add_route("/user/alice", &ws.url());
+    let t0 = Instant::now();
+    match ws_connect(hg.port, path, &[]).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status().as_u16(), 503, "{}", hg.output())
+        }
+        Err(e) => panic!("expected a 503 answer, got {e}\n{}", hg.output()),
+        Ok((_, r)) => panic!("an untrusted target was relayed: {}", r.status()),
+    }
+    assert!(t0.elapsed() < FAST, "503 after {:?}", t0.elapsed());
+    assert!(ws.requests().is_empty(), "the upgrade reached the target");
+    let metrics = get(mport, "/metrics").text();
+    let tls = crate::support::auth_proxy::metric_sum(
+        &metrics,
+        "hubgate_upstream_errors_total",
+        &[("kind", "tls")],
+    );
+    assert_eq!(tls, 1.0, "{metrics}");
+    drop(hg);
+
+    // Trusting the internal CA: relayed.
+    let hg = Hubgate::builder()
+        .args(&["--client-ssl-ca", p.ca.cert().to_str().unwrap()])
+        .start();
+    hg.add_route("/user/alice", &ws.url());
+    let (mut c, resp) = ws_connect(hg.port, path, &[])
+        .await
+        .unwrap_or_else(|e| panic!("upgrade through hubgate: {e}\n{}", hg.output()));
+    assert_eq!(resp.status().as_u16(), 101);
+    c.send(Message::Text("trusted".into())).await.unwrap();
+    assert_eq!(ws_recv_text(&mut c, T).await.as_deref(), Some("trusted"));
+    let _ = c.close(None).await;
+    drop(hg);
+
+    // --insecure: the untrusted certificate is accepted.
+    let hg = Hubgate::builder().args(&["--insecure"]).start();
+    hg.add_route("/user/alice", &ws.url());
+    let (mut c, resp) = ws_connect(hg.port, path, &[])
+        .await
+        .unwrap_or_else(|e| panic!("upgrade through hubgate --insecure: {e}\n{}", hg.output()));
+    assert_eq!(resp.status().as_u16(), 101);
+    c.send(Message::Text("insecure".into())).await.unwrap();
+    assert_eq!(ws_recv_text(&mut c, T).await.as_deref(), Some("insecure"));
+    let _ = c.close(None).await;
+    assert_eq!(ws.requests().len(), 2, "two upgrades reached the target");
+}
