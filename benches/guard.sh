@@ -24,7 +24,7 @@ trap 'rm -rf "$OUTDIR"' EXIT
 
 run() { # run LABEL HUBGATE_BINARY
     REPS="${REPS:-2}" DURATION="${DURATION:-5}" C1_DURATION="${C1_DURATION:-3}" \
-        WS_DURATION="${WS_DURATION:-3}" PROXIES="hubgate nginx" TLS_PROXIES="" WS_HOLD_N=0 \
+        WS_DURATION="${WS_DURATION:-3}" PROXIES="hubgate nginx" TLS_PROXIES="" TLS_UP_PROXIES="" WS_HOLD_N=0 \
         HUBGATE="$2" HUBGATE_LABEL="$1" OUT="$OUTDIR/$1.md" \
         bash benches/compare.sh >"$OUTDIR/$1.log" 2>&1 || {
         echo "guard.sh: compare.sh failed for $1:" >&2
