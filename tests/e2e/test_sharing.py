@@ -263,9 +263,8 @@ def test_shares_and_roles_through_hubgate(deployment_factory, idp):
     lived = time.monotonic() - opened
     # (the close time is computed in whole seconds: up to 1 s early)
     assert MAX_STALE - 1.5 <= lived <= MAX_STALE + 3, f"bob's websocket lived {lived:.1f}s"
-    assert "websocket on /user/alice closed: its credential expired" in dep.hub_log.read_text(
-        errors="replace"
-    ), "hubgate did not close the websocket"
+    closed = "websocket on /user/alice closed: its credential (or the hub grant that let it in)"
+    assert closed in dep.hub_log.read_text(errors="replace"), "hubgate did not close the websocket"
     with pytest.raises(websocket.WebSocketBadStatusException) as exc:
         websocket.create_connection(ws_url, **ws_opts)
     assert exc.value.status_code == 403
