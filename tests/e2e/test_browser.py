@@ -95,15 +95,17 @@ def test_browser_hub_login_and_notebook(deployment_factory, new_page):
 
 @pytest.fixture
 def idp_for_port(tmp_path):
-    """idp_for_port(port) -> an OidcProvider that accepts hubgate's callback on `port`."""
+    """idp_for_port(port) -> an OidcProvider that accepts hubgate's callback on `port`;
+    `step_up_mfa=True`: one that adds the second factor only when asked (provider.mjs)."""
     started = []
 
-    def make(port: int) -> OidcProvider:
+    def make(port: int, step_up_mfa: bool = False) -> OidcProvider:
         p = OidcProvider(
             tmp_path,
             generate_key("e2e-browser-rs256"),
             access_token_ttl=900,
             redirect_uris=[f"http://127.0.0.1:{port}/_hubgate/oidc/callback"],
+            step_up_mfa=step_up_mfa,
         )
         started.append(p)
         return p
@@ -180,40 +182,19 @@ def idp_login(page, issuer: str, user: str, prompt: str | None = None, after: st
     return url
 
 
-@pytest.fixture
-def step_up_idp_for_port(tmp_path):
-    """Like idp_for_port, with a provider that adds the second factor only when asked."""
-    started = []
-
-    def make(port: int) -> OidcProvider:
-        p = OidcProvider(
-            tmp_path,
-            generate_key("e2e-step-up-rs256"),
-            access_token_ttl=900,
-            redirect_uris=[f"http://127.0.0.1:{port}/_hubgate/oidc/callback"],
-            step_up_mfa=True,
-        )
-        started.append(p)
-        return p
-
-    yield make
-    for p in started:
-        p.stop()
-
-
 CLIMATE = "project-hpc-00123-climate-modelling"
 
 
 @pytest.mark.timeout(420)
 def test_browser_step_up_with_300_groups_then_notebook(
-    request, deployment_factory, step_up_idp_for_port, new_page
+    request, deployment_factory, idp_for_port, new_page
 ):
     """erin (300 project groups) signs in; the provider's first answer has no second factor,
     hubgate asks it again (prompt=login, acr_values) and the second answer has it; the session
     cookie the browser keeps is small, and JupyterLab works with it. carol, who has no second
     factor, ends on hubgate's page saying what to do next, not in a redirect loop."""
     port = free_port()
-    idp = step_up_idp_for_port(port)
+    idp = idp_for_port(port, step_up_mfa=True)
     probe = idp.access_token("dave", acr="https://refeds.org/profile/mfa")
     policy = f'\n[[auth.policies]]\nprefix = "/services/climate/"\naccess = "group"\ngroups = ["{CLIMATE}"]\n'
     dep = deployment_factory(
