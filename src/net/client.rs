@@ -96,7 +96,11 @@ impl HttpClient {
     /// Sends one request and reads the whole response (at most `max_body` bytes) within its
     /// `timeout`.
     pub async fn request(&self, fetch: Fetch<'_>) -> Result<Fetched, FetchError> {
-        tokio::time::timeout(fetch.timeout, self.exchange(fetch))
+        // Boxed: the exchange holds pingora's connector futures (~11 KB), and every caller's
+        // future would otherwise carry them inline, the proxy's `request_filter` among them
+        // (it can fetch an error page or finish a login): 12 KB copied per proxied request
+        // for a path taken a few times a day (docs/performance.md, "Copies per request").
+        tokio::time::timeout(fetch.timeout, Box::pin(self.exchange(fetch)))
             .await
             .map_err(|_| FetchError::Timeout)?
     }

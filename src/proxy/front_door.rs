@@ -32,12 +32,13 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
     UniqueIDType, ALPN,
 };
+use pingora::proxy::{HttpProxy, ProxyHttp};
 use pingora::server::ShutdownWatch;
 use prometheus::{IntCounter, IntGauge};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -592,10 +593,38 @@ impl<A> FrontDoor<A> {
     }
 }
 
+/// The application behind the front door: pingora's `HttpServerApp`, whose request future the
+/// front door's keep-alive loop holds inline. Through the trait's `process_new_http` every
+/// request's future (~14 KB) would be allocated and copied into a box; the vendored
+/// pingora-proxy patch exposes the same body as a plain `async fn`
+/// (docs/pingora-patches.md).
+pub trait InlineHttpApp: HttpServerApp + Send + Sync + 'static {
+    fn process_inline<'a>(
+        self: &'a Arc<Self>,
+        session: ServerSession,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl Future<Output = Option<ReusedHttpStream>> + Send + 'a;
+}
+
+impl<SV, C> InlineHttpApp for HttpProxy<SV, C>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    <SV as ProxyHttp>::CTX: Send + Sync,
+    C: pingora::connectors::http::custom::Connector,
+{
+    fn process_inline<'a>(
+        self: &'a Arc<Self>,
+        session: ServerSession,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl Future<Output = Option<ReusedHttpStream>> + Send + 'a {
+        self.process_new_http_inline(session, shutdown)
+    }
+}
+
 #[async_trait]
 impl<A> ServerApp for FrontDoor<A>
 where
-    A: HttpServerApp + Send + Sync + 'static,
+    A: InlineHttpApp,
 {
     async fn process_new(
         self: &Arc<Self>,
@@ -627,14 +656,14 @@ where
                 .server_options()
                 .and_then(|o| o.keepalive_request_limit),
         );
-        let mut result = self.app.process_new_http(session, shutdown).await;
+        let mut result = self.app.process_inline(session, shutdown).await;
         while let Some((stream, settings)) = result.map(|r| r.consume()) {
             next_request.store(true, Ordering::Release);
             let mut session = ServerSession::new_http1(stream);
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);
             }
-            result = self.app.process_new_http(session, shutdown).await;
+            result = self.app.process_inline(session, shutdown).await;
         }
         None
     }

@@ -32,4 +32,5 @@ mod shutdown;
 mod target_tls;
 mod tls;
 mod tls_reload;
+mod upstream_pool;
 mod websocket;
