@@ -189,3 +189,60 @@ start_backend() {
     curl -s -o /dev/null "http://127.0.0.1:$BACKEND_PORT/" || die "echo backend did not start (see $WORK/backend.log)"
     BACKEND="http://127.0.0.1:$BACKEND_PORT"
 }
+
+# The nginx every bench compares against (one worker, keepalive 128 upstream, websocket headers;
+# TUNED: proxy buffers sized for 64 KiB bodies). Upstream: 127.0.0.1:$BACKEND_PORT; TLS uses
+# $WORK/cert.pem and $WORK/key.pem.
+write_nginx_conf() { # write_nginx_conf DIR PORT TLS(0|1) [TUNED(0|1)]
+    local d="$1" port="$2" tls="$3" tuned="${4:-0}" listen buffers=""
+    [[ "$tuned" == 1 ]] && buffers="proxy_buffer_size 16k;
+            proxy_buffers 8 16k;"
+    mkdir -p "$d"
+    if [[ "$tls" == 1 ]]; then
+        listen="listen 127.0.0.1:$port ssl;
+        ssl_certificate $WORK/cert.pem;
+        ssl_certificate_key $WORK/key.pem;"
+    else
+        listen="listen 127.0.0.1:$port;"
+    fi
+    cat >"$d/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+master_process on;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+worker_rlimit_nofile $(ulimit -n);
+events { worker_connections $(($(ulimit -n) - 100)); }
+http {
+    access_log off;
+    client_body_temp_path $d/client_body;
+    proxy_temp_path $d/proxy;
+    fastcgi_temp_path $d/fastcgi;
+    uwsgi_temp_path $d/uwsgi;
+    scgi_temp_path $d/scgi;
+    upstream backend {
+        server 127.0.0.1:$BACKEND_PORT;
+        keepalive 128;
+    }
+    map \$http_upgrade \$connection_upgrade {
+        default upgrade;
+        ''      '';
+    }
+    server {
+        $listen
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection \$connection_upgrade;
+            proxy_read_timeout 3600s;
+            proxy_send_timeout 3600s;
+            proxy_max_temp_file_size 0;
+            $buffers
+        }
+    }
+}
+EOF
+}
