@@ -273,6 +273,13 @@ impl FrontStream {
         &self.inner
     }
 
+    /// The wrapped connection, out of the front door (which has nothing left to watch on it:
+    /// its head was read), leaving `placeholder` in its place.
+    pub fn into_inner(mut self, placeholder: Stream) -> Stream {
+        self.leave_head();
+        std::mem::replace(&mut self.inner, placeholder)
+    }
+
     /// Registers the connection as one with an incomplete head, with its deadlines.
     fn start_head(&mut self, scan: HeadScan) {
         let (id, slot) = self.door.pending.enter();

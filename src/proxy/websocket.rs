@@ -23,6 +23,7 @@ use pingora::protocols::{
     TimingDigest, UniqueID, UniqueIDType,
 };
 use pingora::proxy::Session;
+use pingora::tls::ServerTlsStream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -136,12 +137,68 @@ pub async fn respond_bare(session: &mut Session, code: u16) {
 }
 
 /// One side of a relayed websocket: a bare socket, a TLS stream to an `https://` target
-/// (boxed: rustls's connection state would make every `Conn` as large), or a client
-/// connection still inside pingora's wrapper (TLS).
+/// (boxed: rustls's connection state would make every `Conn` as large), a TLS client
+/// connection taken out of pingora's wrapper, or a client connection still inside it
+/// (anything unexpected).
 enum Conn {
     Bare(TargetStream),
     Tls(Box<TlsTargetStream>),
+    TlsClient(Box<ServerTlsStream<L4Stream>>),
     Pingora(Stream),
+}
+
+/// Takes a TLS client connection out of pingora's `TlsStream` once the upgrade is answered.
+///
+/// pingora's wrapper kept, for the connection's life, its digests and (before the vendored
+/// patch) room for both handshake futures; its L4 stream kept a 1.4 KiB write buffer. The relay
+/// holds rustls's stream alone, over the L4 stream with its buffers freed (the vendored
+/// pingora-core patch, docs/pingora-patches.md). Anything else is given back untouched.
+fn unwrap_tls_client(down: Stream) -> Result<Conn, Stream> {
+    type PingoraTls = pingora::protocols::tls::TlsStream<L4Stream>;
+    let is_tls = |s: &Stream| s.as_any().is::<PingoraTls>();
+    let fronted = match down
+        .as_any()
+        .downcast_ref::<super::front_door::FrontStream>()
+    {
+        Some(front) if is_tls(front.inner()) => true,
+        Some(_) => return Err(down),
+        None if is_tls(&down) => false,
+        None => return Err(down),
+    };
+    // The types were checked above: the two downcasts below cannot fail (if they did, the
+    // connection would close, never be misused).
+    let closed = || -> Stream { Box::new(Inert { head: b"", pos: 0 }) };
+    let inner = if fronted {
+        match down.into_any().downcast::<super::front_door::FrontStream>() {
+            Ok(front) => (*front).into_inner(closed()),
+            Err(_) => return Err(closed()),
+        }
+    } else {
+        down
+    };
+    let Ok(tls) = inner.into_any().downcast::<PingoraTls>() else {
+        return Err(closed());
+    };
+    match tls.into_established() {
+        Some(pingora::tls::TlsStream::Server(mut stream)) => {
+            // After the flushed 101 nothing is buffered; if something were, the buffers stay.
+            stream.get_mut().0.free_buffers();
+            Ok(Conn::TlsClient(Box::new(stream)))
+        }
+        // A listener's connection is a server stream, established once a request was read;
+        // anything else closes (dropped here).
+        other => {
+            debug!(
+                "websocket client: unexpected TLS stream state ({}), closing",
+                if other.is_some() {
+                    "client side"
+                } else {
+                    "no handshake"
+                }
+            );
+            Err(closed())
+        }
+    }
 }
 
 /// Unwraps a plain client connection from pingora's stream once the upgrade is answered.
@@ -154,6 +211,10 @@ enum Conn {
 /// was flushed. TLS connections and anything unexpected stay wrapped.
 fn unwrap_client(down: Stream) -> Conn {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let down = match unwrap_tls_client(down) {
+        Ok(conn) => return conn,
+        Err(down) => down,
+    };
     // The public listener's connections are inside the front door's wrapper.
     let l4 = match down
         .as_any()
@@ -206,6 +267,7 @@ impl fmt::Debug for Conn {
             Conn::Bare(TargetStream::Tcp(_)) => "tcp",
             Conn::Bare(TargetStream::Unix(_)) => "unix",
             Conn::Tls(_) => "tls",
+            Conn::TlsClient(_) => "tls client",
             Conn::Pingora(_) => "pingora",
         })
     }
@@ -220,6 +282,7 @@ impl AsyncRead for Conn {
         match self.get_mut() {
             Conn::Bare(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::TlsClient(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Pingora(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -234,6 +297,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Bare(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::TlsClient(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Pingora(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
@@ -241,6 +305,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Bare(s) => Pin::new(s).poll_flush(cx),
             Conn::Tls(s) => Pin::new(s).poll_flush(cx),
+            Conn::TlsClient(s) => Pin::new(s).poll_flush(cx),
             Conn::Pingora(s) => Pin::new(s).poll_flush(cx),
         }
     }
@@ -248,6 +313,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Bare(s) => Pin::new(s).poll_shutdown(cx),
             Conn::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::TlsClient(s) => Pin::new(s).poll_shutdown(cx),
             Conn::Pingora(s) => Pin::new(s).poll_shutdown(cx),
         }
     }

@@ -174,3 +174,83 @@ fn redirect_without_host_is_400() {
     let r = http(rp, &Req::get("/x").no_host());
     assert_eq!(r.status, 400, "{}", r.describe());
 }
+
+type Wss = tungstenite::WebSocket<Box<dyn crate::support::client::Stream>>;
+
+/// A wss websocket through hubgate's TLS listener to `ws`'s echo.
+fn open_wss(t: &TlsProxy, path: &str) -> Wss {
+    let c = tls_conn(t.hg.port, &t.cert, "localhost").expect("TLS handshake");
+    c.set_read_timeout(Duration::from_secs(10));
+    let url = format!("wss://localhost:{}{path}", t.hg.port);
+    let (sock, resp) = tungstenite::client::client(url.as_str(), c.into_stream())
+        .expect("wss upgrade through hubgate");
+    assert_eq!(resp.status().as_u16(), 101);
+    sock
+}
+
+fn echoed(sock: &mut Wss, msg: tungstenite::Message) {
+    sock.send(msg.clone()).expect("send over wss");
+    loop {
+        match sock.read().expect("read the echo over wss") {
+            m @ (tungstenite::Message::Text(_) | tungstenite::Message::Binary(_)) => {
+                assert!(m == msg, "echo differs ({} bytes sent)", msg.len());
+                return;
+            }
+            _ => continue,
+        }
+    }
+}
+
+// After the 101, hubgate takes the client's TLS stream out of pingora's wrapper and frees its
+// L4 buffers (docs/pingora-patches.md): what goes through must be unchanged, in both
+// directions, for messages spanning many TLS records, and the endings must be TLS-clean.
+#[test]
+fn wss_relay_carries_many_and_large_messages_and_the_clients_close() {
+    let t = start_tls(&[], None);
+    let ws = WsBackend::echo();
+    t.hg.add_route("/user/alice", &ws.url());
+    let mut sock = open_wss(&t, "/user/alice/api/kernels/k/channels");
+    for i in 0..200 {
+        echoed(
+            &mut sock,
+            tungstenite::Message::Text(format!("msg {i}").into()),
+        );
+    }
+    // 256 KiB: 16 TLS records each way, more than any buffer on the path.
+    let big: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    echoed(&mut sock, tungstenite::Message::Binary(big.into()));
+    sock.close(Some(tungstenite::protocol::CloseFrame {
+        code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "done".into(),
+    }))
+    .expect("send close");
+    // The client's close frame reaches the kernel side as sent.
+    assert!(
+        ws.wait_closed(1, Duration::from_secs(5)),
+        "the backend's websocket did not close"
+    );
+    assert_eq!(ws.close_frames(), vec![(1000, "done".to_string())]);
+}
+
+#[test]
+fn wss_gets_1001_on_sigterm() {
+    let t = start_tls(&[], None);
+    let ws = WsBackend::echo();
+    t.hg.add_route("/user/alice", &ws.url());
+    let mut sock = open_wss(&t, "/user/alice/api/kernels/k/channels");
+    echoed(&mut sock, tungstenite::Message::Text("before".into()));
+    t.hg.signal(libc::SIGTERM);
+    let frame = loop {
+        match sock.read() {
+            Ok(tungstenite::Message::Close(frame)) => break frame,
+            Ok(_) => continue,
+            Err(e) => panic!("error instead of a close frame over wss: {e}"),
+        }
+    };
+    let frame = frame.expect("a close frame with a code");
+    assert_eq!(
+        frame.code,
+        tungstenite::protocol::frame::coding::CloseCode::Away,
+        "{frame:?}"
+    );
+}

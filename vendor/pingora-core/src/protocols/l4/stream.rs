@@ -623,6 +623,26 @@ impl Stream {
         }
     }
 
+    /// Frees the read and write buffers when both are empty (then reads and writes go straight
+    /// to the socket); returns whether it did. For a connection that will sit idle for a long
+    /// time, such as an upgraded websocket: the write buffer is otherwise kept for its life.
+    ///
+    /// hubgate patch (docs/pingora-patches.md).
+    pub fn free_buffers(&mut self) -> bool {
+        let unread = match self.stream() {
+            BufferedStream::UnbufferedRead(_) => false,
+            BufferedStream::BufferedRead(reader) => !reader.buffer().is_empty(),
+        };
+        if unread || !self.stream().writer().buffer().is_empty() || !self.rewind_read_buf.is_empty() {
+            return false;
+        }
+        self.set_buffer(L4BufferSettings {
+            read: Some(0),
+            write: Some(0),
+        });
+        true
+    }
+
     /// Set the read and write buffer sizes
     /// It is only set later because of the malloc overhead in critical accept() path
     pub(crate) fn set_buffer(&mut self, buffer: L4BufferSettings) {

@@ -38,8 +38,11 @@ use x509_parser::nom::AsBytes;
 #[derive(Debug)]
 pub struct InnerStream<T> {
     pub(crate) stream: Option<RusTlsStream<T>>,
-    connect: NoDebug<Option<Connect<T>>>,
-    accept: NoDebug<Option<Accept<T>>>,
+    // hubgate patch (docs/pingora-patches.md): the handshake futures are boxed. Each holds a
+    // whole TLS stream while it runs, and inline they kept ~3 KiB in every connection for its
+    // whole life, long after the handshake.
+    connect: NoDebug<Option<Box<Connect<T>>>>,
+    accept: NoDebug<Option<Box<Accept<T>>>>,
 }
 
 /// The TLS connection
@@ -91,6 +94,17 @@ where
             ssl: None,
             timing: Default::default(),
         })
+    }
+}
+
+impl<T> TlsStream<T> {
+    /// The established rustls stream, out of this wrapper (its digests and timing are dropped);
+    /// `None` before the handshake. For a connection handed to code that only reads and writes
+    /// it for a long time, such as a websocket relay.
+    ///
+    /// hubgate patch (docs/pingora-patches.md).
+    pub fn into_established(self) -> Option<RusTlsStream<T>> {
+        self.tls.stream
     }
 }
 
@@ -273,7 +287,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> InnerStream<T> {
         let connect = connector.connect(server.to_owned(), stream);
         Ok(InnerStream {
             accept: None.into(),
-            connect: Some(connect).into(),
+            connect: Some(Box::new(connect)).into(),
             stream: None,
         })
     }
@@ -282,7 +296,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> InnerStream<T> {
         let accept = acceptor.acceptor.accept(stream);
 
         Ok(InnerStream {
-            accept: Some(accept).into(),
+            accept: Some(Box::new(accept)).into(),
             connect: None.into(),
             stream: None,
         })
