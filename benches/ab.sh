@@ -7,10 +7,13 @@
 # front of the `hubgate-load echo-server` backend; the load tool alternates between them
 # ROUNDS times (A B B A A B …, so slow drift in background load hits both alike) with MEASURE
 # (`small`: 100-byte responses, or `big`: 64 KiB; c64 keep-alive for DURATION s). It prints
-# the CPU per request of each run, the medians and the ratio NEW/OLD. What to judge a change
-# by: docs/performance.md, "How to read the figures". Loopback only; every process is stopped.
+# the CPU per request of each run, the medians and the ratio NEW/OLD. With NGINX=1, nginx (the
+# configuration of benches/compare.sh) is a third arm of the same rotation, and the share of
+# the gap to nginx that NEW closes is printed: the issue of record keeps a request-path change
+# only if it closes at least a quarter of it. What to judge a change by: docs/performance.md,
+# "How to read the figures". Loopback only; every process is stopped.
 #
-# Environment: ROUNDS [6] DURATION [5] MEASURE [small] PROXY_CPU [1] LOAD_CPU [0]
+# Environment: ROUNDS [6] DURATION [5] MEASURE [small] PROXY_CPU [1] LOAD_CPU [0] NGINX [0]
 #   LOAD [target/release/hubgate-load] CONFIG [none: a --config file given to both]
 set -euo pipefail
 KEEP_WORK="${KEEP_WORK:-0}"
@@ -24,6 +27,7 @@ ROUNDS="${ROUNDS:-6}"
 DURATION="${DURATION:-5}"
 MEASURE="${MEASURE:-small}"
 PROXY_CPU="${PROXY_CPU:-1}"
+NGINX_ARM="${NGINX:-0}"
 LOAD_CPU="${LOAD_CPU:-0}"
 LOAD="${LOAD:-$ROOT/target/release/hubgate-load}"
 CONFIG="${CONFIG:-}"
@@ -58,9 +62,25 @@ for side in old new; do
         die "hubgate-$side does not proxy (see $WORK/hubgate-$side.log)"
 done
 
+sides=(old new)
+if [[ "$NGINX_ARM" == 1 ]]; then
+    command -v nginx >/dev/null || die "NGINX=1 but nginx is not installed (scripts/setup.sh)"
+    PORT[nginx]=$(free_port)
+    write_nginx_conf "$WORK/nginx" "${PORT[nginx]}" 0
+    start_bg nginx "$PROXY_CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
+    for _ in $(seq 100); do
+        curl -s -o /dev/null "http://127.0.0.1:${PORT[nginx]}$PATH_ON" && break
+        sleep 0.1
+    done
+    PID[nginx]=$(pgrep -P "$BG_PID" nginx | head -1)
+    [[ -n "${PID[nginx]}" ]] || die "nginx did not start (see $WORK/nginx.log)"
+    sides+=(nginx)
+fi
+
 order=()
 for ((r = 0; r < ROUNDS; r++)); do
-    if ((r % 2 == 0)); then order+=(old new); else order+=(new old); fi
+    # Rotate the starting side, so slow drift in background load hits every side alike.
+    for ((k = 0; k < ${#sides[@]}; k++)); do order+=("${sides[(r + k) % ${#sides[@]}]}"); done
 done
 i=0
 for side in "${order[@]}"; do
@@ -75,7 +95,7 @@ done
 python3 - "$WORK/runs" "$MEASURE" "$OLD" "$NEW" <<'EOF'
 import json, statistics, sys
 runs, measure, old, new = sys.argv[1:]
-cpu = {"old": [], "new": []}
+cpu = {"old": [], "new": [], "nginx": []}
 for line in open(runs):
     side, path = line.split()
     d = json.load(open(path))
@@ -87,5 +107,11 @@ for line in open(runs):
 mo, mn = statistics.median(cpu["old"]), statistics.median(cpu["new"])
 print(f"{measure}: old {mo:.2f} µs ({min(cpu['old']):.2f}–{max(cpu['old']):.2f}), "
       f"new {mn:.2f} µs ({min(cpu['new']):.2f}–{max(cpu['new']):.2f}), new/old {mn / mo:.3f}×")
+if cpu["nginx"]:
+    mx = statistics.median(cpu["nginx"])
+    gap = mo - mx
+    print(f"nginx {mx:.2f} µs ({min(cpu['nginx']):.2f}–{max(cpu['nginx']):.2f}): old/nginx {mo / mx:.2f}×, "
+          f"new/nginx {mn / mx:.2f}×; new closes {100 * (mo - mn) / gap:.0f} % of the gap" if gap > 0 else
+          f"nginx {mx:.2f} µs: old is already at or below nginx")
 print(f"old = {old}\nnew = {new}")
 EOF

@@ -16,6 +16,7 @@ declare -A SHA256=(
     [pingora-core]=a535f47f65fdcb003f9e1df04cd18e614c128dfe9388acce3f211ae38ac14d68
     [pingora-http]=3f38e9e519d53fab09eb320f7be2cd27ef9e66f755eba3bd84cc68852108d841
     [pingora-proxy]=8e3d5670490740405ecc8c6f75c3fcbce4d24f7adaffb355ca44550e7918e358
+    [pingora-pool]=ecda093a10bad5e887d73286f052dd0fc78ad0d6c7654235e507ed0f85b64af1
 )
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
@@ -34,7 +35,7 @@ pristine() { # pristine CRATE: extracts the release to $WORK/CRATE-VERSION
 }
 
 status=0
-for crate in pingora-core pingora-http pingora-proxy; do
+for crate in pingora-core pingora-http pingora-proxy pingora-pool; do
     pristine "$crate"
     base="$WORK/$crate-$VERSION"
     patch="$ROOT/vendor/patches/$crate.diff"

@@ -214,35 +214,58 @@ enum Scan {
 }
 
 impl HeadScan {
+    /// Scans the next bytes of a head: line by line with `memchr` (a head is mostly long
+    /// lines: cookies, tokens; a byte-by-byte loop cost 2.5 % of the proxy's CPU per request
+    /// with an 825-byte bearer token), with exactly the outcome of a byte-by-byte scan (the
+    /// test `scan_matches_the_byte_by_byte_definition` holds it to that): CR bytes do not
+    /// count toward a line; a request line over `max_request_line` bytes, or a head over
+    /// `max_head` before its blank line, is refused at the byte that crosses the limit.
     fn scan(&mut self, bytes: &[u8], limits: &Limits) -> Scan {
-        for (i, &b) in bytes.iter().enumerate() {
-            match b {
-                b'\n' if self.line == 0 && self.lines == 0 => {} // empty lines before a request
+        let mut start = 0;
+        while start < bytes.len() {
+            let rest = &bytes[start..];
+            let (seg, newline) = match memchr::memchr(b'\n', rest) {
+                Some(k) => (&rest[..k], true),
+                None => (rest, false),
+            };
+            if !seg.is_empty() {
+                let counted = seg.len() - memchr::memchr_iter(b'\r', seg).count();
+                self.line += counted;
+                if self.lines == 0 && self.line > limits.max_request_line {
+                    return Scan::Refuse(HeadRefusal::RequestLineTooLong);
+                }
+                if self.total + start + seg.len() > limits.max_head {
+                    return Scan::Refuse(self.too_large());
+                }
+            }
+            if !newline {
+                break;
+            }
+            let at = start + seg.len(); // the newline's index in `bytes`
+            if self.line == 0 && self.lines > 0 {
                 // The blank line: the head is complete. Bytes after it (a body, or a
                 // pipelined request) are pingora's business.
-                b'\n' if self.line == 0 => return Scan::Complete,
-                b'\n' => {
-                    self.lines += 1;
-                    self.line = 0;
-                }
-                b'\r' => {}
-                _ => {
-                    self.line += 1;
-                    if self.lines == 0 && self.line > limits.max_request_line {
-                        return Scan::Refuse(HeadRefusal::RequestLineTooLong);
-                    }
-                }
+                return Scan::Complete;
             }
-            if self.total + i + 1 > limits.max_head {
-                return Scan::Refuse(if self.lines == 0 {
-                    HeadRefusal::RequestLineTooLong
-                } else {
-                    HeadRefusal::HeadTooLarge
-                });
+            if self.line > 0 {
+                self.lines += 1;
+                self.line = 0;
+            } // else: an empty line before a request
+            if self.total + at + 1 > limits.max_head {
+                return Scan::Refuse(self.too_large());
             }
+            start = at + 1;
         }
         self.total += bytes.len();
         Scan::More
+    }
+
+    fn too_large(&self) -> HeadRefusal {
+        if self.lines == 0 {
+            HeadRefusal::RequestLineTooLong
+        } else {
+            HeadRefusal::HeadTooLarge
+        }
     }
 }
 
@@ -685,6 +708,88 @@ mod tests {
     use super::*;
 
     fn head() -> HeadScan {
+        HeadScan::default()
+    }
+
+    /// The scan's definition, byte by byte (the implementation before it went line by line).
+    fn scan_bytewise(h: &mut HeadScan, bytes: &[u8], limits: &Limits) -> Scan {
+        for (i, &b) in bytes.iter().enumerate() {
+            match b {
+                b'\n' if h.line == 0 && h.lines == 0 => {}
+                b'\n' if h.line == 0 => return Scan::Complete,
+                b'\n' => {
+                    h.lines += 1;
+                    h.line = 0;
+                }
+                b'\r' => {}
+                _ => {
+                    h.line += 1;
+                    if h.lines == 0 && h.line > limits.max_request_line {
+                        return Scan::Refuse(HeadRefusal::RequestLineTooLong);
+                    }
+                }
+            }
+            if h.total + i + 1 > limits.max_head {
+                return Scan::Refuse(if h.lines == 0 {
+                    HeadRefusal::RequestLineTooLong
+                } else {
+                    HeadRefusal::HeadTooLarge
+                });
+            }
+        }
+        h.total += bytes.len();
+        Scan::More
+    }
+
+    #[test]
+    fn scan_matches_the_byte_by_byte_definition() {
+        // Random heads made of the bytes that matter (CR, LF, others), cut into random reads,
+        // against small limits: every read's outcome and the counters must agree.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..20_000 {
+            let limits = Limits {
+                max_request_line: 1 + (next() % 40) as usize,
+                max_head: 1 + (next() % 120) as usize,
+                ..Default::default()
+            };
+            let len = (next() % 160) as usize;
+            let head: Vec<u8> = (0..len)
+                .map(|_| match next() % 10 {
+                    0 | 1 => b'\n',
+                    2 => b'\r',
+                    _ => b'a',
+                })
+                .collect();
+            let (mut fast, mut slow) = (head_scan(), head_scan());
+            let mut rest = head.as_slice();
+            while !rest.is_empty() {
+                let n = 1 + (next() as usize % rest.len());
+                let (chunk, tail) = rest.split_at(n);
+                let (a, b) = (
+                    fast.scan(chunk, &limits),
+                    scan_bytewise(&mut slow, chunk, &limits),
+                );
+                assert_eq!(a, b, "case {case}: {head:?} at {n} bytes, {limits:?}");
+                if a != Scan::More {
+                    break;
+                }
+                assert_eq!(
+                    (fast.total, fast.line, fast.lines),
+                    (slow.total, slow.line, slow.lines),
+                    "case {case}: {head:?}"
+                );
+                rest = tail;
+            }
+        }
+    }
+
+    fn head_scan() -> HeadScan {
         HeadScan::default()
     }
 

@@ -303,7 +303,7 @@ impl TransportConnector {
             released,
             expires: idle_timeout.map(|t| released + t),
         };
-        let _ = self.connection_pool.put(&meta, idle);
+        self.connection_pool.put_unwatched(&meta, idle);
     }
 
     /// Get a stream to the given server [Peer]

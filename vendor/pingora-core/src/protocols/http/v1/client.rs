@@ -284,9 +284,13 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
+                        // hubgate patch (docs/pingora-patches.md): room for the two headers
+                        // the server side adds when it forwards the response (`Date` and
+                        // `Connection`, in `prepare_response_header`), so its maps do not
+                        // grow and rehash for them.
                         let mut response_header = match ResponseHeader::build(
                             resp.code.unwrap(),
-                            Some(resp.headers.len()),
+                            Some(resp.headers.len() + 2),
                         ) {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),
