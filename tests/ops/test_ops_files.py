@@ -130,7 +130,7 @@ LABEL_VALUES = {
         "not_yet_valid", "issued_in_future", "wrong_audience", "wrong_issuer",
         "missing_claim", "mfa_required", "auth_too_old", "no_username", "keys_unavailable",
         "not_owner", "grants_unavailable", "not_in_group", "origin_mismatch", "bad_session",
-        "revoked", "session_too_large",
+        "revoked", "session_too_large", "bad_path",
     },
 }  # fmt: skip
 
@@ -182,6 +182,15 @@ def base_metric(series: str) -> str:
         if series.startswith(h + "_"):
             return h
     return series
+
+
+def test_every_denial_reason_hubgate_exports_is_a_known_label_value():
+    # The deny reasons are the `reason` label of the auth metrics; a new one missing here would
+    # let a dashboard or alert filter on a misspelt value pass the label check below.
+    exported = set(re.findall(r'=> "([a-z_]+)"', (ROOT / "src/auth/reason.rs").read_text()))
+    assert exported, "no reasons found in src/auth/reason.rs (has its form changed?)"
+    missing = exported - LABEL_VALUES["reason"]
+    assert not missing, f"reasons exported but not in LABEL_VALUES: {sorted(missing)}"
 
 
 def test_metric_name_extraction():
