@@ -14,7 +14,7 @@ use crate::support::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What the backend does after each response.
@@ -24,13 +24,15 @@ enum After {
     KeepOpen,
     /// Closes the connection (without announcing it: no `Connection: close`).
     Close,
-    /// Keeps it open but writes a stray response nobody asked for.
+    /// Keeps it open; the test writes a stray response on it (`write_stray`) while it is idle.
     Garbage,
 }
 
 struct PoolBackend {
     port: u16,
     accepted: Arc<AtomicUsize>,
+    /// The connection that served the last response (for `write_stray`).
+    last: Arc<Mutex<Option<TcpStream>>>,
 }
 
 impl PoolBackend {
@@ -38,15 +40,32 @@ impl PoolBackend {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
+        let last = Arc::new(Mutex::new(None));
+        let (count, last2) = (accepted.clone(), last.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { return };
                 let n = count.fetch_add(1, Ordering::SeqCst) + 1;
-                std::thread::spawn(move || serve(conn, n, after));
+                let last = last2.clone();
+                std::thread::spawn(move || serve(conn, n, after, &last));
             }
         });
-        PoolBackend { port, accepted }
+        PoolBackend {
+            port,
+            accepted,
+            last,
+        }
+    }
+
+    /// Writes a response nobody asked for on the connection that served the last one (idle in
+    /// hubgate's pool by then); returns once the bytes are in hubgate's receive queue (a
+    /// loopback write delivers them before it returns).
+    fn write_stray(&self) {
+        let stray = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale";
+        let mut last = self.last.lock().expect("lock");
+        let conn = last.as_mut().expect("a connection served a response");
+        conn.write_all(stray.as_bytes())
+            .expect("write the stray response");
     }
 
     fn url(&self) -> String {
@@ -59,7 +78,7 @@ impl PoolBackend {
 }
 
 /// Serves GETs on one connection, answering each with `conn <n>`.
-fn serve(mut conn: TcpStream, n: usize, after: After) {
+fn serve(mut conn: TcpStream, n: usize, after: After, last: &Mutex<Option<TcpStream>>) {
     conn.set_read_timeout(Some(Duration::from_secs(30))).ok();
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
@@ -76,18 +95,15 @@ fn serve(mut conn: TcpStream, n: usize, after: After) {
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        if conn.write_all(reply.as_bytes()).is_err() {
-            return;
-        }
-        match after {
-            After::KeepOpen => {}
-            After::Close => return,
-            After::Garbage => {
-                let stray = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale";
-                if conn.write_all(stray.as_bytes()).is_err() {
-                    return;
-                }
+        if after == After::Garbage {
+            // Before the response goes out, so that `write_stray`, called once the client has
+            // it, finds this connection.
+            if let Ok(clone) = conn.try_clone() {
+                *last.lock().expect("lock") = Some(clone);
             }
+        }
+        if conn.write_all(reply.as_bytes()).is_err() || after == After::Close {
+            return;
         }
     }
 }
@@ -131,7 +147,17 @@ fn a_connection_the_server_closed_while_idle_is_never_used() {
 fn a_connection_with_unasked_bytes_is_dropped_not_read_as_the_next_answer() {
     let backend = PoolBackend::start(After::Garbage);
     let hg = proxy_to(&backend);
-    // Never the stray "stale" body: each request gets a new connection's own answer.
-    each_request_answered_by(&hg, 10, |i| format!("conn {i}"));
+    let mut c = hg.proxy_conn();
+    for i in 1..=10 {
+        let r = c
+            .request(&Req::get(&format!("/x/{i}")))
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(r.status, 200, "request {i}: {}", r.describe());
+        // Never the stray "stale" body: each request gets a new connection's own answer.
+        assert_eq!(r.text(), format!("conn {i}"), "request {i}");
+        // The connection that served it is idle in hubgate's pool now: the server sends a
+        // response nobody asked for, before the next request is even sent.
+        backend.write_stray();
+    }
     assert_eq!(backend.accepted(), 10);
 }

@@ -262,7 +262,8 @@ impl TransportConnector {
             } = idle;
             let reusable = !expires.is_some_and(|e| e <= Instant::now())
                 && peer_matches(peer, &stream)
-                && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count);
+                && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
+                && (peer.tls() || !kernel_has_bytes(&stream, &self.unexpected_data_conn_count));
             if reusable {
                 return Some(stream);
             }
@@ -468,6 +469,44 @@ fn peer_matches<P: Peer>(peer: &P, stream: &Stream) -> bool {
         }
     }
     peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
+}
+
+/// Whether the kernel holds bytes (or the end of the stream) on an idle plain connection:
+/// `test_reusable_stream` sees only what the runtime's readiness already reports, and with no
+/// watcher task that can lag behind what has arrived (a server's stray response written just
+/// after the real one). One `recv(MSG_PEEK | MSG_DONTWAIT)` per reuse settles it. Not for TLS,
+/// where a server may legitimately send records (session tickets) on an idle connection.
+///
+/// hubgate patch (docs/pingora-patches.md).
+#[cfg(unix)]
+fn kernel_has_bytes(stream: &Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: `stream.id()` is the stream's open descriptor; the buffer is one valid byte.
+    let n = unsafe {
+        libc::recv(
+            stream.id(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        1.. => {
+            warn!("Unexpected data read in idle connection");
+            unexpected_data_conn_count.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        0 => true, // closed by the server
+        _ => {
+            let err = std::io::Error::last_os_error();
+            err.kind() != std::io::ErrorKind::WouldBlock && err.kind() != std::io::ErrorKind::Interrupted
+        }
+    }
+}
+
+#[cfg(windows)]
+fn kernel_has_bytes(_stream: &Stream, _unexpected_data_conn_count: &AtomicU64) -> bool {
+    false
 }
 
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
