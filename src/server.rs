@@ -457,6 +457,7 @@ fn proxy_service(
             pingora::proxy::http_proxy(&server.configuration, HubProxy::new(shared.clone())),
             config.limits.clone(),
             metrics,
+            config.direct_path.then(|| shared.clone()),
         ),
     );
     let public_buffers = L4BufferSettings {

@@ -121,6 +121,10 @@ pub struct Cli {
     /// Don't add X-Forwarded-* headers to proxied requests.
     #[arg(long)]
     pub no_x_forward: bool,
+    /// Send every request through pingora's proxy path, none through hubgate's direct
+    /// HTTP/1.1 path (docs/direct-path.md).
+    #[arg(long)]
+    pub no_direct_path: bool,
     /// Don't prepend the target's path to the proxied request path.
     #[arg(long)]
     pub no_prepend_path: bool,

@@ -66,6 +66,8 @@ pub struct ProxySection {
     /// How long to wait for a compute node to accept a connection before answering 503.
     pub connect_timeout_ms: Option<u64>,
     pub keep_alive_timeout_ms: Option<u64>,
+    /// Serve plain GET/HEAD requests on hubgate's own HTTP/1.1 path (docs/direct-path.md).
+    pub direct_path: Option<bool>,
     pub redirect_port: Option<u16>,
     pub redirect_to: Option<u16>,
     /// `[proxy.tls]`: TLS on the public listener.

@@ -181,6 +181,9 @@ pub struct Config {
     pub limits: Limits,
     pub client_tls: ClientTls,
     pub ws_activity_on_server_frames: bool,
+    /// Plain GET/HEAD requests go through hubgate's direct path (`--no-direct-path`,
+    /// `[proxy] direct-path`).
+    pub direct_path: bool,
     pub log_level: log::LevelFilter,
     pub pid_file: Option<PathBuf>,
     pub shutdown_grace: Duration,
@@ -456,6 +459,7 @@ impl Config {
             limits,
             client_tls,
             ws_activity_on_server_frames: file.websocket.activity_on_server_frames.unwrap_or(false),
+            direct_path: !cli.no_direct_path && file.proxy.direct_path.unwrap_or(true),
             log_level: server.log_level,
             pid_file: cli
                 .pid_file

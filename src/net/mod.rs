@@ -5,6 +5,7 @@
 mod client;
 mod connect;
 mod failure;
+mod pool;
 mod resolver;
 mod target;
 mod tls_client;
@@ -12,5 +13,6 @@ mod tls_client;
 pub use client::{Fetch, FetchError, Fetched, HttpClient};
 pub use connect::{ClientTlsMaterial, Connector, PeerTimeouts, TargetStream, TlsTargetStream};
 pub use failure::FailureKind;
+pub use pool::Pool;
 pub use resolver::Resolver;
 pub use target::{Target, TargetAddr, TargetError};

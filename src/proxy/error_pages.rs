@@ -37,10 +37,10 @@ pub struct ErrorRenderer {
 }
 
 /// An error page fetched or read, ready to send.
-struct Page {
-    content_type: Option<Bytes>,
-    content_encoding: Option<Bytes>,
-    body: Bytes,
+pub(super) struct Page {
+    pub content_type: Option<Bytes>,
+    pub content_encoding: Option<Bytes>,
+    pub body: Bytes,
 }
 
 fn builtin_page(code: u16) -> String {
@@ -167,13 +167,18 @@ impl ErrorRenderer {
         }
     }
 
-    /// Writes the error response for `code` (the original request URL is `raw_url`).
-    pub async fn respond(&self, session: &mut Session, code: u16, raw_url: &[u8]) {
-        let page = self.page(code, raw_url).await.unwrap_or_else(|| Page {
+    /// The error page for `code`, or the reason phrase alone when there is none.
+    pub(super) async fn page_or_reason(&self, code: u16, raw_url: &[u8]) -> Page {
+        self.page(code, raw_url).await.unwrap_or_else(|| Page {
             content_type: None,
             content_encoding: None,
             body: Bytes::from_static(web::reason_phrase(code).as_bytes()),
-        });
+        })
+    }
+
+    /// Writes the error response for `code` (the original request URL is `raw_url`).
+    pub async fn respond(&self, session: &mut Session, code: u16, raw_url: &[u8]) {
+        let page = self.page_or_reason(code, raw_url).await;
         let Ok(mut resp) = ResponseHeader::build(code, Some(4)) else {
             return;
         };

@@ -32,6 +32,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::BytesMut;
 use pingora::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{
@@ -44,6 +45,7 @@ use prometheus::{IntCounter, IntGauge};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::direct::{Conn, Direct, Served};
 use super::Refusal;
 use crate::config::Limits;
 use crate::metrics::Metrics;
@@ -595,11 +597,19 @@ impl Peek for FrontStream {}
 pub struct FrontDoor<A> {
     app: Arc<A>,
     door: Arc<Door>,
+    /// The direct path, when on: requests it takes never reach `app` (`direct.rs`).
+    direct: Option<Direct>,
 }
 
 impl<A> FrontDoor<A> {
-    /// Wraps `app` (pingora's `HttpProxy`).
-    pub fn new(app: A, limits: Limits, metrics: &Metrics) -> FrontDoor<A> {
+    /// Wraps `app` (pingora's `HttpProxy`); with `direct`, the direct path over that shared
+    /// state serves the requests it takes.
+    pub fn new(
+        app: A,
+        limits: Limits,
+        metrics: &Metrics,
+        direct: Option<Arc<super::Shared>>,
+    ) -> FrontDoor<A> {
         let pending = Pending {
             next: AtomicU64::new(0),
             slots: Mutex::new(BTreeMap::new()),
@@ -619,6 +629,7 @@ impl<A> FrontDoor<A> {
                 pending,
                 metrics,
             }),
+            direct: direct.map(Direct::new),
         }
     }
 }
@@ -675,16 +686,47 @@ where
         // A new connection counts as pending from its accept: one that never sends a byte
         // holds a slot and meets the head deadline.
         front.start_head(HeadScan::default());
+        let limit = self
+            .app
+            .server_options()
+            .and_then(|o| o.keepalive_request_limit);
+        // The direct path serves what it takes; the first request it does not take goes to
+        // pingora with the bytes already read, and the connection stays with pingora.
+        let mut prefix = BytesMut::new();
+        let mut served = 0;
+        if let Some(direct) = &self.direct {
+            let client_ip = front
+                .inner
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+            loop {
+                let conn = Conn {
+                    client_ip,
+                    shutdown,
+                    served,
+                    request_limit: limit.map(|l| l as usize),
+                };
+                match direct.serve(&mut front, &mut prefix, &conn).await {
+                    Served::Again => {
+                        served += 1;
+                        next_request.store(true, Ordering::Release);
+                    }
+                    Served::Close => return None,
+                    Served::Fallback => break,
+                }
+            }
+        }
         let mut session = ServerSession::new_http1(Box::new(front));
+        if !prefix.is_empty() {
+            session.set_pipelined_prefix(prefix);
+        }
         if *shutdown.borrow() {
             session.set_keepalive(None);
         } else {
             session.set_keepalive(Some(60));
         }
         session.set_keepalive_reuses_remaining(
-            self.app
-                .server_options()
-                .and_then(|o| o.keepalive_request_limit),
+            limit.map(|l| l.saturating_sub(u32::try_from(served).unwrap_or(u32::MAX))),
         );
         let mut result = self.app.process_inline(session, shutdown).await;
         while let Some((stream, settings)) = result.map(|r| r.consume()) {

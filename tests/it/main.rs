@@ -22,6 +22,7 @@ mod auth_token;
 mod auth_websocket;
 mod cli;
 mod client_timeout;
+mod direct_path;
 mod error;
 mod forwarding;
 mod front_door;

@@ -1,9 +1,10 @@
-//! hubgate's keep-alive pool of upstream connections. The vendored pingora-core patch
-//! (docs/pingora-patches.md) removed the task that watched each idle pooled connection: a
-//! pooled connection is now checked when it is taken. These tests hold the pool to what the
-//! watcher used to guarantee, from the backend's side: connections are reused; one the server
-//! closed while idle, or that sent bytes nobody asked for, is never used for a request (the
-//! request gets a fresh connection and its own answer, never a stale one).
+//! hubgate's keep-alive pools of upstream connections: pingora's (the vendored pingora-core
+//! patch, docs/pingora-patches.md, removed the task that watched each idle pooled connection)
+//! and the direct path's (docs/direct-path.md); both check a pooled connection when it is
+//! taken. These tests hold each pool, on its path (`PATHS`), to what the watcher used to
+//! guarantee, from the backend's side: connections are reused; one the server closed while
+//! idle, or that sent bytes nobody asked for, is never used for a request (the request gets a
+//! fresh connection and its own answer, never a stale one).
 //!
 //! The backend here is a small HTTP/1.1 server written for these tests (std threads and
 //! sockets): no real server closes its idle connections or writes unasked bytes on demand, and
@@ -108,8 +109,11 @@ fn serve(mut conn: TcpStream, n: usize, after: After, last: &Mutex<Option<TcpStr
     }
 }
 
-fn proxy_to(backend: &PoolBackend) -> Hubgate {
-    let hg = Hubgate::start(&[], &[]);
+/// The two request paths: the direct path (the default for these GETs) and pingora's.
+const PATHS: [&[&str]; 2] = [&[], &["--no-direct-path"]];
+
+fn proxy_to(backend: &PoolBackend, args: &[&str]) -> Hubgate {
+    let hg = Hubgate::start(args, &[]);
     hg.add_route("/", &backend.url());
     hg
 }
@@ -129,24 +133,34 @@ fn each_request_answered_by(hg: &Hubgate, n: usize, expect: impl Fn(usize) -> St
 
 #[test]
 fn sequential_requests_reuse_one_upstream_connection() {
-    let backend = PoolBackend::start(After::KeepOpen);
-    let hg = proxy_to(&backend);
-    each_request_answered_by(&hg, 20, |_| "conn 1".into());
-    assert_eq!(backend.accepted(), 1);
+    for args in PATHS {
+        let backend = PoolBackend::start(After::KeepOpen);
+        let hg = proxy_to(&backend, args);
+        each_request_answered_by(&hg, 20, |_| "conn 1".into());
+        assert_eq!(backend.accepted(), 1, "{args:?}");
+    }
 }
 
 #[test]
 fn a_connection_the_server_closed_while_idle_is_never_used() {
-    let backend = PoolBackend::start(After::Close);
-    let hg = proxy_to(&backend);
-    each_request_answered_by(&hg, 10, |i| format!("conn {i}"));
-    assert_eq!(backend.accepted(), 10);
+    for args in PATHS {
+        let backend = PoolBackend::start(After::Close);
+        let hg = proxy_to(&backend, args);
+        each_request_answered_by(&hg, 10, |i| format!("conn {i}"));
+        assert_eq!(backend.accepted(), 10, "{args:?}");
+    }
 }
 
 #[test]
 fn a_connection_with_unasked_bytes_is_dropped_not_read_as_the_next_answer() {
+    for args in PATHS {
+        unasked_bytes_are_never_an_answer(args);
+    }
+}
+
+fn unasked_bytes_are_never_an_answer(args: &[&str]) {
     let backend = PoolBackend::start(After::Garbage);
-    let hg = proxy_to(&backend);
+    let hg = proxy_to(&backend, args);
     let mut c = hg.proxy_conn();
     for i in 1..=10 {
         let r = c

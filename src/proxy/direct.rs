@@ -1,0 +1,1148 @@
+//! The direct path: hubgate's own HTTP/1.1 forwarding for the common request, beside
+//! pingora's proxy.
+//!
+//! pingora's per-request structure (its sessions, header maps parsed, cloned and
+//! re-serialised, the proxy phases, the keep-alive pool cycle) costs about twice nginx's CPU
+//! per small request, spread over a hundred functions (docs/performance.md, "The direct
+//! path"). For the requests that make up most of a hub's traffic, the front door serves the
+//! request here instead: the head is parsed once with `httparse`, the upstream head is written
+//! from the client's bytes with the same edits as pingora's path (`headers.rs`), and the
+//! response is forwarded with pingora's framing rules. Every other request goes to pingora
+//! untouched, with the bytes already read handed over: the decision is made on the parsed
+//! head before anything happens (no metric, no log, nothing sent), see [`take`].
+//!
+//! What the direct path takes, and why the rest goes to pingora, is written in
+//! docs/direct-path.md, with each difference from pingora's path on the wire.
+
+use std::fmt::Write as _;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method};
+use log::{debug, error};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::chunked::{self, Decoder};
+use super::{access_log, forward, headers, InFlightGuard, Refusal, Shared};
+use crate::canonical;
+use crate::config::AccessLog;
+use crate::net::{FailureKind, Pool, Target, TargetAddr};
+use crate::routes::Route;
+
+/// Header fields parsed in a head, as pingora's parser allows.
+const MAX_HEADERS: usize = 256;
+/// Largest upstream response head (pingora's limit on its path).
+const MAX_RESPONSE_HEAD: usize = 1024 * 1024;
+/// Read buffer for upstream responses.
+const READ_CHUNK: usize = 16 * 1024;
+/// Idle upstream connections kept, and for how long (the values of pingora's pool on its
+/// path: `src/net/connect.rs` and pingora's default pool size).
+const POOL_SIZE: usize = 128;
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// Request header fields that send a request to pingora's path: message framing, upgrades,
+/// expectations and hop-by-hop fields pingora removes or acts on (see docs/direct-path.md).
+const NOT_DIRECT: [&str; 11] = [
+    "content-length",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "http2-settings",
+];
+
+/// What became of the connection after [`Direct::serve`].
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Served {
+    /// The request was answered; the connection may carry another.
+    Again,
+    /// The connection is finished (closed by the client, refused by the front door, or not
+    /// reusable after this exchange).
+    Close,
+    /// The request is not one the direct path takes: pingora parses it from the bytes kept.
+    Fallback,
+}
+
+/// The direct path's state: the shared proxy state and its upstream pool.
+pub(super) struct Direct {
+    shared: Arc<Shared>,
+    pool: Pool,
+}
+
+/// One connection's facts the direct path needs.
+pub(super) struct Conn<'a> {
+    pub client_ip: Option<IpAddr>,
+    pub shutdown: &'a ShutdownWatch,
+    /// Requests already served on this connection (0 for the first).
+    pub served: usize,
+    /// pingora's limit of requests per connection, if any.
+    pub request_limit: Option<usize>,
+}
+
+/// A request the direct path takes: what [`take`] found in its head.
+struct Taken<'r> {
+    method: Method,
+    path: &'r [u8],
+    /// The client asked to close after this request.
+    close: bool,
+    host: Option<&'r [u8]>,
+}
+
+/// Decides from a parsed head whether the direct path takes the request: a GET or HEAD over
+/// HTTP/1.1 with one `Host`, an origin-form target of printable ASCII, no body, no upgrade, no
+/// expectation, and `Connection` at most `keep-alive` or `close`. Pure: nothing is counted or
+/// logged, so a request not taken goes to pingora as if the direct path did not exist.
+fn take<'r>(req: &httparse::Request<'_, 'r>) -> Option<Taken<'r>> {
+    let method = match req.method? {
+        "GET" => Method::GET,
+        "HEAD" => Method::HEAD,
+        _ => return None,
+    };
+    if req.version != Some(1) {
+        return None;
+    }
+    let path = req.path?.as_bytes();
+    if path.first() != Some(&b'/') || path.iter().any(|&b| b <= b' ' || b >= 0x7f) {
+        return None;
+    }
+    if path == b"/_chp_healthz" {
+        return None;
+    }
+    let (mut host, mut hosts, mut close, mut connections) = (None, 0, false, 0);
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+            host = Some(h.value);
+        } else if name.eq_ignore_ascii_case("connection") {
+            connections += 1;
+            let v = h.value.trim_ascii();
+            if v.eq_ignore_ascii_case(b"close") {
+                close = true;
+            } else if !v.eq_ignore_ascii_case(b"keep-alive") {
+                return None;
+            }
+        } else if NOT_DIRECT.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+            return None;
+        }
+    }
+    if hosts != 1 || connections > 1 || host.is_some_and(|h| h.contains(&b'@') || h.is_empty()) {
+        return None;
+    }
+    Some(Taken {
+        method,
+        path,
+        close,
+        host,
+    })
+}
+
+/// Room for a head's fields, left uninitialised: httparse writes the ones it parses (an
+/// initialised array is 8 KiB of stores per parse, three parses per request).
+fn uninit_fields<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
+/// How pingora spells a header name it sets itself (its title case for a few standard names,
+/// lowercase otherwise), so that the direct path's wire matches pingora's.
+fn spelling(name: &HeaderName) -> &str {
+    use http::header::*;
+    match *name {
+        ACCEPT_RANGES => "Accept-Ranges",
+        AGE => "Age",
+        CACHE_CONTROL => "Cache-Control",
+        CONNECTION => "Connection",
+        CONTENT_TYPE => "Content-Type",
+        CONTENT_ENCODING => "Content-Encoding",
+        CONTENT_LENGTH => "Content-Length",
+        DATE => "Date",
+        TRANSFER_ENCODING => "Transfer-Encoding",
+        HOST => "Host",
+        SERVER => "Server",
+        SET_COOKIE => "Set-Cookie",
+        _ => name.as_str(),
+    }
+}
+
+fn push_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+/// Why an exchange with the target failed.
+#[derive(Debug)]
+enum UpstreamError {
+    /// Before any byte of the response: the client gets the error page.
+    Before { kind: FailureKind, detail: String },
+    /// After the response started (the target failed mid-body, or the client went away or
+    /// timed out while it was written): the client connection is closed. The status sent.
+    After { status: u16, sent: usize },
+}
+
+fn io_failure(e: &io::Error, what: &str) -> UpstreamError {
+    UpstreamError::Before {
+        kind: FailureKind::of_io(e),
+        detail: format!("{what}: {e}"),
+    }
+}
+
+/// The framing of an upstream response body (RFC 9112 §6.3, as pingora's client reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the target closes: forwarded chunked, the connection not reused.
+    Close,
+}
+
+/// A parsed upstream response head, with what the direct path must know of it.
+struct ResponseHead {
+    status: u16,
+    /// Bytes of the head in the read buffer.
+    len: usize,
+    framing: Framing,
+    /// The target may keep the connection (HTTP/1.1 without `Connection: close`).
+    reusable: bool,
+}
+
+impl Direct {
+    pub(super) fn new(shared: Arc<Shared>) -> Direct {
+        Direct {
+            shared,
+            pool: Pool::new(POOL_SIZE, POOL_IDLE),
+        }
+    }
+
+    /// Serves one request from `down`, whose bytes already read are in `buf`. On
+    /// [`Served::Fallback`], `buf` holds the request's bytes (and any after them) untouched.
+    pub(super) async fn serve<S>(&self, down: &mut S, buf: &mut BytesMut, conn: &Conn<'_>) -> Served
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let sh = &self.shared;
+        // The head: read until httparse has all of it (the front door bounds its size and
+        // time, and answers 408/414/431 itself: the read then ends). The parsed head lives
+        // only in this loop's scope, never across an await (its field array is 8 KiB).
+        let (head_len, plan) = loop {
+            if !buf.is_empty() {
+                let mut hs = uninit_fields();
+                let mut req = httparse::Request::new(&mut []);
+                match req.parse_with_uninit_headers(buf, &mut hs) {
+                    Ok(httparse::Status::Complete(n)) => match self.plan(&req, buf, conn) {
+                        Some(plan) => break (n, plan),
+                        None => return Served::Fallback,
+                    },
+                    Ok(httparse::Status::Partial) => {}
+                    Err(_) => return Served::Fallback,
+                }
+            }
+            match self.read_more(down, buf, conn).await {
+                // End of stream (or a refusal by the front door), an error, a timeout.
+                Some(0) | None => return Served::Close,
+                Some(_) => {}
+            }
+        };
+        // From here the request is the direct path's: accounted as pingora's path would.
+        let head = buf.split_to(head_len).freeze();
+        let started = Instant::now();
+        sh.metrics.find_target_for_req.observe(plan.lookup_time);
+        sh.in_flight
+            .0
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let _in_flight = InFlightGuard(sh.clone());
+        sh.metrics.requests_web.inc();
+
+        let keep = !plan.close
+            && !*conn.shutdown.borrow()
+            && conn
+                .request_limit
+                .is_none_or(|limit| conn.served + 1 < limit);
+        let Ok(target) = plan.route.target.as_ref() else {
+            return Served::Close; // checked in `plan`
+        };
+        let host = plan
+            .host
+            .as_ref()
+            .and_then(|r| std::str::from_utf8(&head[r.clone()]).ok());
+        let outcome = self
+            .exchange(
+                down,
+                target,
+                &plan.route,
+                &plan.upstream_head,
+                &plan.method,
+                host,
+                keep,
+            )
+            .await;
+        let path = &head[plan.path.clone()];
+        let (status, sent, reusable) = match outcome {
+            Ok(done) => (done.status, done.body_bytes, keep),
+            Err(UpstreamError::Before { kind, detail }) => {
+                sh.metrics.upstream_error(kind).inc();
+                let refusal = Refusal::Upstream {
+                    kind,
+                    detail,
+                    counted: true,
+                };
+                let code = refusal.status();
+                let url = String::from_utf8_lossy(path);
+                error!(
+                    "{code} {} {} {}",
+                    plan.method,
+                    url.split('?').next().unwrap_or_default(),
+                    refusal.message()
+                );
+                sh.metrics.requests_proxy(code).inc();
+                let (ok, sent) = self.error_page(down, code, path, keep).await;
+                (code, sent, keep && ok)
+            }
+            Err(UpstreamError::After { status, sent }) => (status, sent, false),
+        };
+        if status != 0 {
+            let elapsed = started.elapsed();
+            sh.metrics.observe_request(plan.route.kind, status, elapsed);
+            if sh.access_log != AccessLog::Off {
+                let field = |r: &Option<std::ops::Range<usize>>| {
+                    r.as_ref()
+                        .and_then(|r| std::str::from_utf8(&head[r.clone()]).ok())
+                };
+                access_log::write_line(
+                    sh.access_log,
+                    &access_log::Line {
+                        client: conn.client_ip,
+                        user: None,
+                        method: plan.method.as_str(),
+                        target: path,
+                        version: "HTTP/1.1",
+                        status,
+                        bytes: sent,
+                        referer: field(&plan.referer),
+                        user_agent: field(&plan.user_agent),
+                        elapsed,
+                    },
+                );
+            }
+        }
+        if reusable {
+            Served::Again
+        } else {
+            Served::Close
+        }
+    }
+
+    /// Decides whether the direct path takes a parsed request and, if so, everything it
+    /// needs: the route, the upstream head, where in the head the fields it keeps are.
+    /// Without side effects: `None` sends the request to pingora untouched. A path that does
+    /// not decode, no route, or a target the direct path does not reach (https, unix sockets,
+    /// a bad URL) go to pingora, whose answers for them stay the only ones.
+    fn plan(&self, req: &httparse::Request<'_, '_>, buf: &[u8], conn: &Conn<'_>) -> Option<Plan> {
+        let sh = &self.shared;
+        if sh.auth.load().is_some() || sh.forwarding.host_routing {
+            // Authentication and host routing run on pingora's path (docs/direct-path.md).
+            return None;
+        }
+        let taken = take(req)?;
+        let (path, query) = canonical::split_target(taken.path);
+        let canon = canonical::canonicalize(path).ok()?;
+        let lookup_started = Instant::now();
+        let found = sh.table.lookup(&canon.decoded)?;
+        let lookup_time = lookup_started.elapsed();
+        let route = found.route;
+        let target = route.target.as_ref().ok()?;
+        if target.tls || matches!(target.addr, TargetAddr::Unix(_)) {
+            return None;
+        }
+        let query = query.map(String::from_utf8_lossy);
+        let forward_path: &str = if sh.forwarding.include_prefix {
+            &canon.forward
+        } else {
+            forward::strip_prefix(&canon.forward, found.prefix_len)
+        };
+        let upstream_path = forward::upstream_path(
+            target,
+            forward_path,
+            query.as_deref(),
+            sh.forwarding.prepend_path,
+        );
+        let upstream_head = self.upstream_head(req, &taken, target, &upstream_path, conn);
+        let at = |part: &[u8]| {
+            let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+            start..start + part.len()
+        };
+        let logged = |name: &str| {
+            if sh.access_log == AccessLog::Off {
+                return None;
+            }
+            req.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| at(h.value))
+        };
+        let fwd = &sh.forwarding;
+        debug!("PROXY WEB {} to {}", canon.forward, route.target_str());
+        Some(Plan {
+            upstream_head,
+            method: taken.method,
+            close: taken.close,
+            path: at(taken.path),
+            host: if fwd.auto_rewrite || fwd.protocol_rewrite.is_some() {
+                taken.host.map(at)
+            } else {
+                None
+            },
+            referer: logged("referer"),
+            user_agent: logged("user-agent"),
+            lookup_time,
+            route,
+        })
+    }
+
+    /// Reads more of the client's bytes into `buf`: `None` on an error, a timeout or shutdown.
+    /// Between requests (nothing read yet, not the first request) the wait is bounded by the
+    /// keep-alive timeout and ends at shutdown, as pingora's keep-alive loop does.
+    async fn read_more<S>(&self, down: &mut S, buf: &mut BytesMut, conn: &Conn<'_>) -> Option<usize>
+    where
+        S: AsyncRead + Unpin,
+    {
+        buf.reserve(4096);
+        if conn.served == 0 || !buf.is_empty() {
+            return down.read_buf(buf).await.ok();
+        }
+        let mut shutdown = conn.shutdown.clone();
+        if *shutdown.borrow() {
+            return None;
+        }
+        let keepalive = Duration::from_secs(self.shared.keepalive_secs);
+        tokio::select! {
+            biased;
+            r = tokio::time::timeout(keepalive, down.read_buf(buf)) => r.ok()?.ok(),
+            _ = shutdown.changed() => None,
+        }
+    }
+
+    /// The request head for the target: the client's fields in their order and spelling, less
+    /// `Connection` (pingora removes it, then sets its own), with the edits of `headers.rs`
+    /// applied as pingora applies them (a set field replaces the client's in place, a new one
+    /// is appended).
+    fn upstream_head(
+        &self,
+        req: &httparse::Request<'_, '_>,
+        taken: &Taken<'_>,
+        target: &Target,
+        upstream_path: &str,
+        conn: &Conn<'_>,
+    ) -> BytesMut {
+        let sh = &self.shared;
+        // The builder reads only a few of the client's fields: those go in a small map.
+        let mut view = HeaderMap::with_capacity(2);
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("host")
+                || (h.name.len() > 12
+                    && h.name.as_bytes()[..12].eq_ignore_ascii_case(b"x-forwarded-"))
+            {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(h.name.as_bytes()),
+                    HeaderValue::from_bytes(h.value),
+                ) {
+                    view.append(n, v);
+                }
+            }
+        }
+        let edits = headers::build(
+            &taken.method,
+            &view,
+            &headers::Inputs {
+                client_ip: conn.client_ip,
+                listener_tls: sh.listener_tls,
+                websocket: false,
+                target,
+                forwarding: &sh.forwarding,
+                auth: None,
+                allowed: None,
+                client_close: taken.close,
+            },
+        );
+        let mut out = BytesMut::with_capacity(upstream_path.len() + 64 + req.headers.len() * 48);
+        out.put_slice(taken.method.as_str().as_bytes());
+        out.put_u8(b' ');
+        out.put_slice(upstream_path.as_bytes());
+        out.put_slice(b" HTTP/1.1\r\n");
+        let mut done = vec![false; edits.set.len()];
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("connection")
+                || edits
+                    .remove
+                    .iter()
+                    .any(|n| h.name.eq_ignore_ascii_case(n.as_str()))
+            {
+                continue;
+            }
+            match edits
+                .set
+                .iter()
+                .position(|(n, _)| h.name.eq_ignore_ascii_case(n.as_str()))
+            {
+                Some(i) if done[i] => {}
+                Some(i) => {
+                    done[i] = true;
+                    let (n, v) = &edits.set[i];
+                    push_header(&mut out, spelling(n).as_bytes(), v.as_bytes());
+                }
+                None => push_header(&mut out, h.name.as_bytes(), h.value),
+            }
+        }
+        for (i, (n, v)) in edits.set.iter().enumerate() {
+            if !done[i] {
+                push_header(&mut out, spelling(n).as_bytes(), v.as_bytes());
+            }
+        }
+        out.put_slice(b"\r\n");
+        out
+    }
+
+    /// Sends the request to the target and forwards the response.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange<S>(
+        &self,
+        down: &mut S,
+        target: &Target,
+        route: &Arc<Route>,
+        head: &[u8],
+        method: &Method,
+        host: Option<&str>,
+        keep: bool,
+    ) -> Result<Exchanged, UpstreamError>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        let sh = &self.shared;
+        let t = &sh.peer_timeouts;
+        let addr = match &target.addr {
+            TargetAddr::Ip(a) => *a,
+            TargetAddr::Name { host, port } => sh
+                .connector
+                .resolver()
+                .resolve(host, *port, t.resolve)
+                .await
+                .map_err(|e| UpstreamError::Before {
+                    kind: FailureKind::of_io(&e),
+                    detail: format!("resolving target: {e}"),
+                })?,
+            TargetAddr::Unix(_) => {
+                return Err(UpstreamError::Before {
+                    kind: FailureKind::Other,
+                    detail: "unix socket target on the direct path".into(),
+                })
+            }
+        };
+        // A pooled connection the target closed meanwhile fails at once: the request is then
+        // sent once more on a new connection (GET and HEAD are idempotent), as pingora retries.
+        let mut rbuf = BytesMut::new();
+        let (mut up, resp) = loop {
+            let (mut up, reused) = match self.pool.take(addr) {
+                Some(c) => (c, true),
+                None => (self.connect(addr).await?, false),
+            };
+            rbuf.clear();
+            let sent = with_deadline(t.write, up.write_all(head)).await;
+            let resp = match sent {
+                Ok(()) => self.read_head(&mut up, &mut rbuf, method).await,
+                Err(e) => Err(io_failure(&e, "writing request")),
+            };
+            match resp {
+                Ok(r) => break (up, r),
+                Err(UpstreamError::Before {
+                    kind: FailureKind::Reset,
+                    ..
+                }) if reused && rbuf.is_empty() => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        // Informational responses go to the client as they come (pingora's path does too);
+        // a 101 to a request that asked for no upgrade is an error.
+        let mut resp = resp;
+        loop {
+            if resp.status == 101 {
+                return Err(UpstreamError::Before {
+                    kind: FailureKind::Other,
+                    detail: "101 response to a request without Upgrade".into(),
+                });
+            }
+            if resp.status >= 200 {
+                break;
+            }
+            let head = rbuf.split_to(resp.len);
+            write_down(down, &head, sh.timeouts.downstream)
+                .await
+                .map_err(|_| UpstreamError::After { status: 0, sent: 0 })?;
+            resp = self.read_head(&mut up, &mut rbuf, method).await?;
+        }
+        let status = resp.status;
+        let out_head = self.response_head(&rbuf[..resp.len], &resp, target, host, keep);
+        let _ = rbuf.split_to(resp.len);
+        // Counted once the target answered, whatever happens to the body (pingora's path
+        // counts in its logging phase from the status it saw).
+        sh.metrics.requests_proxy(status).inc();
+        let body_bytes = forward_body(&mut up, down, rbuf, out_head, resp.framing, sh)
+            .await
+            .map_err(|sent| UpstreamError::After { status, sent })?;
+        if resp.reusable && resp.framing != Framing::Close {
+            self.pool.put(addr, up);
+        }
+        if status < 300 {
+            sh.record_activity(route);
+        }
+        Ok(Exchanged { status, body_bytes })
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
+        let t = &self.shared.peer_timeouts;
+        match tokio::time::timeout(t.connect, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
+            }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                Err(UpstreamError::Before {
+                    kind: FailureKind::Refused,
+                    detail: "connect ECONNREFUSED".into(),
+                })
+            }
+            Ok(Err(e)) => Err(io_failure(&e, "connect")),
+            Err(_) => Err(UpstreamError::Before {
+                kind: FailureKind::Timeout,
+                detail: "connect ETIMEDOUT".into(),
+            }),
+        }
+    }
+
+    /// Reads and parses a response head (the bytes stay in `rbuf`).
+    async fn read_head(
+        &self,
+        up: &mut TcpStream,
+        rbuf: &mut BytesMut,
+        method: &Method,
+    ) -> Result<ResponseHead, UpstreamError> {
+        let t = &self.shared.peer_timeouts;
+        loop {
+            if !rbuf.is_empty() {
+                let mut hs = uninit_fields();
+                let mut resp = httparse::Response::new(&mut []);
+                match httparse::ParserConfig::default()
+                    .parse_response_with_uninit_headers(&mut resp, rbuf, &mut hs)
+                {
+                    Ok(httparse::Status::Complete(len)) => {
+                        return response_facts(&resp, len, method).ok_or(UpstreamError::Before {
+                            kind: FailureKind::Other,
+                            detail: "invalid response framing".into(),
+                        })
+                    }
+                    Ok(httparse::Status::Partial) => {}
+                    Err(e) => {
+                        return Err(UpstreamError::Before {
+                            kind: FailureKind::Other,
+                            detail: format!("invalid response head: {e}"),
+                        })
+                    }
+                }
+                if rbuf.len() > MAX_RESPONSE_HEAD {
+                    return Err(UpstreamError::Before {
+                        kind: FailureKind::Other,
+                        detail: format!("response head larger than {MAX_RESPONSE_HEAD}"),
+                    });
+                }
+            }
+            rbuf.reserve(READ_CHUNK);
+            match with_deadline(t.read, up.read_buf(rbuf)).await {
+                Ok(0) => {
+                    return Err(UpstreamError::Before {
+                        kind: FailureKind::Reset,
+                        detail: "socket hang up".into(),
+                    })
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    return Err(UpstreamError::Before {
+                        kind: FailureKind::Timeout,
+                        detail: "socket hang up (proxy timeout)".into(),
+                    })
+                }
+                Err(e) => return Err(io_failure(&e, "reading response")),
+            }
+        }
+    }
+
+    /// The response head for the client, as pingora's path writes it: the target's status
+    /// line and fields in their order and spelling, `Content-Length` dropped when
+    /// `Transfer-Encoding` is present, a body delimited by close re-framed as chunked (HTTP/1.1),
+    /// `Location` rewritten (`--auto-rewrite`, `--protocol-rewrite`), and `Date` and
+    /// `Connection` set (in place when the target sent them).
+    fn response_head(
+        &self,
+        raw: &[u8],
+        resp: &ResponseHead,
+        target: &Target,
+        host: Option<&str>,
+        keep: bool,
+    ) -> BytesMut {
+        let mut hs = uninit_fields();
+        let mut parsed = httparse::Response::new(&mut []);
+        let _ = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            raw,
+            &mut hs,
+        );
+        let fwd = &self.shared.forwarding;
+        let mut out = BytesMut::with_capacity(raw.len() + 96);
+        let version = if resp.framing == Framing::Close || parsed.version == Some(1) {
+            "HTTP/1.1 "
+        } else {
+            "HTTP/1.0 "
+        };
+        out.put_slice(version.as_bytes());
+        let _ = write!(out, "{}", resp.status);
+        out.put_u8(b' ');
+        out.put_slice(parsed.reason.unwrap_or_default().as_bytes());
+        out.put_slice(b"\r\n");
+        let has_te = parsed
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+        let date = pingora::protocols::http::date::get_cached_date();
+        let connection: &[u8] = if keep { b"keep-alive" } else { b"close" };
+        let (mut date_done, mut conn_done, mut location_done) = (false, false, false);
+        for h in parsed.headers.iter() {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("content-length") && has_te {
+                continue;
+            } else if name.eq_ignore_ascii_case("date") {
+                if !date_done {
+                    date_done = true;
+                    push_header(&mut out, b"Date", date.as_bytes());
+                }
+            } else if name.eq_ignore_ascii_case("connection") {
+                if !conn_done {
+                    conn_done = true;
+                    push_header(&mut out, b"Connection", connection);
+                }
+            } else if name.eq_ignore_ascii_case("location")
+                && (fwd.auto_rewrite || fwd.protocol_rewrite.is_some())
+            {
+                if location_done {
+                    continue;
+                }
+                location_done = true;
+                let new = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|l| forward::rewrite_location(resp.status, l, target, host, fwd));
+                match new {
+                    Some(new) => push_header(&mut out, b"location", new.as_bytes()),
+                    None => push_header(&mut out, name.as_bytes(), h.value),
+                }
+            } else {
+                push_header(&mut out, name.as_bytes(), h.value);
+            }
+        }
+        if resp.framing == Framing::Close {
+            push_header(&mut out, b"Transfer-Encoding", b"chunked");
+        }
+        if !date_done {
+            push_header(&mut out, b"Date", date.as_bytes());
+        }
+        if !conn_done {
+            push_header(&mut out, b"Connection", connection);
+        }
+        out.put_slice(b"\r\n");
+        out
+    }
+
+    /// Writes the error page for `code`; whether the client connection can be reused, and
+    /// the body bytes sent.
+    async fn error_page<S>(
+        &self,
+        down: &mut S,
+        code: u16,
+        raw_url: &[u8],
+        keep: bool,
+    ) -> (bool, usize)
+    where
+        S: AsyncWrite + Unpin,
+    {
+        let page = self.shared.errors.page_or_reason(code, raw_url).await;
+        let mut out = BytesMut::with_capacity(page.body.len() + 160);
+        out.put_slice(b"HTTP/1.1 ");
+        let _ = write!(out, "{code}");
+        out.put_u8(b' ');
+        out.put_slice(crate::web::reason_phrase(code).as_bytes());
+        out.put_slice(b"\r\n");
+        if let Some(ct) = &page.content_type {
+            push_header(&mut out, b"Content-Type", ct);
+        }
+        if let Some(ce) = &page.content_encoding {
+            push_header(&mut out, b"Content-Encoding", ce);
+        }
+        push_header(
+            &mut out,
+            b"Content-Length",
+            page.body.len().to_string().as_bytes(),
+        );
+        let date = pingora::protocols::http::date::get_cached_date();
+        push_header(&mut out, b"Date", date.as_bytes());
+        push_header(
+            &mut out,
+            b"Connection",
+            if keep { b"keep-alive" } else { b"close" },
+        );
+        out.put_slice(b"\r\n");
+        out.put_slice(&page.body);
+        let ok = write_down(down, &out, self.shared.timeouts.downstream)
+            .await
+            .is_ok();
+        (ok, page.body.len())
+    }
+}
+
+/// What the direct path will do with a request it takes; positions are in its head.
+struct Plan {
+    route: Arc<Route>,
+    upstream_head: BytesMut,
+    method: Method,
+    /// The client asked to close after this request.
+    close: bool,
+    /// The request target as received.
+    path: std::ops::Range<usize>,
+    /// `Host`, kept only when a `Location` may be rewritten with it.
+    host: Option<std::ops::Range<usize>>,
+    /// For the access log, when it is on.
+    referer: Option<std::ops::Range<usize>>,
+    user_agent: Option<std::ops::Range<usize>>,
+    lookup_time: Duration,
+}
+
+/// What a completed exchange produced.
+struct Exchanged {
+    status: u16,
+    body_bytes: usize,
+}
+
+/// The facts of a parsed response head; `None` for framing pingora would refuse (a
+/// `Content-Length` that is not one number).
+fn response_facts(
+    resp: &httparse::Response<'_, '_>,
+    len: usize,
+    method: &Method,
+) -> Option<ResponseHead> {
+    let status = resp.code?;
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut te = false;
+    let mut close = resp.version != Some(1);
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v: u64 = std::str::from_utf8(h.value).ok()?.trim().parse().ok()?;
+            if length.is_some_and(|l| l != v) {
+                return None;
+            }
+            length = Some(v);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te = true;
+            // The last coding decides (RFC 9112 §6.3).
+            chunked = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            let v = h.value;
+            if v.split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+            {
+                close = true;
+            } else if resp.version == Some(0)
+                && v.split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"keep-alive"))
+            {
+                close = false;
+            }
+        }
+    }
+    let framing = if *method == Method::HEAD || status < 200 || status == 204 || status == 304 {
+        Framing::None
+    } else if te {
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        }
+    } else if let Some(l) = length {
+        Framing::Length(l)
+    } else {
+        Framing::Close
+    };
+    Some(ResponseHead {
+        status,
+        len,
+        framing,
+        reusable: !close,
+    })
+}
+
+/// Forwards the body after writing `head`: the number of body bytes sent, or on a failure of
+/// either side, those sent until then.
+async fn forward_body<S>(
+    up: &mut TcpStream,
+    down: &mut S,
+    mut rbuf: BytesMut,
+    head: BytesMut,
+    framing: Framing,
+    sh: &Shared,
+) -> Result<usize, usize>
+where
+    S: AsyncWrite + Unpin,
+{
+    let read_t = sh.peer_timeouts.read;
+    let write_t = sh.timeouts.downstream;
+    let mut out = head;
+    let mut sent = 0usize;
+    match framing {
+        Framing::None => {
+            write_down(down, &out, write_t).await.map_err(|_| sent)?;
+        }
+        Framing::Length(total) => {
+            let mut left = total;
+            loop {
+                let n = (rbuf.len() as u64).min(left) as usize;
+                if n > 0 {
+                    out.put_slice(&rbuf[..n]);
+                    let _ = rbuf.split_to(n);
+                    left -= n as u64;
+                    sent += n;
+                }
+                if !out.is_empty() {
+                    write_down(down, &out, write_t).await.map_err(|_| sent)?;
+                    out.clear();
+                }
+                if left == 0 {
+                    break;
+                }
+                rbuf.reserve(READ_CHUNK);
+                match with_deadline(read_t, up.read_buf(&mut rbuf)).await {
+                    Ok(0) | Err(_) => return Err(sent),
+                    Ok(_) => {}
+                }
+            }
+        }
+        Framing::Chunked | Framing::Close => {
+            let mut decoder = Decoder::default();
+            let mut ended = false;
+            loop {
+                if framing == Framing::Chunked {
+                    loop {
+                        match decoder.step(&mut rbuf) {
+                            Ok(chunked::Step::Data(d)) => {
+                                put_chunk(&mut out, &d);
+                                sent += d.len();
+                            }
+                            Ok(chunked::Step::More) => break,
+                            Ok(chunked::Step::Done) => {
+                                ended = true;
+                                break;
+                            }
+                            Err(e) => {
+                                debug!("{e}");
+                                return Err(sent);
+                            }
+                        }
+                    }
+                } else if !rbuf.is_empty() {
+                    let d = rbuf.split().freeze();
+                    put_chunk(&mut out, &d);
+                    sent += d.len();
+                }
+                if ended {
+                    out.put_slice(b"0\r\n\r\n");
+                }
+                if !out.is_empty() {
+                    write_down(down, &out, write_t).await.map_err(|_| sent)?;
+                    out.clear();
+                }
+                if ended {
+                    break;
+                }
+                rbuf.reserve(READ_CHUNK);
+                match with_deadline(read_t, up.read_buf(&mut rbuf)).await {
+                    Ok(0) if framing == Framing::Close => {
+                        out.put_slice(b"0\r\n\r\n");
+                        write_down(down, &out, write_t).await.map_err(|_| sent)?;
+                        break;
+                    }
+                    Ok(0) | Err(_) => return Err(sent),
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+    Ok(sent)
+}
+
+fn put_chunk(out: &mut BytesMut, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.put_slice(data);
+    out.put_slice(b"\r\n");
+}
+
+/// Runs `io` within `limit` (none: unbounded); a timeout is an `io::ErrorKind::TimedOut`.
+async fn with_deadline<T>(
+    limit: Option<Duration>,
+    io: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match limit {
+        Some(d) => tokio::time::timeout(d, io)
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+        None => io.await,
+    }
+}
+
+async fn write_down<S: AsyncWrite + Unpin>(
+    down: &mut S,
+    bytes: &[u8],
+    limit: Option<Duration>,
+) -> io::Result<()> {
+    with_deadline(limit, async {
+        down.write_all(bytes).await?;
+        down.flush().await
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_take(head: &[u8]) -> Option<(Method, Vec<u8>, bool)> {
+        let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut hs);
+        assert!(matches!(req.parse(head), Ok(httparse::Status::Complete(_))));
+        take(&req).map(|t| (t.method, t.path.to_vec(), t.close))
+    }
+
+    #[test]
+    fn only_plain_gets_and_heads_are_taken() {
+        let ok = parse_take(b"GET /user/a/x?y=1 HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n");
+        assert_eq!(ok, Some((Method::GET, b"/user/a/x?y=1".to_vec(), false)));
+        let close = parse_take(b"HEAD / HTTP/1.1\r\nHost: h\r\nConnection: Close\r\n\r\n");
+        assert_eq!(close, Some((Method::HEAD, b"/".to_vec(), true)));
+        for not in [
+            &b"POST / HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+            b"GET / HTTP/1.0\r\nHost: h\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: u@h\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, x-secret\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nConnection: close\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nTE: trailers\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nProxy-Connection: keep-alive\r\n\r\n",
+            b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET * HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET /_chp_healthz HTTP/1.1\r\nHost: h\r\n\r\n",
+        ] {
+            assert_eq!(parse_take(not), None, "{}", String::from_utf8_lossy(not));
+        }
+    }
+
+    fn facts(head: &[u8], method: Method) -> Option<(u16, Framing, bool)> {
+        let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut hs);
+        let Ok(httparse::Status::Complete(n)) = resp.parse(head) else {
+            panic!("head")
+        };
+        response_facts(&resp, n, &method).map(|r| (r.status, r.framing, r.reusable))
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let g = Method::GET;
+        assert_eq!(
+            facts(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", g.clone()),
+            Some((200, Framing::Length(5), true))
+        );
+        assert_eq!(
+            facts(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                Method::HEAD
+            ),
+            Some((200, Framing::None, true))
+        );
+        assert_eq!(
+            facts(
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+                g.clone()
+            ),
+            Some((204, Framing::None, true))
+        );
+        assert_eq!(
+            facts(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                g.clone()
+            ),
+            Some((200, Framing::Chunked, true))
+        );
+        assert_eq!(
+            facts(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                g.clone()
+            ),
+            Some((200, Framing::Close, true))
+        );
+        assert_eq!(
+            facts(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", g.clone()),
+            Some((200, Framing::Close, false))
+        );
+        assert_eq!(
+            facts(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", g.clone()),
+            Some((200, Framing::Length(1), false))
+        );
+        assert_eq!(
+            facts(
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n",
+                g.clone()
+            ),
+            Some((200, Framing::Length(1), true))
+        );
+        // Conflicting or unparseable lengths are refused, as pingora refuses them.
+        assert_eq!(
+            facts(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                g.clone()
+            ),
+            None
+        );
+        assert_eq!(
+            facts(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", g),
+            None
+        );
+    }
+}
