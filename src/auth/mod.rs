@@ -32,7 +32,7 @@ pub use keys::{parse_key_set, IssuerKeys, KeyError};
 pub use reason::Reason;
 pub use revocation::{Revocation, Revocations, RevokeError};
 pub use session::{strip_own_cookies, CookieKey, LOGIN_COOKIE, SESSION_COOKIE};
-pub use upstream::{drop_own_set_cookies, IDENTITY_HEADERS};
+pub use upstream::{drop_own_set_cookies, sets_own_cookie, IDENTITY_HEADERS};
 pub use verify::{Identity, Verified, MAX_TOKEN_BYTES};
 
 use crate::config::auth::{Access, AuditLog, AuthConfig};

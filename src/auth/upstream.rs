@@ -96,18 +96,17 @@ impl Auth {
     }
 }
 
+/// Whether a `Set-Cookie` value sets one of hubgate's own cookies.
+pub fn sets_own_cookie(value: &[u8]) -> bool {
+    let name = value.split(|&b| b == b'=').next().unwrap_or_default();
+    let name = name.trim_ascii();
+    name == SESSION_COOKIE.as_bytes() || name == LOGIN_COOKIE.as_bytes()
+}
+
 /// Removes `Set-Cookie` headers from a target that would set hubgate's own cookies (a user's
 /// server must not be able to plant or clear the session).
 pub fn drop_own_set_cookies(resp: &mut ResponseHeader) -> pingora::Result<()> {
-    let own = |v: &HeaderValue| {
-        let name = v
-            .as_bytes()
-            .split(|&b| b == b'=')
-            .next()
-            .unwrap_or_default();
-        let name = name.trim_ascii();
-        name == SESSION_COOKIE.as_bytes() || name == LOGIN_COOKIE.as_bytes()
-    };
+    let own = |v: &HeaderValue| sets_own_cookie(v.as_bytes());
     if !resp.headers.get_all(SET_COOKIE).iter().any(own) {
         return Ok(());
     }

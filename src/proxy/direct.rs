@@ -24,16 +24,19 @@ use bytes::{BufMut, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 use log::{debug, error};
+use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::chunked::{self, Decoder};
 use super::{access_log, forward, headers, InFlightGuard, Refusal, Shared};
+use crate::auth::{Allowed, Auth};
 use crate::canonical;
 use crate::config::AccessLog;
 use crate::net::{FailureKind, Pool, Target, TargetAddr};
 use crate::routes::Route;
+use crate::web::Reply;
 
 /// Header fields parsed in a head, as pingora's parser allows.
 const MAX_HEADERS: usize = 256;
@@ -175,6 +178,14 @@ fn spelling(name: &HeaderName) -> &str {
     }
 }
 
+/// The reason phrase pingora writes for a status it builds (the standard one, or none).
+fn canonical_reason(code: u16) -> &'static str {
+    http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
+}
+
 fn push_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(name);
     out.put_slice(b": ");
@@ -237,7 +248,7 @@ impl Direct {
         // The head: read until httparse has all of it (the front door bounds its size and
         // time, and answers 408/414/431 itself: the read then ends). The parsed head lives
         // only in this loop's scope, never across an await (its field array is 8 KiB).
-        let (head_len, plan) = loop {
+        let (head_len, mut plan) = loop {
             if !buf.is_empty() {
                 let mut hs = uninit_fields();
                 let mut req = httparse::Request::new(&mut []);
@@ -278,18 +289,85 @@ impl Direct {
             .host
             .as_ref()
             .and_then(|r| std::str::from_utf8(&head[r.clone()]).ok());
+        let path = &head[plan.path.clone()];
+        let field = |r: &Option<std::ops::Range<usize>>| {
+            r.as_ref()
+                .and_then(|r| std::str::from_utf8(&head[r.clone()]).ok())
+        };
+        let log = |status: u16, sent: usize, user: Option<&str>| {
+            let elapsed = started.elapsed();
+            sh.metrics.observe_request(plan.route.kind, status, elapsed);
+            if sh.access_log != AccessLog::Off {
+                access_log::write_line(
+                    sh.access_log,
+                    &access_log::Line {
+                        client: conn.client_ip,
+                        user,
+                        method: plan.method.as_str(),
+                        target: path,
+                        version: "HTTP/1.1",
+                        status,
+                        bytes: sent,
+                        referer: field(&plan.referer),
+                        user_agent: field(&plan.user_agent),
+                        elapsed,
+                    },
+                );
+            }
+        };
+
+        // Authentication, when on: the verdict as pingora's path reaches it (`steps.rs`);
+        // a denial is answered here and the connection closed, as there.
+        let mut allowed: Option<Allowed> = None;
+        let mut upstream_head = std::mem::take(&mut plan.upstream_head);
+        if let Some(ap) = plan.auth.take() {
+            let AuthPlan {
+                auth,
+                mut header,
+                decoded,
+                upstream_path,
+            } = *ap;
+            let verdict = match auth.screen_path(&header, &decoded, false) {
+                Err(reply) => Err(reply),
+                Ok(()) => {
+                    auth.authorize(&header, &decoded, Some(&plan.route), false)
+                        .await
+                }
+            };
+            match verdict {
+                Err(reply) => {
+                    let status = reply.status;
+                    let sent = write_reply(down, reply, sh.timeouts.downstream).await;
+                    log(status, sent, None);
+                    return Served::Close;
+                }
+                Ok(a) => allowed = a,
+            }
+            match self.authenticated_head(
+                &mut header,
+                &auth,
+                allowed.as_ref(),
+                target,
+                &upstream_path,
+                conn,
+                plan.close,
+            ) {
+                Some(h) => upstream_head = h,
+                None => return Served::Close,
+            }
+        }
+        let user = allowed.as_ref().map(|a| a.identity.user.as_str());
         let outcome = self
             .exchange(
                 down,
                 target,
                 &plan.route,
-                &plan.upstream_head,
+                &upstream_head,
                 &plan.method,
                 host,
                 keep,
             )
             .await;
-        let path = &head[plan.path.clone()];
         let (status, sent, reusable) = match outcome {
             Ok(done) => (done.status, done.body_bytes, keep),
             Err(UpstreamError::Before { kind, detail }) => {
@@ -314,29 +392,7 @@ impl Direct {
             Err(UpstreamError::After { status, sent }) => (status, sent, false),
         };
         if status != 0 {
-            let elapsed = started.elapsed();
-            sh.metrics.observe_request(plan.route.kind, status, elapsed);
-            if sh.access_log != AccessLog::Off {
-                let field = |r: &Option<std::ops::Range<usize>>| {
-                    r.as_ref()
-                        .and_then(|r| std::str::from_utf8(&head[r.clone()]).ok())
-                };
-                access_log::write_line(
-                    sh.access_log,
-                    &access_log::Line {
-                        client: conn.client_ip,
-                        user: None,
-                        method: plan.method.as_str(),
-                        target: path,
-                        version: "HTTP/1.1",
-                        status,
-                        bytes: sent,
-                        referer: field(&plan.referer),
-                        user_agent: field(&plan.user_agent),
-                        elapsed,
-                    },
-                );
-            }
+            log(status, sent, user);
         }
         if reusable {
             Served::Again
@@ -352,13 +408,18 @@ impl Direct {
     /// a bad URL) go to pingora, whose answers for them stay the only ones.
     fn plan(&self, req: &httparse::Request<'_, '_>, buf: &[u8], conn: &Conn<'_>) -> Option<Plan> {
         let sh = &self.shared;
-        if sh.auth.load().is_some() || sh.forwarding.host_routing {
-            // Authentication and host routing run on pingora's path (docs/direct-path.md).
+        if sh.forwarding.host_routing {
+            // Host routing runs on pingora's path (docs/direct-path.md).
             return None;
         }
         let taken = take(req)?;
+        let auth = sh.auth.load_full();
         let (path, query) = canonical::split_target(taken.path);
         let canon = canonical::canonicalize(path).ok()?;
+        if auth.is_some() && canon.decoded.starts_with(crate::auth::login::PREFIX) {
+            // hubgate's own endpoints (login, logout, back-channel logout): pingora's path.
+            return None;
+        }
         let lookup_started = Instant::now();
         let found = sh.table.lookup(&canon.decoded)?;
         let lookup_time = lookup_started.elapsed();
@@ -368,6 +429,10 @@ impl Direct {
             return None;
         }
         let query = query.map(String::from_utf8_lossy);
+        let query = match (&auth, query) {
+            (Some(auth), Some(q)) => Some(auth.extractor().upstream_query(q)),
+            (_, q) => q,
+        };
         let forward_path: &str = if sh.forwarding.include_prefix {
             &canon.forward
         } else {
@@ -379,7 +444,29 @@ impl Direct {
             query.as_deref(),
             sh.forwarding.prepend_path,
         );
-        let upstream_head = self.upstream_head(req, &taken, target, &upstream_path, conn);
+        // Without authentication the upstream head is written now, from the client's bytes.
+        // With it, the edits depend on the verdict: the request is kept as pingora's request
+        // header (what `auth` reads), and the head is written from it after the verdict, as
+        // pingora's path writes it.
+        let (upstream_head, auth) = match auth {
+            None => (
+                self.upstream_head(req, &taken, target, &upstream_path, conn),
+                None,
+            ),
+            Some(auth) => {
+                let header = request_header(req, &taken)?;
+                let decoded = canon.decoded.clone().into_owned();
+                (
+                    BytesMut::new(),
+                    Some(Box::new(AuthPlan {
+                        auth,
+                        header,
+                        decoded,
+                        upstream_path,
+                    })),
+                )
+            }
+        };
         let at = |part: &[u8]| {
             let start = part.as_ptr() as usize - buf.as_ptr() as usize;
             start..start + part.len()
@@ -397,6 +484,7 @@ impl Direct {
         debug!("PROXY WEB {} to {}", canon.forward, route.target_str());
         Some(Plan {
             upstream_head,
+            auth,
             method: taken.method,
             close: taken.close,
             path: at(taken.path),
@@ -513,6 +601,48 @@ impl Direct {
         }
         out.put_slice(b"\r\n");
         out
+    }
+
+    /// The upstream head of an authenticated request, as pingora's path writes it: its
+    /// `Connection` removed, the edits of `headers.rs` (identity headers set, the credential
+    /// and client-sent identity headers removed) applied to pingora's request header, which
+    /// is then written with its own serialiser. `None` if an edit is refused.
+    #[allow(clippy::too_many_arguments)]
+    fn authenticated_head(
+        &self,
+        header: &mut RequestHeader,
+        auth: &Auth,
+        allowed: Option<&Allowed>,
+        target: &Target,
+        upstream_path: &str,
+        conn: &Conn<'_>,
+        close: bool,
+    ) -> Option<BytesMut> {
+        let sh = &self.shared;
+        let edits = headers::build(
+            &header.method,
+            &header.headers,
+            &headers::Inputs {
+                client_ip: conn.client_ip,
+                listener_tls: sh.listener_tls,
+                websocket: false,
+                target,
+                forwarding: &sh.forwarding,
+                auth: Some(auth),
+                allowed,
+                client_close: close,
+            },
+        );
+        header.remove_header(&http::header::CONNECTION);
+        edits.apply(header).ok()?;
+        let mut out = BytesMut::with_capacity(upstream_path.len() + 64 + header.headers.len() * 48);
+        out.put_slice(header.method.as_str().as_bytes());
+        out.put_u8(b' ');
+        out.put_slice(upstream_path.as_bytes());
+        out.put_slice(b" HTTP/1.1\r\n");
+        header.header_to_h1_wire(&mut out);
+        out.put_slice(b"\r\n");
+        Some(out)
     }
 
     /// Sends the request to the target and forwards the response.
@@ -726,9 +856,15 @@ impl Direct {
         let date = pingora::protocols::http::date::get_cached_date();
         let connection: &[u8] = if keep { b"keep-alive" } else { b"close" };
         let (mut date_done, mut conn_done, mut location_done) = (false, false, false);
+        // A target must not set or clear hubgate's own cookies (as `drop_own_set_cookies`).
+        let auth_on = self.shared.auth.load().is_some();
         for h in parsed.headers.iter() {
             let name = h.name;
-            if name.eq_ignore_ascii_case("content-length") && has_te {
+            let dropped = (has_te && name.eq_ignore_ascii_case("content-length"))
+                || (auth_on
+                    && name.eq_ignore_ascii_case("set-cookie")
+                    && crate::auth::sets_own_cookie(h.value));
+            if dropped {
                 continue;
             } else if name.eq_ignore_ascii_case("date") {
                 if !date_done {
@@ -788,7 +924,7 @@ impl Direct {
         out.put_slice(b"HTTP/1.1 ");
         let _ = write!(out, "{code}");
         out.put_u8(b' ');
-        out.put_slice(crate::web::reason_phrase(code).as_bytes());
+        out.put_slice(canonical_reason(code).as_bytes());
         out.put_slice(b"\r\n");
         if let Some(ct) = &page.content_type {
             push_header(&mut out, b"Content-Type", ct);
@@ -820,7 +956,9 @@ impl Direct {
 /// What the direct path will do with a request it takes; positions are in its head.
 struct Plan {
     route: Arc<Route>,
+    /// Empty when `auth` is set: written after the verdict.
     upstream_head: BytesMut,
+    auth: Option<Box<AuthPlan>>,
     method: Method,
     /// The client asked to close after this request.
     close: bool,
@@ -832,6 +970,27 @@ struct Plan {
     referer: Option<std::ops::Range<usize>>,
     user_agent: Option<std::ops::Range<usize>>,
     lookup_time: Duration,
+}
+
+/// A request to authenticate before it goes on.
+struct AuthPlan {
+    auth: Arc<Auth>,
+    /// The request as pingora's header type (what `auth` reads and edits).
+    header: RequestHeader,
+    decoded: String,
+    upstream_path: String,
+}
+
+/// The client's request as pingora's parser builds it: method, target, version, and every
+/// field with its spelling, in order. `None` if pingora would refuse it.
+fn request_header(req: &httparse::Request<'_, '_>, taken: &Taken<'_>) -> Option<RequestHeader> {
+    let mut header =
+        RequestHeader::build(taken.method.clone(), taken.path, Some(req.headers.len())).ok()?;
+    for h in req.headers.iter() {
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        header.append_header(h.name.to_string(), value).ok()?;
+    }
+    Some(header)
 }
 
 /// What a completed exchange produced.
@@ -854,11 +1013,15 @@ fn response_facts(
     let mut close = resp.version != Some(1);
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            let v: u64 = std::str::from_utf8(h.value).ok()?.trim().parse().ok()?;
-            if length.is_some_and(|l| l != v) {
-                return None;
+            // Identical repeats, also comma-joined, are one length (RFC 9110 §8.6, as
+            // pingora accepts them); anything else is refused.
+            for part in std::str::from_utf8(h.value).ok()?.split(',') {
+                let v: u64 = part.trim().parse().ok()?;
+                if length.is_some_and(|l| l != v) {
+                    return None;
+                }
+                length = Some(v);
             }
-            length = Some(v);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             te = true;
             // The last coding decides (RFC 9112 §6.3).
@@ -1009,6 +1172,40 @@ fn put_chunk(out: &mut BytesMut, data: &[u8]) {
     out.put_slice(b"\r\n");
 }
 
+/// Writes a response hubgate made itself (an authentication denial) and closes: as pingora's
+/// path writes it (`refusal.rs`), fields as given, then `Content-Length`, `Date` and
+/// `Connection: close`. The body bytes sent.
+async fn write_reply<S: AsyncWrite + Unpin>(
+    down: &mut S,
+    reply: Reply,
+    limit: Option<Duration>,
+) -> usize {
+    let mut out = BytesMut::with_capacity(reply.body.len() + 256);
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\n",
+        reply.status,
+        canonical_reason(reply.status)
+    );
+    for (k, v) in &reply.headers {
+        push_header(&mut out, k.as_bytes(), v.as_bytes());
+    }
+    push_header(
+        &mut out,
+        b"Content-Length",
+        reply.body.len().to_string().as_bytes(),
+    );
+    let date = pingora::protocols::http::date::get_cached_date();
+    push_header(&mut out, b"Date", date.as_bytes());
+    push_header(&mut out, b"Connection", b"close");
+    out.put_slice(b"\r\n");
+    out.put_slice(reply.body.as_bytes());
+    match write_down(down, &out, limit).await {
+        Ok(()) => reply.body.len(),
+        Err(_) => 0,
+    }
+}
+
 /// Runs `io` within `limit` (none: unbounded); a timeout is an `io::ErrorKind::TimedOut`.
 async fn with_deadline<T>(
     limit: Option<Duration>,
@@ -1131,6 +1328,13 @@ mod tests {
                 g.clone()
             ),
             Some((200, Framing::Length(1), true))
+        );
+        assert_eq!(
+            facts(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n",
+                g.clone()
+            ),
+            Some((200, Framing::Length(2), true))
         );
         // Conflicting or unparseable lengths are refused, as pingora refuses them.
         assert_eq!(

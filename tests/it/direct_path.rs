@@ -11,6 +11,9 @@
 //! `Transfer-Encoding`, a 103 before the answer, a reset mid-body) and records every request
 //! head exactly as received.
 
+use crate::support::auth_proxy::*;
+use crate::support::jwt::*;
+use crate::support::oidc::*;
 use crate::support::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -20,6 +23,9 @@ use std::time::Duration;
 /// The raw answer for a path (`{port}` is replaced by the backend's port), and whether the
 /// backend closes the connection after it.
 fn script(path: &str) -> (&'static str, bool) {
+    if let Some(reply) = cookie_script(path) {
+        return (reply, false);
+    }
     let p = path.split('?').next().unwrap_or_default();
     match p.trim_start_matches("/user/a") {
         "/cl" => (
@@ -319,5 +325,104 @@ fn a_dead_target_gets_the_error_page_and_the_connection_goes_on() {
         ),
         "CHP's log line: {}",
         hg.output()
+    );
+}
+
+/// A scripted answer that tries to set hubgate's own session cookie beside the target's own.
+fn cookie_script(path: &str) -> Option<&'static str> {
+    path.contains("/cookies").then_some(
+        "HTTP/1.1 200 OK\r\nSet-Cookie: __Host-hubgate-session=planted; Path=/\r\nSet-Cookie: mine=1\r\nContent-Length: 2\r\n\r\nok",
+    )
+}
+
+#[test]
+fn authenticated_requests_reach_the_target_as_on_pingoras_path() {
+    let key = pool().rsa[0].with_kid("k-rsa");
+    let stub = JwksStub::start(&[&key]);
+    let backend = Scripted::start();
+    let mut proxies = Vec::new();
+    for extra in [&[][..], &["--no-direct-path"]] {
+        let port = free_port();
+        let cfg = AuthCfg::new(port, vec![IssuerCfg::stub(&stub)]);
+        let px = start_auth_proxy_with(port, &cfg, Hubgate::builder().args(extra));
+        px.wait_ready();
+        px.add_route_json(
+            "/user/a",
+            &serde_json::json!({"target": backend.url(), "user": "alice", "server_name": ""})
+                .to_string(),
+        );
+        proxies.push(px);
+    }
+    let alice = mint(&key, &claims(&stub.issuer, "alice"));
+    let mallory = mint(&key, &claims(&stub.issuer, "mallory"));
+    let cases = [
+        (
+            "alice, her server",
+            "/user/a/cl?x=1",
+            Some(alice.as_str()),
+            200,
+        ),
+        (
+            "alice, cookies",
+            "/user/a/cookies",
+            Some(alice.as_str()),
+            200,
+        ),
+        ("someone else", "/user/a/cl", Some(mallory.as_str()), 403),
+        ("no token", "/user/a/cl", None, 401),
+        ("a forged token", "/user/a/cl", Some("e30.e30.AAAA"), 401),
+    ];
+    for (what, path, token, status) in cases {
+        let mut answers = Vec::new();
+        let mut received = Vec::new();
+        for px in &proxies {
+            backend.take_heads();
+            let mut req = Req::get(path)
+                .host("hub.example")
+                .header("Accept", "application/json")
+                .header("X-Remote-User", "spoofed")
+                .header("X_Remote_User", "spoofed");
+            if let Some(t) = token {
+                req = req.header("Authorization", &format!("Bearer {t}"));
+            }
+            let r = px.request(&req);
+            assert_eq!(r.status, status, "{what}: {}", r.describe());
+            answers.push(comparable(&r));
+            received.push(backend.take_heads());
+        }
+        if path.contains("/cookies") {
+            // pingora's path re-appends the target's other cookies after dropping hubgate's
+            // own; the direct path leaves them where they were (docs/direct-path.md).
+            for a in &mut answers {
+                a.1.sort();
+            }
+        }
+        assert_eq!(answers[0], answers[1], "{what}: the client's response");
+        assert_eq!(received[0], received[1], "{what}: what the target received");
+        if status == 200 {
+            let head = &received[0][0];
+            assert!(
+                head.contains("x-auth-request-user: alice\r\n"),
+                "{what}: {head}"
+            );
+            assert!(
+                !head.to_ascii_lowercase().contains("authorization"),
+                "{what}: {head}"
+            );
+            assert!(
+                !head.to_ascii_lowercase().contains("remote"),
+                "{what}: {head}"
+            );
+        } else {
+            assert!(received[0].is_empty(), "{what}: the target was called");
+        }
+    }
+    let r = proxies[0]
+        .request(&Req::get("/user/a/cookies").header("Authorization", &format!("Bearer {alice}")));
+    let cookies = r.header_all("Set-Cookie");
+    assert_eq!(
+        cookies,
+        ["mine=1"],
+        "hubgate's own cookie is never set by a target"
     );
 }
