@@ -920,32 +920,15 @@ impl Direct {
         S: AsyncWrite + Unpin,
     {
         let page = self.shared.errors.page_or_reason(code, raw_url).await;
-        let mut out = BytesMut::with_capacity(page.body.len() + 160);
-        out.put_slice(b"HTTP/1.1 ");
-        let _ = write!(out, "{code}");
-        out.put_u8(b' ');
-        out.put_slice(canonical_reason(code).as_bytes());
-        out.put_slice(b"\r\n");
-        if let Some(ct) = &page.content_type {
-            push_header(&mut out, b"Content-Type", ct);
-        }
-        if let Some(ce) = &page.content_encoding {
-            push_header(&mut out, b"Content-Encoding", ce);
-        }
-        push_header(
-            &mut out,
-            b"Content-Length",
-            page.body.len().to_string().as_bytes(),
-        );
-        let date = pingora::protocols::http::date::get_cached_date();
-        push_header(&mut out, b"Date", date.as_bytes());
-        push_header(
-            &mut out,
-            b"Connection",
-            if keep { b"keep-alive" } else { b"close" },
-        );
-        out.put_slice(b"\r\n");
-        out.put_slice(&page.body);
+        let fields = [
+            page.content_type
+                .as_deref()
+                .map(|v| (&b"Content-Type"[..], v)),
+            page.content_encoding
+                .as_deref()
+                .map(|v| (&b"Content-Encoding"[..], v)),
+        ];
+        let out = own_response(code, fields.into_iter().flatten(), &page.body, keep);
         let ok = write_down(down, &out, self.shared.timeouts.downstream)
             .await
             .is_ok();
@@ -1180,30 +1163,38 @@ async fn write_reply<S: AsyncWrite + Unpin>(
     reply: Reply,
     limit: Option<Duration>,
 ) -> usize {
-    let mut out = BytesMut::with_capacity(reply.body.len() + 256);
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {}\r\n",
-        reply.status,
-        canonical_reason(reply.status)
-    );
-    for (k, v) in &reply.headers {
-        push_header(&mut out, k.as_bytes(), v.as_bytes());
-    }
-    push_header(
-        &mut out,
-        b"Content-Length",
-        reply.body.len().to_string().as_bytes(),
-    );
-    let date = pingora::protocols::http::date::get_cached_date();
-    push_header(&mut out, b"Date", date.as_bytes());
-    push_header(&mut out, b"Connection", b"close");
-    out.put_slice(b"\r\n");
-    out.put_slice(reply.body.as_bytes());
+    let fields = reply
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_bytes(), v.as_bytes()));
+    let out = own_response(reply.status, fields, reply.body.as_bytes(), false);
     match write_down(down, &out, limit).await {
         Ok(()) => reply.body.len(),
         Err(_) => 0,
     }
+}
+
+/// A complete response hubgate makes itself, as pingora's server writes one it is given:
+/// status line, `fields`, `Content-Length`, `Date`, `Connection`, body.
+fn own_response<'a>(
+    status: u16,
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    body: &[u8],
+    keep: bool,
+) -> BytesMut {
+    let mut out = BytesMut::with_capacity(body.len() + 256);
+    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", canonical_reason(status));
+    for (k, v) in fields {
+        push_header(&mut out, k, v);
+    }
+    let _ = write!(out, "Content-Length: {}\r\n", body.len());
+    let date = pingora::protocols::http::date::get_cached_date();
+    push_header(&mut out, b"Date", date.as_bytes());
+    let connection: &[u8] = if keep { b"keep-alive" } else { b"close" };
+    push_header(&mut out, b"Connection", connection);
+    out.put_slice(b"\r\n");
+    out.put_slice(body);
+    out
 }
 
 /// Runs `io` within `limit` (none: unbounded); a timeout is an `io::ErrorKind::TimedOut`.
