@@ -42,8 +42,9 @@ use crate::web::Reply;
 const MAX_HEADERS: usize = 256;
 /// Largest upstream response head (pingora's limit on its path).
 const MAX_RESPONSE_HEAD: usize = 1024 * 1024;
-/// Read buffer for upstream responses.
+/// Read buffer for upstream response heads and small bodies, and the largest body read.
 const READ_CHUNK: usize = 16 * 1024;
+const BODY_READ: usize = 64 * 1024;
 /// Idle upstream connections kept, and for how long (the values of pingora's pool on its
 /// path: `src/net/connect.rs` and pingora's default pool size).
 const POOL_SIZE: usize = 128;
@@ -1073,20 +1074,31 @@ where
             let mut left = total;
             loop {
                 let n = (rbuf.len() as u64).min(left) as usize;
-                if n > 0 {
-                    out.put_slice(&rbuf[..n]);
-                    let _ = rbuf.split_to(n);
-                    left -= n as u64;
-                    sent += n;
-                }
                 if !out.is_empty() {
+                    // The head goes out with the body bytes read with it: one write for a
+                    // small response.
+                    out.put_slice(&rbuf[..n]);
                     write_down(down, &out, write_t).await.map_err(|_| sent)?;
                     out.clear();
+                } else if n > 0 {
+                    // Later reads go out as read, without a copy.
+                    write_down(down, &rbuf[..n], write_t)
+                        .await
+                        .map_err(|_| sent)?;
                 }
+                let _ = rbuf.split_to(n);
+                left -= n as u64;
+                sent += n;
                 if left == 0 {
                     break;
                 }
-                rbuf.reserve(READ_CHUNK);
+                // Up to 64 KiB per read for a large body (fewer reads and writes), a small
+                // buffer for a small one.
+                rbuf.reserve(
+                    usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .clamp(READ_CHUNK, BODY_READ),
+                );
                 match with_deadline(read_t, up.read_buf(&mut rbuf)).await {
                     Ok(0) | Err(_) => return Err(sent),
                     Ok(_) => {}
