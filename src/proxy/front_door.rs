@@ -597,7 +597,7 @@ impl Peek for FrontStream {}
 pub struct FrontDoor<A> {
     app: Arc<A>,
     door: Arc<Door>,
-    /// The direct path, when on: requests it takes never reach `app` (`direct.rs`).
+    /// The direct path, when on: requests it takes never reach `app` (`direct/`).
     direct: Option<Direct>,
 }
 

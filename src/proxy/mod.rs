@@ -15,7 +15,6 @@
 //! the denial) is `crate::auth`'s; this module only calls it.
 
 mod access_log;
-mod chunked;
 mod direct;
 mod error_pages;
 mod forward;

@@ -14,7 +14,6 @@
 //! What the direct path takes, and why the rest goes to pingora, is written in
 //! docs/direct-path.md, with each difference from pingora's path on the wire.
 
-use std::fmt::Write as _;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -29,42 +28,35 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::chunked::{self, Decoder};
 use super::{access_log, forward, headers, InFlightGuard, Refusal, Shared};
 use crate::auth::{Allowed, Auth};
 use crate::canonical;
 use crate::config::AccessLog;
 use crate::net::{FailureKind, Pool, Target, TargetAddr};
 use crate::routes::Route;
-use crate::web::Reply;
+
+mod chunked;
+mod response;
+mod take;
+mod wire;
+
+use response::{forward_body, response_facts, response_head, Framing, ResponseHead};
+use take::{take, Taken};
+use wire::{
+    own_response, push_header, spelling, uninit_fields, with_deadline, write_down, write_reply,
+};
 
 /// Header fields parsed in a head, as pingora's parser allows.
-const MAX_HEADERS: usize = 256;
+pub(super) const MAX_HEADERS: usize = 256;
 /// Largest upstream response head (pingora's limit on its path).
 const MAX_RESPONSE_HEAD: usize = 1024 * 1024;
 /// Read buffer for upstream response heads and small bodies, and the largest body read.
-const READ_CHUNK: usize = 16 * 1024;
-const BODY_READ: usize = 64 * 1024;
+pub(super) const READ_CHUNK: usize = 16 * 1024;
+pub(super) const BODY_READ: usize = 64 * 1024;
 /// Idle upstream connections kept, and for how long (the values of pingora's pool on its
 /// path: `src/net/connect.rs` and pingora's default pool size).
 const POOL_SIZE: usize = 128;
 const POOL_IDLE: Duration = Duration::from_secs(60);
-
-/// Request header fields that send a request to pingora's path: message framing, upgrades,
-/// expectations and hop-by-hop fields pingora removes or acts on (see docs/direct-path.md).
-const NOT_DIRECT: [&str; 11] = [
-    "content-length",
-    "transfer-encoding",
-    "upgrade",
-    "expect",
-    "te",
-    "trailer",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "http2-settings",
-];
 
 /// What became of the connection after [`Direct::serve`].
 #[derive(Debug, PartialEq, Eq)]
@@ -94,106 +86,6 @@ pub(super) struct Conn<'a> {
     pub request_limit: Option<usize>,
 }
 
-/// A request the direct path takes: what [`take`] found in its head.
-struct Taken<'r> {
-    method: Method,
-    path: &'r [u8],
-    /// The client asked to close after this request.
-    close: bool,
-    host: Option<&'r [u8]>,
-}
-
-/// Decides from a parsed head whether the direct path takes the request: a GET or HEAD over
-/// HTTP/1.1 with one `Host`, an origin-form target of printable ASCII, no body, no upgrade, no
-/// expectation, and `Connection` at most `keep-alive` or `close`. Pure: nothing is counted or
-/// logged, so a request not taken goes to pingora as if the direct path did not exist.
-fn take<'r>(req: &httparse::Request<'_, 'r>) -> Option<Taken<'r>> {
-    let method = match req.method? {
-        "GET" => Method::GET,
-        "HEAD" => Method::HEAD,
-        _ => return None,
-    };
-    if req.version != Some(1) {
-        return None;
-    }
-    let path = req.path?.as_bytes();
-    if path.first() != Some(&b'/') || path.iter().any(|&b| b <= b' ' || b >= 0x7f) {
-        return None;
-    }
-    if path == b"/_chp_healthz" {
-        return None;
-    }
-    let (mut host, mut hosts, mut close, mut connections) = (None, 0, false, 0);
-    for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("host") {
-            hosts += 1;
-            host = Some(h.value);
-        } else if name.eq_ignore_ascii_case("connection") {
-            connections += 1;
-            let v = h.value.trim_ascii();
-            if v.eq_ignore_ascii_case(b"close") {
-                close = true;
-            } else if !v.eq_ignore_ascii_case(b"keep-alive") {
-                return None;
-            }
-        } else if NOT_DIRECT.iter().any(|n| name.eq_ignore_ascii_case(n)) {
-            return None;
-        }
-    }
-    if hosts != 1 || connections > 1 || host.is_some_and(|h| h.contains(&b'@') || h.is_empty()) {
-        return None;
-    }
-    Some(Taken {
-        method,
-        path,
-        close,
-        host,
-    })
-}
-
-/// Room for a head's fields, left uninitialised: httparse writes the ones it parses (an
-/// initialised array is 8 KiB of stores per parse, three parses per request).
-fn uninit_fields<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
-    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
-}
-
-/// How pingora spells a header name it sets itself (its title case for a few standard names,
-/// lowercase otherwise), so that the direct path's wire matches pingora's.
-fn spelling(name: &HeaderName) -> &str {
-    use http::header::*;
-    match *name {
-        ACCEPT_RANGES => "Accept-Ranges",
-        AGE => "Age",
-        CACHE_CONTROL => "Cache-Control",
-        CONNECTION => "Connection",
-        CONTENT_TYPE => "Content-Type",
-        CONTENT_ENCODING => "Content-Encoding",
-        CONTENT_LENGTH => "Content-Length",
-        DATE => "Date",
-        TRANSFER_ENCODING => "Transfer-Encoding",
-        HOST => "Host",
-        SERVER => "Server",
-        SET_COOKIE => "Set-Cookie",
-        _ => name.as_str(),
-    }
-}
-
-/// The reason phrase pingora writes for a status it builds (the standard one, or none).
-fn canonical_reason(code: u16) -> &'static str {
-    http::StatusCode::from_u16(code)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("")
-}
-
-fn push_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
-    out.put_slice(name);
-    out.put_slice(b": ");
-    out.put_slice(value);
-    out.put_slice(b"\r\n");
-}
-
 /// Why an exchange with the target failed.
 #[derive(Debug)]
 enum UpstreamError {
@@ -209,26 +101,6 @@ fn io_failure(e: &io::Error, what: &str) -> UpstreamError {
         kind: FailureKind::of_io(e),
         detail: format!("{what}: {e}"),
     }
-}
-
-/// The framing of an upstream response body (RFC 9112 §6.3, as pingora's client reads it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    None,
-    Length(u64),
-    Chunked,
-    /// Until the target closes: forwarded chunked, the connection not reused.
-    Close,
-}
-
-/// A parsed upstream response head, with what the direct path must know of it.
-struct ResponseHead {
-    status: u16,
-    /// Bytes of the head in the read buffer.
-    len: usize,
-    framing: Framing,
-    /// The target may keep the connection (HTTP/1.1 without `Connection: close`).
-    reusable: bool,
 }
 
 impl Direct {
@@ -724,7 +596,7 @@ impl Direct {
             resp = self.read_head(&mut up, &mut rbuf, method).await?;
         }
         let status = resp.status;
-        let out_head = self.response_head(&rbuf[..resp.len], &resp, target, host, keep);
+        let out_head = response_head(sh, &rbuf[..resp.len], &resp, target, host, keep);
         let _ = rbuf.split_to(resp.len);
         // Counted once the target answered, whatever happens to the body (pingora's path
         // counts in its logging phase from the status it saw).
@@ -818,96 +690,6 @@ impl Direct {
         }
     }
 
-    /// The response head for the client, as pingora's path writes it: the target's status
-    /// line and fields in their order and spelling, `Content-Length` dropped when
-    /// `Transfer-Encoding` is present, a body delimited by close re-framed as chunked (HTTP/1.1),
-    /// `Location` rewritten (`--auto-rewrite`, `--protocol-rewrite`), and `Date` and
-    /// `Connection` set (in place when the target sent them).
-    fn response_head(
-        &self,
-        raw: &[u8],
-        resp: &ResponseHead,
-        target: &Target,
-        host: Option<&str>,
-        keep: bool,
-    ) -> BytesMut {
-        let mut hs = uninit_fields();
-        let mut parsed = httparse::Response::new(&mut []);
-        let _ = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut parsed,
-            raw,
-            &mut hs,
-        );
-        let fwd = &self.shared.forwarding;
-        let mut out = BytesMut::with_capacity(raw.len() + 96);
-        let version = if resp.framing == Framing::Close || parsed.version == Some(1) {
-            "HTTP/1.1 "
-        } else {
-            "HTTP/1.0 "
-        };
-        out.put_slice(version.as_bytes());
-        let _ = write!(out, "{}", resp.status);
-        out.put_u8(b' ');
-        out.put_slice(parsed.reason.unwrap_or_default().as_bytes());
-        out.put_slice(b"\r\n");
-        let has_te = parsed
-            .headers
-            .iter()
-            .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
-        let date = pingora::protocols::http::date::get_cached_date();
-        let connection: &[u8] = if keep { b"keep-alive" } else { b"close" };
-        let (mut date_done, mut conn_done, mut location_done) = (false, false, false);
-        // A target must not set or clear hubgate's own cookies (as `drop_own_set_cookies`).
-        let auth_on = self.shared.auth.load().is_some();
-        for h in parsed.headers.iter() {
-            let name = h.name;
-            let dropped = (has_te && name.eq_ignore_ascii_case("content-length"))
-                || (auth_on
-                    && name.eq_ignore_ascii_case("set-cookie")
-                    && crate::auth::sets_own_cookie(h.value));
-            if dropped {
-                continue;
-            } else if name.eq_ignore_ascii_case("date") {
-                if !date_done {
-                    date_done = true;
-                    push_header(&mut out, b"Date", date.as_bytes());
-                }
-            } else if name.eq_ignore_ascii_case("connection") {
-                if !conn_done {
-                    conn_done = true;
-                    push_header(&mut out, b"Connection", connection);
-                }
-            } else if name.eq_ignore_ascii_case("location")
-                && (fwd.auto_rewrite || fwd.protocol_rewrite.is_some())
-            {
-                if location_done {
-                    continue;
-                }
-                location_done = true;
-                let new = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|l| forward::rewrite_location(resp.status, l, target, host, fwd));
-                match new {
-                    Some(new) => push_header(&mut out, b"location", new.as_bytes()),
-                    None => push_header(&mut out, name.as_bytes(), h.value),
-                }
-            } else {
-                push_header(&mut out, name.as_bytes(), h.value);
-            }
-        }
-        if resp.framing == Framing::Close {
-            push_header(&mut out, b"Transfer-Encoding", b"chunked");
-        }
-        if !date_done {
-            push_header(&mut out, b"Date", date.as_bytes());
-        }
-        if !conn_done {
-            push_header(&mut out, b"Connection", connection);
-        }
-        out.put_slice(b"\r\n");
-        out
-    }
-
     /// Writes the error page for `code`; whether the client connection can be reused, and
     /// the body bytes sent.
     async fn error_page<S>(
@@ -981,375 +763,4 @@ fn request_header(req: &httparse::Request<'_, '_>, taken: &Taken<'_>) -> Option<
 struct Exchanged {
     status: u16,
     body_bytes: usize,
-}
-
-/// The facts of a parsed response head; `None` for framing pingora would refuse (a
-/// `Content-Length` that is not one number).
-fn response_facts(
-    resp: &httparse::Response<'_, '_>,
-    len: usize,
-    method: &Method,
-) -> Option<ResponseHead> {
-    let status = resp.code?;
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut te = false;
-    let mut close = resp.version != Some(1);
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            // Identical repeats, also comma-joined, are one length (RFC 9110 §8.6, as
-            // pingora accepts them); anything else is refused.
-            for part in std::str::from_utf8(h.value).ok()?.split(',') {
-                let v: u64 = part.trim().parse().ok()?;
-                if length.is_some_and(|l| l != v) {
-                    return None;
-                }
-                length = Some(v);
-            }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            te = true;
-            // The last coding decides (RFC 9112 §6.3).
-            chunked = h
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            let v = h.value;
-            if v.split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-            {
-                close = true;
-            } else if resp.version == Some(0)
-                && v.split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"keep-alive"))
-            {
-                close = false;
-            }
-        }
-    }
-    let framing = if *method == Method::HEAD || status < 200 || status == 204 || status == 304 {
-        Framing::None
-    } else if te {
-        if chunked {
-            Framing::Chunked
-        } else {
-            Framing::Close
-        }
-    } else if let Some(l) = length {
-        Framing::Length(l)
-    } else {
-        Framing::Close
-    };
-    Some(ResponseHead {
-        status,
-        len,
-        framing,
-        reusable: !close,
-    })
-}
-
-/// Forwards the body after writing `head`: the number of body bytes sent, or on a failure of
-/// either side, those sent until then.
-async fn forward_body<S>(
-    up: &mut TcpStream,
-    down: &mut S,
-    mut rbuf: BytesMut,
-    head: BytesMut,
-    framing: Framing,
-    sh: &Shared,
-) -> Result<usize, usize>
-where
-    S: AsyncWrite + Unpin,
-{
-    let read_t = sh.peer_timeouts.read;
-    let write_t = sh.timeouts.downstream;
-    let mut out = head;
-    let mut sent = 0usize;
-    match framing {
-        Framing::None => {
-            write_down(down, &out, write_t).await.map_err(|_| sent)?;
-        }
-        Framing::Length(total) => {
-            let mut left = total;
-            loop {
-                let n = (rbuf.len() as u64).min(left) as usize;
-                if !out.is_empty() {
-                    // The head goes out with the body bytes read with it: one write for a
-                    // small response.
-                    out.put_slice(&rbuf[..n]);
-                    write_down(down, &out, write_t).await.map_err(|_| sent)?;
-                    out.clear();
-                } else if n > 0 {
-                    // Later reads go out as read, without a copy.
-                    write_down(down, &rbuf[..n], write_t)
-                        .await
-                        .map_err(|_| sent)?;
-                }
-                let _ = rbuf.split_to(n);
-                left -= n as u64;
-                sent += n;
-                if left == 0 {
-                    break;
-                }
-                // Up to 64 KiB per read for a large body (fewer reads and writes), a small
-                // buffer for a small one.
-                rbuf.reserve(
-                    usize::try_from(left)
-                        .unwrap_or(usize::MAX)
-                        .clamp(READ_CHUNK, BODY_READ),
-                );
-                match with_deadline(read_t, up.read_buf(&mut rbuf)).await {
-                    Ok(0) | Err(_) => return Err(sent),
-                    Ok(_) => {}
-                }
-            }
-        }
-        Framing::Chunked | Framing::Close => {
-            let mut decoder = Decoder::default();
-            let mut ended = false;
-            loop {
-                if framing == Framing::Chunked {
-                    loop {
-                        match decoder.step(&mut rbuf) {
-                            Ok(chunked::Step::Data(d)) => {
-                                put_chunk(&mut out, &d);
-                                sent += d.len();
-                            }
-                            Ok(chunked::Step::More) => break,
-                            Ok(chunked::Step::Done) => {
-                                ended = true;
-                                break;
-                            }
-                            Err(e) => {
-                                debug!("{e}");
-                                return Err(sent);
-                            }
-                        }
-                    }
-                } else if !rbuf.is_empty() {
-                    let d = rbuf.split().freeze();
-                    put_chunk(&mut out, &d);
-                    sent += d.len();
-                }
-                if ended {
-                    out.put_slice(b"0\r\n\r\n");
-                }
-                if !out.is_empty() {
-                    write_down(down, &out, write_t).await.map_err(|_| sent)?;
-                    out.clear();
-                }
-                if ended {
-                    break;
-                }
-                rbuf.reserve(READ_CHUNK);
-                match with_deadline(read_t, up.read_buf(&mut rbuf)).await {
-                    Ok(0) if framing == Framing::Close => {
-                        out.put_slice(b"0\r\n\r\n");
-                        write_down(down, &out, write_t).await.map_err(|_| sent)?;
-                        break;
-                    }
-                    Ok(0) | Err(_) => return Err(sent),
-                    Ok(_) => {}
-                }
-            }
-        }
-    }
-    Ok(sent)
-}
-
-fn put_chunk(out: &mut BytesMut, data: &[u8]) {
-    if data.is_empty() {
-        return;
-    }
-    let _ = write!(out, "{:x}\r\n", data.len());
-    out.put_slice(data);
-    out.put_slice(b"\r\n");
-}
-
-/// Writes a response hubgate made itself (an authentication denial) and closes: as pingora's
-/// path writes it (`refusal.rs`), fields as given, then `Content-Length`, `Date` and
-/// `Connection: close`. The body bytes sent.
-async fn write_reply<S: AsyncWrite + Unpin>(
-    down: &mut S,
-    reply: Reply,
-    limit: Option<Duration>,
-) -> usize {
-    let fields = reply
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_bytes(), v.as_bytes()));
-    let out = own_response(reply.status, fields, reply.body.as_bytes(), false);
-    match write_down(down, &out, limit).await {
-        Ok(()) => reply.body.len(),
-        Err(_) => 0,
-    }
-}
-
-/// A complete response hubgate makes itself, as pingora's server writes one it is given:
-/// status line, `fields`, `Content-Length`, `Date`, `Connection`, body.
-fn own_response<'a>(
-    status: u16,
-    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
-    body: &[u8],
-    keep: bool,
-) -> BytesMut {
-    let mut out = BytesMut::with_capacity(body.len() + 256);
-    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", canonical_reason(status));
-    for (k, v) in fields {
-        push_header(&mut out, k, v);
-    }
-    let _ = write!(out, "Content-Length: {}\r\n", body.len());
-    let date = pingora::protocols::http::date::get_cached_date();
-    push_header(&mut out, b"Date", date.as_bytes());
-    let connection: &[u8] = if keep { b"keep-alive" } else { b"close" };
-    push_header(&mut out, b"Connection", connection);
-    out.put_slice(b"\r\n");
-    out.put_slice(body);
-    out
-}
-
-/// Runs `io` within `limit` (none: unbounded); a timeout is an `io::ErrorKind::TimedOut`.
-async fn with_deadline<T>(
-    limit: Option<Duration>,
-    io: impl std::future::Future<Output = io::Result<T>>,
-) -> io::Result<T> {
-    match limit {
-        Some(d) => tokio::time::timeout(d, io)
-            .await
-            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
-        None => io.await,
-    }
-}
-
-async fn write_down<S: AsyncWrite + Unpin>(
-    down: &mut S,
-    bytes: &[u8],
-    limit: Option<Duration>,
-) -> io::Result<()> {
-    with_deadline(limit, async {
-        down.write_all(bytes).await?;
-        down.flush().await
-    })
-    .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse_take(head: &[u8]) -> Option<(Method, Vec<u8>, bool)> {
-        let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut hs);
-        assert!(matches!(req.parse(head), Ok(httparse::Status::Complete(_))));
-        take(&req).map(|t| (t.method, t.path.to_vec(), t.close))
-    }
-
-    #[test]
-    fn only_plain_gets_and_heads_are_taken() {
-        let ok = parse_take(b"GET /user/a/x?y=1 HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n");
-        assert_eq!(ok, Some((Method::GET, b"/user/a/x?y=1".to_vec(), false)));
-        let close = parse_take(b"HEAD / HTTP/1.1\r\nHost: h\r\nConnection: Close\r\n\r\n");
-        assert_eq!(close, Some((Method::HEAD, b"/".to_vec(), true)));
-        for not in [
-            &b"POST / HTTP/1.1\r\nHost: h\r\n\r\n"[..],
-            b"GET / HTTP/1.0\r\nHost: h\r\n\r\n",
-            b"GET / HTTP/1.1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: u@h\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, x-secret\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nConnection: close\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: h\r\nTE: trailers\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: h\r\nProxy-Connection: keep-alive\r\n\r\n",
-            b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
-            b"GET * HTTP/1.1\r\nHost: h\r\n\r\n",
-            b"GET /_chp_healthz HTTP/1.1\r\nHost: h\r\n\r\n",
-        ] {
-            assert_eq!(parse_take(not), None, "{}", String::from_utf8_lossy(not));
-        }
-    }
-
-    fn facts(head: &[u8], method: Method) -> Option<(u16, Framing, bool)> {
-        let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut hs);
-        let Ok(httparse::Status::Complete(n)) = resp.parse(head) else {
-            panic!("head")
-        };
-        response_facts(&resp, n, &method).map(|r| (r.status, r.framing, r.reusable))
-    }
-
-    #[test]
-    fn response_framing_follows_rfc_9112() {
-        let g = Method::GET;
-        assert_eq!(
-            facts(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", g.clone()),
-            Some((200, Framing::Length(5), true))
-        );
-        assert_eq!(
-            facts(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
-                Method::HEAD
-            ),
-            Some((200, Framing::None, true))
-        );
-        assert_eq!(
-            facts(
-                b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
-                g.clone()
-            ),
-            Some((204, Framing::None, true))
-        );
-        assert_eq!(
-            facts(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-                g.clone()
-            ),
-            Some((200, Framing::Chunked, true))
-        );
-        assert_eq!(
-            facts(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-                g.clone()
-            ),
-            Some((200, Framing::Close, true))
-        );
-        assert_eq!(
-            facts(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", g.clone()),
-            Some((200, Framing::Close, false))
-        );
-        assert_eq!(
-            facts(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", g.clone()),
-            Some((200, Framing::Length(1), false))
-        );
-        assert_eq!(
-            facts(
-                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n",
-                g.clone()
-            ),
-            Some((200, Framing::Length(1), true))
-        );
-        assert_eq!(
-            facts(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n",
-                g.clone()
-            ),
-            Some((200, Framing::Length(2), true))
-        );
-        // Conflicting or unparseable lengths are refused, as pingora refuses them.
-        assert_eq!(
-            facts(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-                g.clone()
-            ),
-            None
-        );
-        assert_eq!(
-            facts(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", g),
-            None
-        );
-    }
 }
