@@ -426,3 +426,35 @@ fn authenticated_requests_reach_the_target_as_on_pingoras_path() {
         "hubgate's own cookie is never set by a target"
     );
 }
+
+#[test]
+fn the_config_file_can_turn_the_direct_path_off() {
+    let dead = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!(
+        "http://127.0.0.1:{}",
+        dead.local_addr().expect("addr").port()
+    );
+    drop(dead);
+    let dir = TempDir::new("direct-off");
+    let off = dir.write("off.toml", "[proxy]\ndirect-path = false\n");
+    let hg = Hubgate::start(&["--config", &off.to_string_lossy()], &[]);
+    hg.add_route("/user/dead", &url);
+    // pingora's path closes the connection after an error page (docs/direct-path.md,
+    // "Differences on the wire"); the direct path would keep it for the next request.
+    let mut c = hg.proxy_conn();
+    let r = c.request(&Req::get("/user/dead/x")).expect("error page");
+    assert_eq!(r.status, 503, "{}", r.describe());
+    assert!(
+        c.wait_closed(Duration::from_secs(5)),
+        "with direct-path = false the request took pingora's path"
+    );
+    // A value that is not a boolean stops startup, naming the key.
+    let bad = dir.write("bad.toml", "[proxy]\ndirect-path = \"yes\"\n");
+    let out = run_cli(
+        &["--check-config", "--config", &bad.to_string_lossy()],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert!(out.failed_cleanly(), "{out:?}");
+    assert!(out.stderr.contains("direct-path"), "{}", out.stderr);
+}
