@@ -45,8 +45,36 @@ pub struct Inputs<'a> {
     pub client_close: bool,
 }
 
-/// How the names hubgate sets itself are written upstream: as pingora writes them by default
-/// (its title case for standard names, lowercase otherwise), so the wire is unchanged.
+/// pingora's title case for the standard names it knows (`case_header_name.rs` in
+/// pingora-http); every other name it writes lowercase.
+fn titled(name: &HeaderName) -> Option<&'static str> {
+    use http::header::*;
+    Some(match *name {
+        ACCEPT_RANGES => "Accept-Ranges",
+        AGE => "Age",
+        CACHE_CONTROL => "Cache-Control",
+        CONNECTION => "Connection",
+        CONTENT_TYPE => "Content-Type",
+        CONTENT_ENCODING => "Content-Encoding",
+        CONTENT_LENGTH => "Content-Length",
+        DATE => "Date",
+        TRANSFER_ENCODING => "Transfer-Encoding",
+        HOST => "Host",
+        SERVER => "Server",
+        SET_COOKIE => "Set-Cookie",
+        _ => return None,
+    })
+}
+
+/// How pingora spells a header name it sets (the direct path writes set fields this way, so
+/// its wire matches pingora's: docs/direct-path.md).
+pub fn spelling(name: &HeaderName) -> &str {
+    titled(name).unwrap_or(name.as_str())
+}
+
+/// How the names hubgate sets itself are written upstream by [`UpstreamHeaders::apply`]: as
+/// pingora writes them by default, so the wire is unchanged; `None` for a name pingora must
+/// spell itself (a custom header: nothing static to point at).
 fn wire_spelling(name: &HeaderName) -> Option<&'static str> {
     const LOWERCASE: [&str; 7] = [
         "x-forwarded-for",
@@ -57,12 +85,7 @@ fn wire_spelling(name: &HeaderName) -> Option<&'static str> {
         "x-auth-request-email",
         "x-auth-request-groups",
     ];
-    Some(match *name {
-        CONNECTION => "Connection",
-        CONTENT_LENGTH => "Content-Length",
-        HOST => "Host",
-        _ => return LOWERCASE.into_iter().find(|n| *n == name.as_str()),
-    })
+    titled(name).or_else(|| LOWERCASE.into_iter().find(|n| *n == name.as_str()))
 }
 
 /// Whether a request's `Connection` header is `close`.

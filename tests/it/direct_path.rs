@@ -104,6 +104,7 @@ fn serve(mut conn: TcpStream, port: u16, heads: &Mutex<Vec<String>>) {
     conn.set_read_timeout(Some(Duration::from_secs(30))).ok();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
+    let mut served = 0;
     loop {
         let end = loop {
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -118,6 +119,12 @@ fn serve(mut conn: TcpStream, port: u16, heads: &Mutex<Vec<String>>) {
         buf.drain(..end);
         let path = head.split(' ').nth(1).unwrap_or("/").to_string();
         heads.lock().expect("lock").push(head);
+        served += 1;
+        if path.contains("/flaky") && served > 1 {
+            // A kept connection the server drops on the request it was reused for, without
+            // answering (as a server whose idle timeout fired as the request arrived).
+            return;
+        }
         let (reply, close) = script(&path);
         let reply = reply.replace("{port}", &port.to_string());
         if conn.write_all(reply.as_bytes()).is_err() || close {
@@ -457,4 +464,69 @@ fn the_config_file_can_turn_the_direct_path_off() {
     );
     assert!(out.failed_cleanly(), "{out:?}");
     assert!(out.stderr.contains("direct-path"), "{}", out.stderr);
+}
+
+#[test]
+fn informational_responses_reach_the_client_before_the_answer() {
+    let backend = Scripted::start();
+    let hg = hubgate_to(&backend, &[]);
+    let mut c = hg.proxy_conn();
+    c.send(&Req::get("/user/a/hints").header("Connection", "close"))
+        .expect("send");
+    let (bytes, _) = c.read_until_close(Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&bytes);
+    let hints = text.find("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n");
+    let answer = text.find("HTTP/1.1 200 OK\r\n");
+    assert!(
+        hints.is_some() && hints < answer,
+        "the 103 first, then the answer: {text}"
+    );
+    assert!(text.ends_with("\r\n\r\nok"), "{text}");
+}
+
+#[test]
+fn a_kept_connection_the_target_drops_with_the_request_is_retried_once_on_a_new_one() {
+    let backend = Scripted::start();
+    let hg = hubgate_to(&backend, &[]);
+    let mut c = hg.proxy_conn();
+    // The first request leaves its upstream connection in the pool; the second is sent on it,
+    // and the target closes it without an answer: GET is idempotent, so the direct path sends
+    // it once more on a new connection and the client never sees the failure.
+    assert_eq!(
+        c.request(&Req::get("/user/a/cl")).expect("first").text(),
+        "hello"
+    );
+    let r = c.request(&Req::get("/user/a/flaky")).expect("retried");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "default"),
+        "{}",
+        r.describe()
+    );
+    let heads = backend.take_heads();
+    let flaky = heads
+        .iter()
+        .filter(|h| h.starts_with("GET /user/a/flaky "))
+        .count();
+    assert_eq!(
+        flaky, 2,
+        "sent on the kept connection, then on a new one: {heads:?}"
+    );
+}
+
+#[test]
+fn a_pipelined_head_left_unfinished_is_closed_at_the_keep_alive_timeout() {
+    let backend = Scripted::start();
+    let hg = hubgate_to(&backend, &["--keep-alive-timeout", "1000"]);
+    let mut c = hg.proxy_conn();
+    // A complete request and the start of another in one write, then silence: the second
+    // head arrived with the first, before the front door's head clock for it could start.
+    let mut wire = Req::get("/user/a/cl").to_bytes("hub");
+    wire.extend_from_slice(b"GET /user/a/cl HTTP/1.1\r\nHost: hub\r\nX-Partial");
+    c.send_raw(&wire).expect("send");
+    assert_eq!(c.read_response(false).expect("the first").text(), "hello");
+    assert!(
+        c.wait_closed(Duration::from_secs(10)),
+        "the unfinished head is not waited for past the keep-alive timeout"
+    );
 }

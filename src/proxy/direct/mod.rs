@@ -42,9 +42,7 @@ mod wire;
 
 use response::{forward_body, response_facts, response_head, Framing, ResponseHead};
 use take::{take, Taken};
-use wire::{
-    own_response, push_header, spelling, uninit_fields, with_deadline, write_down, write_reply,
-};
+use wire::{own_response, push_header, uninit_fields, with_deadline, write_down, write_reply};
 
 /// Header fields parsed in a head, as pingora's parser allows.
 pub(super) const MAX_HEADERS: usize = 256;
@@ -374,14 +372,17 @@ impl Direct {
     }
 
     /// Reads more of the client's bytes into `buf`: `None` on an error, a timeout or shutdown.
-    /// Between requests (nothing read yet, not the first request) the wait is bounded by the
-    /// keep-alive timeout and ends at shutdown, as pingora's keep-alive loop does.
+    /// The first request's head is bounded by the front door (its deadline runs from
+    /// accept). On a reused connection each wait is bounded by the keep-alive timeout and ends
+    /// at shutdown, as pingora's keep-alive loop does: also when `buf` already holds the start
+    /// of a pipelined head, which the front door did not see begin (it arrived with the
+    /// previous request) and so does not time.
     async fn read_more<S>(&self, down: &mut S, buf: &mut BytesMut, conn: &Conn<'_>) -> Option<usize>
     where
         S: AsyncRead + Unpin,
     {
         buf.reserve(4096);
-        if conn.served == 0 || !buf.is_empty() {
+        if conn.served == 0 {
             return down.read_buf(buf).await.ok();
         }
         let mut shutdown = conn.shutdown.clone();
@@ -408,7 +409,6 @@ impl Direct {
         upstream_path: &str,
         conn: &Conn<'_>,
     ) -> BytesMut {
-        let sh = &self.shared;
         // The builder reads only a few of the client's fields: those go in a small map.
         let mut view = HeaderMap::with_capacity(2);
         for h in req.headers.iter() {
@@ -427,23 +427,24 @@ impl Direct {
         let edits = headers::build(
             &taken.method,
             &view,
-            &headers::Inputs {
-                client_ip: conn.client_ip,
-                listener_tls: sh.listener_tls,
-                websocket: false,
-                target,
-                forwarding: &sh.forwarding,
-                auth: None,
-                allowed: None,
-                client_close: taken.close,
-            },
+            &self.inputs(conn, target, None, None, taken.close),
         );
         let mut out = BytesMut::with_capacity(upstream_path.len() + 64 + req.headers.len() * 48);
         out.put_slice(taken.method.as_str().as_bytes());
         out.put_u8(b' ');
         out.put_slice(upstream_path.as_bytes());
         out.put_slice(b" HTTP/1.1\r\n");
-        let mut done = vec![false; edits.set.len()];
+        // Which set fields went out in place of the client's: on the stack for the usual
+        // handful (X-Forwarded-*, Connection, a few custom headers).
+        let mut small = [false; 16];
+        let mut large = Vec::new();
+        let done: &mut [bool] = match small.get_mut(..edits.set.len()) {
+            Some(d) => d,
+            None => {
+                large.resize(edits.set.len(), false);
+                &mut large
+            }
+        };
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("connection")
                 || edits
@@ -462,18 +463,40 @@ impl Direct {
                 Some(i) => {
                     done[i] = true;
                     let (n, v) = &edits.set[i];
-                    push_header(&mut out, spelling(n).as_bytes(), v.as_bytes());
+                    push_header(&mut out, headers::spelling(n).as_bytes(), v.as_bytes());
                 }
                 None => push_header(&mut out, h.name.as_bytes(), h.value),
             }
         }
         for (i, (n, v)) in edits.set.iter().enumerate() {
             if !done[i] {
-                push_header(&mut out, spelling(n).as_bytes(), v.as_bytes());
+                push_header(&mut out, headers::spelling(n).as_bytes(), v.as_bytes());
             }
         }
         out.put_slice(b"\r\n");
         out
+    }
+
+    /// What the header builder needs to know of a request on the direct path (never a
+    /// websocket).
+    fn inputs<'a>(
+        &'a self,
+        conn: &Conn<'_>,
+        target: &'a Target,
+        auth: Option<&'a Auth>,
+        allowed: Option<&'a Allowed>,
+        client_close: bool,
+    ) -> headers::Inputs<'a> {
+        headers::Inputs {
+            client_ip: conn.client_ip,
+            listener_tls: self.shared.listener_tls,
+            websocket: false,
+            target,
+            forwarding: &self.shared.forwarding,
+            auth,
+            allowed,
+            client_close,
+        }
     }
 
     /// The upstream head of an authenticated request, as pingora's path writes it: its
@@ -491,20 +514,10 @@ impl Direct {
         conn: &Conn<'_>,
         close: bool,
     ) -> Option<BytesMut> {
-        let sh = &self.shared;
         let edits = headers::build(
             &header.method,
             &header.headers,
-            &headers::Inputs {
-                client_ip: conn.client_ip,
-                listener_tls: sh.listener_tls,
-                websocket: false,
-                target,
-                forwarding: &sh.forwarding,
-                auth: Some(auth),
-                allowed,
-                client_close: close,
-            },
+            &self.inputs(conn, target, Some(auth), allowed, close),
         );
         header.remove_header(&http::header::CONNECTION);
         edits.apply(header).ok()?;

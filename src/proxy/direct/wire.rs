@@ -1,5 +1,5 @@
 //! Small pieces of the HTTP/1.1 wire shared by the direct path's files: field arrays for
-//! `httparse`, pingora's spellings and reason phrases, the responses hubgate writes itself,
+//! `httparse`, pingora's reason phrases, the responses hubgate writes itself,
 //! and I/O under a deadline.
 
 use std::fmt::Write as _;
@@ -7,7 +7,6 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use http::header::HeaderName;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::MAX_HEADERS;
@@ -17,27 +16,6 @@ use crate::web::Reply;
 /// initialised array is 8 KiB of stores per parse, three parses per request).
 pub(super) fn uninit_fields<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
     [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
-}
-
-/// How pingora spells a header name it sets itself (its title case for a few standard names,
-/// lowercase otherwise), so that the direct path's wire matches pingora's.
-pub(super) fn spelling(name: &HeaderName) -> &str {
-    use http::header::*;
-    match *name {
-        ACCEPT_RANGES => "Accept-Ranges",
-        AGE => "Age",
-        CACHE_CONTROL => "Cache-Control",
-        CONNECTION => "Connection",
-        CONTENT_TYPE => "Content-Type",
-        CONTENT_ENCODING => "Content-Encoding",
-        CONTENT_LENGTH => "Content-Length",
-        DATE => "Date",
-        TRANSFER_ENCODING => "Transfer-Encoding",
-        HOST => "Host",
-        SERVER => "Server",
-        SET_COOKIE => "Set-Cookie",
-        _ => name.as_str(),
-    }
 }
 
 /// The reason phrase pingora writes for a status it builds (the standard one, or none).
