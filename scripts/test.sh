@@ -90,8 +90,10 @@ elif ((!build_ok)); then
     record pytest skip 0
 else
     # --timeout: a default bound for every test (tests may set a tighter one).
+    # --tb=short: a CI page keeps the head and the tail of a long output; a failing
+    # test's own source would push out the logs its fixture prints after it.
     # shellcheck disable=SC2086
-    step pytest .venv/bin/python -m pytest "${py_dirs[@]}" -v --timeout=600 \
+    step pytest .venv/bin/python -m pytest "${py_dirs[@]}" -v --tb=short --timeout=600 \
         -p no:cacheprovider ${PYTEST_ARGS:-}
     # exit code 5 means "no tests collected": a failure here, since the dirs hold test files
 fi

@@ -103,6 +103,11 @@ def data_cmd(port: int, *args):
     return redis_cmd(port, *args, password=REDIS_PASSWORD)
 
 
+def stored_keys(port: int) -> set[str]:
+    """The routes one Redis server holds."""
+    return {json.loads(v)["key"] for v in data_cmd(port, "HVALS", "hubgate:v1:routes")}
+
+
 # ---------------------------------------------------------------- the backend
 
 
@@ -260,10 +265,36 @@ class Cluster:
         for f in self.files:
             f.close()
 
+    def replication_state(self) -> str:
+        """Each server's replication state, asked while they still run (for a failure)."""
+        out = "===== replication at the failure =====\n"
+        for i, port in enumerate(self.redis_ports):
+            if self.procs[f"redis-{i}"].poll() is not None:
+                out += f"redis-{i} ({port}): exited\n"
+                continue
+            try:
+                info = data_cmd(port, "INFO", "replication")
+                keep = ("role", "master_port", "master_link_status", "connected_slaves", "slave",
+                        "master_repl_offset", "second_repl_offset")  # fmt: skip
+                lines = [ln for ln in info.splitlines() if ln.startswith(keep)]
+                out += f"redis-{i} ({port}): {'; '.join(lines)}\n"
+            except Exception as e:  # noqa: BLE001 - a diagnostic, never the failure itself
+                out += f"redis-{i} ({port}): INFO failed: {e!r}\n"
+        return out
+
     def logs(self) -> str:
+        """Sentinel's events and the servers' replication lines, then the hubgates' tails:
+        short enough that a CI page shows all of it."""
         out = ""
+        events = ("+", "-", "sync", "Sync", "SYNC", "MASTER", "Master", "master", "Replica", "replica")
         for name in self.procs:
-            out += f"===== {name}.log =====\n{tail(self.dir / f'{name}.log', 60)}\n"
+            if name.startswith(("sentinel", "redis")):
+                text = (self.dir / f"{name}.log").read_text(errors="replace").splitlines()
+                picked = [ln for ln in text if any(e in ln.split(" ", 5)[-1][:40] for e in events)]
+                out += f"===== {name}.log, replication events =====\n" + "\n".join(picked[-15:]) + "\n"
+        for name in self.procs:
+            if name.startswith("hubgate"):
+                out += f"===== {name}.log =====\n{tail(self.dir / f'{name}.log', 12)}\n"
         return out
 
 
@@ -274,10 +305,12 @@ def cluster(request, tmp_path_factory):
         c.start()
         yield c
     finally:
-        c.stop()
         rep = getattr(request.node, "rep_call", None)
-        if rep is None or rep.failed:
-            print(c.logs())
+        failed = rep is None or rep.failed
+        state = c.replication_state() if failed else ""
+        c.stop()
+        if failed:
+            print(state + c.logs())
 
 
 # ---------------------------------------------------------------- traffic
@@ -405,12 +438,14 @@ def test_failover_keeps_routing_and_acknowledged_writes(cluster):
 
     acked = {p for w in writers for _, p in w.acked}
     failed = [f for w in writers for f in w.failed]
+    late = sum(1 for at, _ in failed if at > writes_back_at)
     print(
         f"\nsentinel failover: {len(acked)} writes acknowledged, {len(failed)} refused "
         f"(statuses {sorted({str(s) for _, s in failed})}); writes resumed on both replicas "
         f"{writes_back_at - killed_at:.1f} s after the master was killed "
         f"(promotion seen after {promoted_at - killed_at:.1f} s); "
-        f"{reader.ok} proxied requests, {len(reader.failures)} failed"
+        f"{reader.ok} proxied requests, {len(reader.failures)} failed; "
+        f"{late} writes refused after writes had resumed"
     )
     assert not reader.failures, f"routing failed during the failover: {reader.failures[:10]}"
     assert reader.ok >= 100
@@ -428,30 +463,66 @@ def test_failover_keeps_routing_and_acknowledged_writes(cluster):
             missing = sorted(acked - set(c.routes(i)))
             print(f"replica {'ab'[i]} misses {len(missing)}: {missing[:20]}")
         raise
-    stored = {json.loads(v)["key"] for v in data_cmd(new_master, "HVALS", "hubgate:v1:routes")}
-    missing = sorted(acked - stored)
+    # The master the sentinels settle on. Usually the one promoted above; on a loaded
+    # machine a sentinel may briefly see that one down too and fail it over again (seen in
+    # CI: a second promotion ~1 s after the first). Acknowledged writes must survive both.
+    def settled():
+        named = {
+            int(redis_cmd(p, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER)[1])
+            for p in c.sentinel_ports
+        }
+        if len(named) != 1:
+            return None
+        (port,) = named
+        return port if "role:master" in data_cmd(port, "INFO", "replication") else None
+
+    master = wait_until("the sentinels to agree on one master", settled, FAILOVER_TIMEOUT)
+    if master != new_master:
+        print(f"a second failover: the sentinels settled on {master}, not {new_master}")
+    missing = sorted(acked - stored_keys(master))
     assert not missing, f"acknowledged routes missing from the new master: {missing[:20]}"
 
-    # Both replicas name the new master and say the store is up.
+    # Both replicas name that master and say the store is up.
     for i, name in enumerate(("hubgate-a", "hubgate-b")):
-        h = requests.get(f"http://127.0.0.1:{c.hg_ports[i][0]}/_chp_healthz", timeout=5).json()
-        assert h.get("store") == "up", h
-        log = (c.dir / f"{name}.log").read_text(errors="replace")
-        assert f"Sentinel names 127.0.0.1:{new_master} master" in log, tail(c.dir / f"{name}.log", 40)
+        wait_until(
+            f"{name} to name {master} master and say the store is up",
+            lambda i=i, name=name: f"Sentinel names 127.0.0.1:{master} master"
+            in (c.dir / f"{name}.log").read_text(errors="replace")
+            and requests.get(f"http://127.0.0.1:{c.hg_ports[i][0]}/_chp_healthz", timeout=5)
+            .json()
+            .get("store")
+            == "up",
+            10,
+        )
 
     for name in ("hubgate-a", "hubgate-b"):
         log = (c.dir / f"{name}.log").read_text(errors="replace")
         assert REDIS_PASSWORD not in log and "s3cret%40redis" not in log, f"password in {name}.log"
         assert "redis+sentinel://:***@" in log
 
-    # A delete through B after the failover reaches A.
+    # A delete through B after the failover reaches A. Retried on 503 as JupyterHub's
+    # Proxy.api_request retries 5xx answers (with backoff): a 503 says "retry the write".
+    # A 404 is right only after a 503: the unconfirmed delete took effect on a master that
+    # survived (JupyterHub's delete_route takes a 404 as "already deleted"). Anything else,
+    # or no 204/404 within FAILOVER_TIMEOUT, fails.
     gone = sorted(acked)[0]
-    r = requests.delete(
-        f"http://127.0.0.1:{c.hg_ports[1][1]}/api/routes{gone}",
-        headers={"Authorization": f"token {TOKEN}"},
-        timeout=5,
-    )
-    assert r.status_code == 204, r.text
+    refusals = []
+
+    def deleted():
+        r = requests.delete(
+            f"http://127.0.0.1:{c.hg_ports[1][1]}/api/routes{gone}",
+            headers={"Authorization": f"token {TOKEN}"},
+            timeout=5,
+        )
+        if r.status_code == 503:
+            refusals.append(r.text)
+            return False
+        assert r.status_code == 204 or (r.status_code == 404 and refusals), (r.status_code, r.text)
+        return True
+
+    wait_until(f"DELETE {gone} answered", deleted, FAILOVER_TIMEOUT, interval=0.5)
+    if refusals:
+        print(f"the delete was answered 503 {len(refusals)} time(s) first: {refusals[0]}")
     wait_until(f"{gone} deleted on replica A", lambda: gone not in c.routes(0), 5)
 
 
@@ -486,7 +557,7 @@ def test_manual_failover_is_followed(cluster):
         return all(add_route(c, i, f"/user/after{n}-{i}").status_code == 201 for i in (0, 1))
 
     wait_until("writes through both replicas after the failover", written_to_new_master, 30)
-    stored = {json.loads(v)["key"] for v in data_cmd(master, "HVALS", "hubgate:v1:routes")}
+    stored = stored_keys(master)
     assert {"/user/before", f"/user/after{n}-0", f"/user/after{n}-1"} <= stored
     # Writes the demoted master took during the switch but no replica confirmed were
     # answered 503 and are gone with its data; the replicas' tables are the new master's,
@@ -502,6 +573,58 @@ def test_manual_failover_is_followed(cluster):
     for i in (0, 1):
         r = requests.get(f"http://127.0.0.1:{c.hg_ports[i][0]}/user/before/x", timeout=5)
         assert (r.status_code, r.text) == (200, "echo /user/before/x")
+
+
+@pytest.mark.timeout(120)
+def test_a_master_replaced_while_it_stays_up_is_left(cluster):
+    """The sentinels come to name another master while the old one stays up and still says
+    "master" (what a second failover right after a first leaves for ~10 s, until Sentinel's
+    next INFO round reconfigures it; here for good: the sentinels forget it). `ROLE` cannot
+    tell; hubgate must follow what the sentinels name, within seconds, and write there.
+
+    Staged without timing luck: redis-1 is made master by hand (redis-2 replicates it), and
+    every sentinel is told to monitor it instead of redis-0, which is left a master."""
+    c = cluster
+    assert add_route(c, 0, "/user/before").status_code == 201
+    old, new, other = c.redis_ports
+    assert data_cmd(new, "REPLICAOF", "NO", "ONE") == "OK"
+    assert data_cmd(other, "REPLICAOF", "127.0.0.1", new) == "OK"
+    wait_until(
+        f"redis on {other} replicating {new}",
+        lambda: "master_link_status:up" in data_cmd(other, "INFO", "replication"),
+        15,
+    )
+    for port in c.sentinel_ports:
+        assert redis_cmd(port, "SENTINEL", "REMOVE", MASTER) == "OK"
+        assert redis_cmd(port, "SENTINEL", "MONITOR", MASTER, "127.0.0.1", new, 2) == "OK"
+        assert redis_cmd(port, "SENTINEL", "SET", MASTER, "auth-pass", REDIS_PASSWORD) == "OK"
+    assert "role:master" in data_cmd(old, "INFO", "replication")  # still says master
+
+    # Both replicas move: each logs the new master, and a write through each is
+    # acknowledged (WAIT needs a replica: the old master has none, so a write that went
+    # there would answer 503) and lands on the new master, not the old one.
+    for i, name in enumerate(("hubgate-a", "hubgate-b")):
+        wait_until(
+            f"{name} to follow the sentinels to {new}",
+            lambda: f"Sentinel names 127.0.0.1:{new} master"
+            in (c.dir / f"{name}.log").read_text(errors="replace"),
+            15,
+            check=c.check_alive,
+        )
+        n = 0
+
+        def written(i=i):
+            nonlocal n
+            n += 1
+            return add_route(c, i, f"/user/moved{i}-{n}").status_code == 201
+
+        wait_until(f"a write through {name} acknowledged", written, 15)
+        assert f"/user/moved{i}-{n}" in stored_keys(new)
+        assert f"/user/moved{i}-{n}" not in stored_keys(old)
+        log = (c.dir / f"{name}.log").read_text(errors="replace")
+        assert f"the sentinels now name 127.0.0.1:{new} master" in log, tail(c.dir / f"{name}.log", 20)
+    r = requests.get(f"http://127.0.0.1:{c.hg_ports[1][0]}/user/before/x", timeout=5)
+    assert (r.status_code, r.text) == (200, "echo /user/before/x")
 
 
 @pytest.mark.timeout(120)

@@ -27,6 +27,8 @@ const BLOCK_MS: u64 = 1_000;
 const MAX_BACKOFF: Duration = Duration::from_millis(1_000);
 /// How often "still unreachable" is logged.
 const REPEAT_LOG: Duration = Duration::from_secs(30);
+/// How often a Sentinel session asks whether the sentinels still name its master.
+const MASTER_CHECK: Duration = Duration::from_secs(1);
 
 /// Why a session with Redis ended.
 enum End {
@@ -238,7 +240,11 @@ async fn follow(
     conn: &mut MultiplexedConnection,
     reader: &mut MultiplexedConnection,
 ) -> End {
+    let mut watch = MasterWatch::default();
     loop {
+        if let Err(e) = watch.check(inner).await {
+            return e;
+        }
         if inner.reconnect_requested.swap(false, Ordering::Relaxed) {
             return End::Lost(
                 "the server refused a write as a read-only replica (demoted by a failover)".into(),
@@ -350,6 +356,94 @@ async fn check_role(inner: &Inner, conn: &mut MultiplexedConnection) -> Result<(
         _ => Err(End::Lost(
             "the server is no longer the master (demoted by a failover)".into(),
         )),
+    }
+}
+
+/// With Sentinel, whether the sentinels still name the master this session writes to.
+///
+/// `ROLE` on the master is not enough: a master that the sentinels failed over while it
+/// stayed up (a second failover right after a first, when a loaded sentinel briefly saw the
+/// new master down; a partition that healed) goes on answering "master" until Sentinel
+/// reconfigures it, which Sentinel does on its next `INFO` round, ~10 s later. Every write
+/// meanwhile goes to a server that will be wiped and resynchronised, and (with no replica
+/// under it) answers 503 (`tests/e2e/test_sentinel.py` met this on a loaded 2-core machine).
+///
+/// Once a second, one sentinel is asked (`SENTINEL GET-MASTER-ADDR-BY-NAME`, over a kept
+/// connection). Only when it names another server does the full lookup decide (every
+/// sentinel, the named server's own `ROLE`), so one stale sentinel cannot make the session
+/// flap. A sentinel that does not answer never ends a session that works.
+#[derive(Default)]
+struct MasterWatch {
+    last: Option<Instant>,
+    probe: Option<MultiplexedConnection>,
+}
+
+impl MasterWatch {
+    async fn check(&mut self, inner: &Inner) -> Result<(), End> {
+        let Backend::Sentinel { client, settings } = &inner.backend else {
+            return Ok(());
+        };
+        if self.last.is_some_and(|t| t.elapsed() < MASTER_CHECK) {
+            return Ok(());
+        }
+        self.last = Some(Instant::now());
+        let current = inner
+            .master_addr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(current) = current else {
+            return Ok(());
+        };
+        let named = tokio::time::timeout(
+            SENTINEL_TIMEOUT,
+            self.named_master(client, &settings.master_name),
+        )
+        .await;
+        let Ok(Some(named)) = named else {
+            // No answer, or a sentinel that does not know the name: keep the session, and
+            // a new probe connection next time.
+            self.probe = None;
+            return Ok(());
+        };
+        if named == current {
+            return Ok(());
+        }
+        let found = tokio::time::timeout(SENTINEL_TIMEOUT, async {
+            client.lock().await.async_get_client().await
+        })
+        .await;
+        match found {
+            Ok(Ok(c)) if c.get_connection_info().addr().to_string() != current => {
+                Err(End::Lost(format!(
+                    "the sentinels now name {} master of {:?} (a failover while this one stayed up)",
+                    c.get_connection_info().addr(),
+                    settings.master_name
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The master one sentinel names now (`None`: no sentinel answered).
+    async fn named_master(
+        &mut self,
+        client: &tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+        name: &str,
+    ) -> Option<String> {
+        if self.probe.is_none() {
+            let c = client.lock().await.async_get_sentinel_client().await.ok()?;
+            self.probe = connect(&c, COMMAND_TIMEOUT).await.ok();
+        }
+        let reply = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(name)
+            .query_async::<Option<(String, u16)>>(self.probe.as_mut()?)
+            .await;
+        match reply {
+            Ok(Some((host, port))) => Some(format!("{host}:{port}")),
+            _ => None,
+        }
     }
 }
 
