@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
@@ -240,10 +240,10 @@ async fn follow(
     conn: &mut MultiplexedConnection,
     reader: &mut MultiplexedConnection,
 ) -> End {
-    let mut watch = MasterWatch::default();
+    let watch = MasterWatch::start(inner);
     loop {
-        if let Err(e) = watch.check(inner).await {
-            return e;
+        if let Some(why) = watch.moved() {
+            return End::Lost(why);
         }
         if inner.reconnect_requested.swap(false, Ordering::Relaxed) {
             return End::Lost(
@@ -368,82 +368,105 @@ async fn check_role(inner: &Inner, conn: &mut MultiplexedConnection) -> Result<(
 /// meanwhile goes to a server that will be wiped and resynchronised, and (with no replica
 /// under it) answers 503 (`tests/e2e/test_sentinel.py` met this on a loaded 2-core machine).
 ///
-/// Once a second, one sentinel is asked (`SENTINEL GET-MASTER-ADDR-BY-NAME`, over a kept
-/// connection). Only when it names another server does the full lookup decide (every
-/// sentinel, the named server's own `ROLE`), so one stale sentinel cannot make the session
-/// flap. A sentinel that does not answer never ends a session that works.
-#[derive(Default)]
+/// A task of the session's own asks one sentinel once a second (`SENTINEL
+/// GET-MASTER-ADDR-BY-NAME`, over a kept connection). Only when it names another server does
+/// the full lookup decide (every sentinel, the named server's own `ROLE`), so one stale
+/// sentinel cannot make the session flap. A sentinel that does not answer, or a named master
+/// this hubgate cannot reach, never ends a session that works; and since the task runs beside
+/// the stream reader, a sentinel that hangs never delays the table's changes.
 struct MasterWatch {
-    last: Option<Instant>,
-    probe: Option<MultiplexedConnection>,
+    moved: Arc<Mutex<Option<String>>>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl MasterWatch {
-    async fn check(&mut self, inner: &Inner) -> Result<(), End> {
-        let Backend::Sentinel { client, settings } = &inner.backend else {
-            return Ok(());
-        };
-        if self.last.is_some_and(|t| t.elapsed() < MASTER_CHECK) {
-            return Ok(());
-        }
-        self.last = Some(Instant::now());
-        let current = inner
-            .master_addr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let Some(current) = current else {
-            return Ok(());
-        };
-        let named = tokio::time::timeout(
-            SENTINEL_TIMEOUT,
-            self.named_master(client, &settings.master_name),
-        )
-        .await;
-        let Ok(Some(named)) = named else {
-            // No answer, or a sentinel that does not know the name: keep the session, and
-            // a new probe connection next time.
-            self.probe = None;
-            return Ok(());
-        };
-        if named == current {
-            return Ok(());
-        }
-        let found = tokio::time::timeout(SENTINEL_TIMEOUT, async {
-            client.lock().await.async_get_client().await
-        })
-        .await;
-        match found {
-            Ok(Ok(c)) if c.get_connection_info().addr().to_string() != current => {
-                Err(End::Lost(format!(
-                    "the sentinels now name {} master of {:?} (a failover while this one stayed up)",
-                    c.get_connection_info().addr(),
-                    settings.master_name
-                )))
-            }
-            _ => Ok(()),
-        }
+    fn start(inner: &Arc<Inner>) -> MasterWatch {
+        let moved = Arc::new(Mutex::new(None));
+        let task = matches!(inner.backend, Backend::Sentinel { .. }).then(|| {
+            let (inner, moved) = (inner.clone(), moved.clone());
+            tokio::spawn(async move {
+                let mut probe = None;
+                loop {
+                    tokio::time::sleep(MASTER_CHECK).await;
+                    if let Some(why) = moved_from(&inner, &mut probe).await {
+                        *moved.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                        return;
+                    }
+                }
+            })
+        });
+        MasterWatch { moved, task }
     }
 
-    /// The master one sentinel names now (`None`: no sentinel answered).
-    async fn named_master(
-        &mut self,
-        client: &tokio::sync::Mutex<redis::sentinel::SentinelClient>,
-        name: &str,
-    ) -> Option<String> {
-        if self.probe.is_none() {
-            let c = client.lock().await.async_get_sentinel_client().await.ok()?;
-            self.probe = connect(&c, COMMAND_TIMEOUT).await.ok();
+    /// Why the session must end, once the sentinels have named another master.
+    fn moved(&self) -> Option<String> {
+        self.moved.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl Drop for MasterWatch {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
         }
-        let reply = redis::cmd("SENTINEL")
-            .arg("GET-MASTER-ADDR-BY-NAME")
-            .arg(name)
-            .query_async::<Option<(String, u16)>>(self.probe.as_mut()?)
-            .await;
-        match reply {
-            Ok(Some((host, port))) => Some(format!("{host}:{port}")),
-            _ => None,
-        }
+    }
+}
+
+/// One check: `Some(reason)` when the sentinels name a master other than this session's.
+async fn moved_from(inner: &Inner, probe: &mut Option<MultiplexedConnection>) -> Option<String> {
+    let Backend::Sentinel { client, settings } = &inner.backend else {
+        return None;
+    };
+    let current = inner
+        .master_addr
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()?;
+    let named = tokio::time::timeout(
+        SENTINEL_TIMEOUT,
+        named_master(client, probe, &settings.master_name),
+    )
+    .await;
+    let Ok(Some(named)) = named else {
+        // No answer, or a sentinel that does not know the name: keep the session, and a
+        // new probe connection next time.
+        *probe = None;
+        return None;
+    };
+    if named == current {
+        return None;
+    }
+    let found = tokio::time::timeout(SENTINEL_TIMEOUT, async {
+        client.lock().await.async_get_client().await
+    })
+    .await;
+    let addr = found.ok()?.ok()?.get_connection_info().addr().to_string();
+    (addr != current).then(|| {
+        format!(
+            "the sentinels now name {addr} master of {:?} (a failover while this one stayed up)",
+            settings.master_name
+        )
+    })
+}
+
+/// The master one sentinel names now (`None`: no sentinel answered).
+async fn named_master(
+    client: &tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    probe: &mut Option<MultiplexedConnection>,
+    name: &str,
+) -> Option<String> {
+    if probe.is_none() {
+        let c = client.lock().await.async_get_sentinel_client().await.ok()?;
+        *probe = connect(&c, COMMAND_TIMEOUT).await.ok();
+    }
+    let reply = redis::cmd("SENTINEL")
+        .arg("GET-MASTER-ADDR-BY-NAME")
+        .arg(name)
+        .query_async::<Option<(String, u16)>>(probe.as_mut()?)
+        .await;
+    match reply {
+        Ok(Some((host, port))) => Some(format!("{host}:{port}")),
+        _ => None,
     }
 }
 
