@@ -129,11 +129,12 @@ class Echo(BaseHTTPRequestHandler):
 class Cluster:
     def __init__(self, workdir: Path):
         self.dir = workdir
-        ports = free_ports(11)
+        ports = free_ports(13)
         self.redis_ports = ports[0:3]
         self.sentinel_ports = ports[3:6]
         self.hg_ports = [(ports[6], ports[7]), (ports[8], ports[9])]  # (proxy, api)
         self.backend_port = ports[10]
+        self.metrics_ports = ports[11:13]
         self.procs: dict[str, subprocess.Popen] = {}
         self.files = []
         self.backend: ThreadingHTTPServer | None = None
@@ -222,6 +223,7 @@ class Cluster:
                     "--config", str(conf),
                     "--ip", "127.0.0.1", "--port", str(port),
                     "--api-ip", "127.0.0.1", "--api-port", str(api),
+                    "--metrics-port", str(self.metrics_ports[i]),
                     "--default-target", f"http://127.0.0.1:{self.backend_port}",
                     "--storage-backend", self.storage,
                 ],
@@ -235,6 +237,14 @@ class Cluster:
                 20,
                 check=self.check_alive,
             )
+
+    def metric(self, i: int, name: str) -> float:
+        """One unlabelled metric of replica i, from its /metrics."""
+        text = requests.get(f"http://127.0.0.1:{self.metrics_ports[i]}/metrics", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise AssertionError(f"{name} not in replica {'ab'[i]}'s metrics")
 
     def routes(self, i: int) -> dict:
         r = requests.get(
@@ -598,6 +608,7 @@ def test_a_master_replaced_while_it_stays_up_is_left(cluster):
     every sentinel is told to monitor it instead of redis-0, which is left a master."""
     c = cluster
     assert add_route(c, 0, "/user/before").status_code == 201
+    assert [c.metric(i, "hubgate_store_master_changes_total") for i in (0, 1)] == [0, 0]
     old, new, other = c.redis_ports
     assert data_cmd(new, "REPLICAOF", "NO", "ONE") == "OK"
     assert data_cmd(other, "REPLICAOF", "127.0.0.1", new) == "OK"
@@ -635,6 +646,7 @@ def test_a_master_replaced_while_it_stays_up_is_left(cluster):
         assert f"/user/moved{i}-{n}" not in stored_keys(old)
         log = (c.dir / f"{name}.log").read_text(errors="replace")
         assert f"the sentinels now name 127.0.0.1:{new} master" in log, tail(c.dir / f"{name}.log", 20)
+        assert c.metric(i, "hubgate_store_master_changes_total") == 1
     r = requests.get(f"http://127.0.0.1:{c.hg_ports[1][0]}/user/before/x", timeout=5)
     assert (r.status_code, r.text) == (200, "echo /user/before/x")
 

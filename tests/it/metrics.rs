@@ -1121,8 +1121,9 @@ fn referenced_metrics(text: &str) -> BTreeSet<String> {
 
 /// Store metrics that only the Redis store exports (this hubgate runs the in-memory store);
 /// tests/it/redis_store.rs checks that a Redis replica exports them.
-const REDIS_STORE_ONLY: [&str; 5] = [
+const REDIS_STORE_ONLY: [&str; 6] = [
     "hubgate_store_lag_seconds",
+    "hubgate_store_master_changes_total",
     "hubgate_store_resyncs_total",
     "hubgate_store_changes_applied_total",
     "hubgate_store_write_errors_total",

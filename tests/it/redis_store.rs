@@ -346,7 +346,7 @@ fn a_write_on_one_replica_routes_through_the_others() {
     // Every store metric the dashboard shows is exported by a Redis replica (the in-memory
     // store exports only hubgate_store_up; tests/it/metrics.rs checks the rest).
     let shown = dashboard_store_metrics();
-    assert_eq!(shown.len(), 6, "store metrics on the dashboard: {shown:?}");
+    assert_eq!(shown.len(), 7, "store metrics on the dashboard: {shown:?}");
     let text = rs[0].metrics_text();
     for name in &shown {
         assert!(

@@ -59,6 +59,7 @@ COUNTERS = {
     "hubgate_store_resyncs_total",
     "hubgate_store_changes_applied_total",
     "hubgate_store_write_errors_total",
+    "hubgate_store_master_changes_total",
     "process_cpu_seconds_total",
 }
 GAUGES = {

@@ -76,6 +76,7 @@ struct StoreMetrics {
     applied: IntCounter,
     write_errors: IntCounter,
     propagation: Histogram,
+    master_changes: IntCounter,
 }
 
 impl StoreMetrics {
@@ -93,6 +94,10 @@ impl StoreMetrics {
             write_errors: IntCounter::new(
                 "hubgate_store_write_errors_total",
                 "API route writes the store did not accept (answered 503)",
+            )?,
+            master_changes: IntCounter::new(
+                "hubgate_store_master_changes_total",
+                "Times this replica moved to another master the sentinels named (failovers followed; Sentinel only)",
             )?,
             propagation: Histogram::with_opts(
                 HistogramOpts::new(
@@ -488,6 +493,7 @@ impl RouteStore for RedisStore {
             Box::new(m.applied.clone()),
             Box::new(m.write_errors.clone()),
             Box::new(m.propagation.clone()),
+            Box::new(m.master_changes.clone()),
             Box::new(LagCollector {
                 inner: self.inner.clone(),
                 desc: prometheus::core::Desc::new(

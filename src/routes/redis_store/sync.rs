@@ -141,6 +141,9 @@ async fn master_client(inner: &Inner) -> Result<redis::Client, End> {
     let addr = c.get_connection_info().addr().to_string();
     let mut last = inner.master_addr.lock().unwrap_or_else(|e| e.into_inner());
     if last.as_deref() != Some(addr.as_str()) {
+        if last.is_some() {
+            inner.metrics.master_changes.inc();
+        }
         info!(
             "route store: Sentinel names {addr} master of {:?}",
             settings.master_name
